@@ -1,0 +1,157 @@
+//! Model providers for flotilla.
+//!
+//! [`ModelClient`] is one attempt at one chat completion; the agent loop owns
+//! retries (so that it can log every failed attempt as an event) using
+//! [`RetryPolicy`] and [`ModelError::is_retryable`]. [`OpenAiClient`] speaks
+//! the OpenAI Chat Completions wire protocol, streaming, with tool calls:
+//! llama.cpp's llama-server, Ollama, vLLM, LM Studio and OpenRouter all
+//! speak it.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use flotilla_protocol::{ToolCall, ToolSpec, Usage};
+
+mod clock;
+mod openai;
+mod retry;
+
+pub use clock::SuspendAwareClock;
+pub use openai::{OpenAiClient, OpenAiConfig};
+pub use retry::RetryPolicy;
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The user (the task, summaries).
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Author.
+    pub role: Role,
+    /// Text.
+    pub content: String,
+    /// Tool calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with only text.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// A tool result.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+        }
+    }
+}
+
+/// One request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    /// The model name the server knows.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Tools offered; empty means none.
+    pub tools: Vec<ToolSpec>,
+    /// Cap on generated tokens.
+    pub max_tokens: Option<u32>,
+}
+
+/// One complete answer.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ChatResponse {
+    /// Text (may be empty when there are tool calls).
+    pub text: String,
+    /// Tool calls, with their argument text verbatim.
+    pub tool_calls: Vec<ToolCall>,
+    /// Token counts (zero when the server did not say).
+    pub usage: Usage,
+    /// `stop`, `tool_calls`, `length`...
+    pub finish_reason: Option<String>,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The server answered with an error status.
+    #[error("model server answered HTTP {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Start of the body.
+        body: String,
+        /// The server's `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// No answer (or no next chunk) in time.
+    #[error("model server timed out: {0}")]
+    Timeout(String),
+    /// Could not connect, or the connection broke.
+    #[error("connection to the model server failed: {0}")]
+    Connection(String),
+    /// The stream ended before the answer was complete.
+    #[error("the model's reply stream ended early: {0}")]
+    Truncated(String),
+    /// The server sent something that is not the protocol.
+    #[error("the model server sent an invalid reply: {0}")]
+    Protocol(String),
+    /// A setting is wrong (bad URL, missing key...).
+    #[error("model configuration: {0}")]
+    Config(String),
+}
+
+impl ModelError {
+    /// Whether trying again may help: 408, 409, 429, 5xx, timeouts, broken connections, truncated streams.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ModelError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 425 | 429) || (500..600).contains(status)
+            }
+            ModelError::Timeout(_) | ModelError::Connection(_) | ModelError::Truncated(_) => true,
+            ModelError::Protocol(_) | ModelError::Config(_) => false,
+        }
+    }
+
+    /// The server's requested delay, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ModelError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One attempt at one chat completion.
+pub trait ModelClient: Send + Sync {
+    /// Sends the request and waits for the whole answer.
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
+}

@@ -1,0 +1,138 @@
+//! JSON bodies of the daemon's HTTP API (see `docs/api.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Event, SessionId, SessionLimits, SessionState};
+
+/// `POST /v1/sessions`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// What the agent should do.
+    pub task: String,
+    /// Absolute path of an existing directory.
+    pub workspace: String,
+    /// Model spec; the daemon's configured default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Model server endpoint; the provider's usual variable when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Budget overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// Budget overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_secs: Option<u64>,
+    /// The model's context window in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+}
+
+/// One session as listed by `GET /v1/sessions` and `GET /v1/sessions/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Id.
+    pub id: SessionId,
+    /// Current state.
+    pub state: SessionState,
+    /// Model spec.
+    pub model: String,
+    /// Workspace path.
+    pub workspace: String,
+    /// The task.
+    pub task: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// Time of the last event, ms since the epoch.
+    pub updated_ms: i64,
+    /// Model turns so far.
+    pub turns: u32,
+    /// Prompt tokens so far.
+    pub prompt_tokens: u64,
+    /// Completion tokens so far.
+    pub completion_tokens: u64,
+    /// Sequence number of the last event.
+    pub last_seq: u64,
+    /// Budgets.
+    pub limits: SessionLimits,
+    /// The final answer once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_answer: Option<String>,
+    /// Why the session failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/sessions`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Sessions, newest first.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// `GET /v1/sessions/{id}/events?after=N&limit=M`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// Events with `seq > after`, in order.
+    pub events: Vec<Event>,
+    /// The cursor for the next page: pass it as `after`.
+    pub next_after: u64,
+    /// True when the session is in a terminal state and this page reached its last event.
+    pub end: bool,
+}
+
+/// `GET /v1/daemon`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Process id.
+    pub pid: u32,
+    /// flotilla version.
+    pub version: String,
+    /// Start time, ms since the epoch.
+    pub started_ms: i64,
+    /// The home folder (config, data, socket).
+    pub home: String,
+    /// Unix socket path.
+    pub socket: String,
+    /// TCP address, when `--listen` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Database file.
+    pub database: String,
+    /// Sessions known.
+    pub sessions_total: u64,
+    /// Sessions whose agent loop is live in this daemon.
+    pub sessions_active: u64,
+    /// Resident memory in bytes, where the platform tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+}
+
+/// Body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The error.
+    pub error: ApiErrorBody,
+}
+
+/// What went wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// Machine-readable code, e.g. `not_found`, `bad_request`.
+    pub code: String,
+    /// What failed, on what input, and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error body.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            error: ApiErrorBody {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}

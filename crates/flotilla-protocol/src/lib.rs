@@ -1,0 +1,530 @@
+//! The vocabulary of flotilla: ids, events, session states, tool calls and
+//! the JSON types of the daemon's API.
+//!
+//! This crate does no I/O and imports nothing of ours. Every other crate
+//! speaks through these types, so a change here is a change of the wire and
+//! disk format: events are hashed over their canonical encoding
+//! ([`canonical_event_bytes`]), and an event written by one version must stay
+//! readable by the next.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub mod api;
+
+pub use api::*;
+
+/// The hash that the first event of every chain points back to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Version tag inside every canonical event encoding.
+pub const EVENT_ENCODING_VERSION: u32 = 1;
+
+/// Identifier of one agent session, e.g. `s7k2m9x4q1ab`.
+///
+/// Ids are short so people can type them: a letter `s` followed by 11
+/// characters of `[a-z0-9]` (about 57 bits of randomness).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+/// Why a string is not a valid id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid session id {input:?}: expected 1 to 64 characters of a-z, 0-9, '-' or '_'")]
+pub struct InvalidId {
+    /// The rejected input.
+    pub input: String,
+}
+
+impl SessionId {
+    /// A new random id.
+    pub fn generate() -> Self {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        let mut id = String::with_capacity(12);
+        id.push('s');
+        for _ in 0..11 {
+            id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+        }
+        SessionId(id)
+    }
+
+    /// Parses an id typed by a person or sent over the API.
+    pub fn parse(input: &str) -> Result<Self, InvalidId> {
+        let ok = !input.is_empty()
+            && input.len() <= 64
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(SessionId(input.to_owned()))
+        } else {
+            Err(InvalidId {
+                input: input.chars().take(80).collect(),
+            })
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The life cycle of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The agent loop is working (or will resume working after a restart).
+    Running,
+    /// Waiting for a human or a parent agent to answer an approval request.
+    WaitingApproval,
+    /// The agent finished with a final answer.
+    Completed,
+    /// The session stopped on an error it could not recover from, or a budget.
+    Failed,
+    /// Somebody cancelled it.
+    Cancelled,
+}
+
+impl SessionState {
+    /// Whether no further events will follow (besides none at all).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SessionState::Completed | SessionState::Failed | SessionState::Cancelled
+        )
+    }
+
+    /// The state's name as used in the API and on disk.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Running => "running",
+            SessionState::WaitingApproval => "waiting_approval",
+            SessionState::Completed => "completed",
+            SessionState::Failed => "failed",
+            SessionState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`SessionState::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => SessionState::Running,
+            "waiting_approval" => SessionState::WaitingApproval,
+            "completed" => SessionState::Completed,
+            "failed" => SessionState::Failed,
+            "cancelled" => SessionState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Budgets of one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Model turns before the session fails with "max turns reached".
+    pub max_turns: u32,
+    /// Active wall time (time the machine was awake) before the session fails.
+    pub wall_time_secs: u64,
+    /// The model's context window in tokens; compaction starts near it.
+    pub context_window: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_turns: 100,
+            wall_time_secs: 4 * 3600,
+            context_window: 32_768,
+        }
+    }
+}
+
+/// One tool call as the model proposed it.
+///
+/// `arguments` is kept verbatim, even when it is not valid JSON, so that the
+/// log shows exactly what the model sent and the model can be told what was
+/// wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The model's id for the call, echoed back with the result.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The raw JSON text of the arguments.
+    pub arguments: String,
+}
+
+/// Token counts reported by a model server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+}
+
+/// Everything that can happen to a session. Each variant is one event kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The first event of every session.
+    SessionCreated {
+        /// The task as the user gave it.
+        task: String,
+        /// Model spec, e.g. `openai:gpt-4o-mini`.
+        model: String,
+        /// Absolute path of the workspace.
+        workspace: String,
+        /// Endpoint of the model server, when not the provider's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_url: Option<String>,
+        /// Budgets.
+        limits: SessionLimits,
+    },
+    /// The session moved to a new state.
+    StateChanged {
+        /// The new state.
+        state: SessionState,
+        /// Why, in words, when there is something to say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The daemon picked the session up again after a restart.
+    SessionResumed {
+        /// How many started tools were found unfinished and marked interrupted.
+        interrupted_tools: u32,
+    },
+    /// A request is about to be sent to the model.
+    ModelRequested {
+        /// Turn number, from 1.
+        turn: u32,
+        /// Messages in the request.
+        messages: u32,
+        /// Rough size of the prompt in tokens (4 bytes a token).
+        estimated_tokens: u64,
+    },
+    /// A model request failed; it will be retried or the session fails.
+    ModelFailed {
+        /// Turn number.
+        turn: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Delay before the next attempt, if there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// The model answered.
+    ModelResponded {
+        /// Turn number.
+        turn: u32,
+        /// Text of the answer (may be empty when there are tool calls).
+        text: String,
+        /// Tool calls proposed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
+        /// Tokens used.
+        usage: Usage,
+        /// `stop`, `tool_calls`, `length`...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        finish_reason: Option<String>,
+        /// Milliseconds from request to the end of the reply.
+        latency_ms: u64,
+    },
+    /// A tool call is about to be checked and run.
+    ToolProposed {
+        /// The call.
+        call: ToolCall,
+    },
+    /// The tool is running. Durable before the tool starts.
+    ToolStarted {
+        /// Id of the call.
+        call_id: String,
+    },
+    /// The tool returned (or failed to run).
+    ToolFinished {
+        /// Id of the call.
+        call_id: String,
+        /// Output as shown to the model (capped).
+        output: String,
+        /// Whether the result is an error.
+        is_error: bool,
+        /// Milliseconds the tool ran.
+        duration_ms: u64,
+    },
+    /// The tool started but the daemon stopped before it finished.
+    ToolInterrupted {
+        /// Id of the call.
+        call_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Older turns were replaced by a summary to fit the context window.
+    ContextCompacted {
+        /// The summary that replaces the events up to `through_seq`.
+        summary: String,
+        /// Last sequence number the summary covers.
+        through_seq: u64,
+        /// Estimated prompt tokens before compaction.
+        tokens_before: u64,
+    },
+    /// A cancel was asked for.
+    CancelRequested {
+        /// Who asked.
+        by: String,
+    },
+    /// The agent's final answer.
+    FinalAnswer {
+        /// The answer.
+        text: String,
+    },
+}
+
+impl EventKind {
+    /// The `type` tag of the event, e.g. `tool_started`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::SessionCreated { .. } => "session_created",
+            EventKind::StateChanged { .. } => "state_changed",
+            EventKind::SessionResumed { .. } => "session_resumed",
+            EventKind::ModelRequested { .. } => "model_requested",
+            EventKind::ModelFailed { .. } => "model_failed",
+            EventKind::ModelResponded { .. } => "model_responded",
+            EventKind::ToolProposed { .. } => "tool_proposed",
+            EventKind::ToolStarted { .. } => "tool_started",
+            EventKind::ToolFinished { .. } => "tool_finished",
+            EventKind::ToolInterrupted { .. } => "tool_interrupted",
+            EventKind::ContextCompacted { .. } => "context_compacted",
+            EventKind::CancelRequested { .. } => "cancel_requested",
+            EventKind::FinalAnswer { .. } => "final_answer",
+        }
+    }
+}
+
+/// One event of a session's log, as stored and as served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The session.
+    pub session: SessionId,
+    /// Sequence number in the session, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch when it was appended.
+    pub ts_ms: i64,
+    /// Hash of the previous event ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 (hex) of this event's canonical encoding.
+    pub hash: String,
+    /// What happened.
+    pub event: EventKind,
+}
+
+#[derive(Serialize)]
+struct CanonicalEvent<'a> {
+    v: u32,
+    session: &'a str,
+    seq: u64,
+    ts_ms: i64,
+    prev: &'a str,
+    event: &'a EventKind,
+}
+
+/// The canonical encoding of an event: the bytes that are hashed and stored.
+///
+/// It is compact JSON with a fixed field order. Every field of every event
+/// is a typed value (no free-form maps), so the encoding is deterministic.
+pub fn canonical_event_bytes(
+    session: &SessionId,
+    seq: u64,
+    ts_ms: i64,
+    prev_hash: &str,
+    event: &EventKind,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&CanonicalEvent {
+        v: EVENT_ENCODING_VERSION,
+        session: session.as_str(),
+        seq,
+        ts_ms,
+        prev: prev_hash,
+        event,
+    })
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[derive(Deserialize)]
+struct CanonicalEventOwned {
+    v: u32,
+    session: SessionId,
+    seq: u64,
+    ts_ms: i64,
+    prev: String,
+    event: EventKind,
+}
+
+/// Why stored bytes are not a valid canonical event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON of the expected shape.
+    #[error("not a flotilla event: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A version this build does not know.
+    #[error(
+        "event encoding version {0} is newer than this flotilla understands (1); upgrade flotilla"
+    )]
+    Version(u32),
+}
+
+/// Decodes canonical bytes back into an [`Event`], recomputing its hash.
+pub fn decode_canonical_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let raw: CanonicalEventOwned = serde_json::from_slice(bytes)?;
+    if raw.v != EVENT_ENCODING_VERSION {
+        return Err(DecodeError::Version(raw.v));
+    }
+    Ok(Event {
+        session: raw.session,
+        seq: raw.seq,
+        ts_ms: raw.ts_ms,
+        prev_hash: raw.prev,
+        hash: sha256_hex(bytes),
+        event: raw.event,
+    })
+}
+
+/// A model spec such as `openai:gpt-4o-mini`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The provider, e.g. `openai`.
+    pub provider: String,
+    /// The model name the provider understands.
+    pub model: String,
+}
+
+/// Why a model spec could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid model spec {input:?}: expected PROVIDER:MODEL, e.g. openai:gpt-4o-mini (providers: {known})")]
+pub struct InvalidModelSpec {
+    /// The rejected input.
+    pub input: String,
+    /// Providers this build knows.
+    pub known: &'static str,
+}
+
+/// Providers this build can talk to.
+pub const KNOWN_PROVIDERS: &str = "openai";
+
+impl ModelSpec {
+    /// Parses `PROVIDER:MODEL`.
+    pub fn parse(input: &str) -> Result<Self, InvalidModelSpec> {
+        let err = || InvalidModelSpec {
+            input: input.to_owned(),
+            known: KNOWN_PROVIDERS,
+        };
+        let (provider, model) = input.split_once(':').ok_or_else(err)?;
+        if model.trim().is_empty() || !KNOWN_PROVIDERS.split(',').any(|p| p == provider) {
+            return Err(err());
+        }
+        Ok(ModelSpec {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.provider, self.model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = SessionId::generate();
+        assert_eq!(id.as_str().len(), 12);
+        assert_eq!(SessionId::parse(id.as_str()), Ok(id));
+        assert!(SessionId::parse("").is_err());
+        assert!(SessionId::parse("../etc").is_err());
+        assert!(SessionId::parse("ABC").is_err());
+    }
+
+    #[test]
+    fn canonical_encoding_is_stable_and_decodes() {
+        let id = SessionId::parse("sabc").unwrap();
+        let ev = EventKind::ToolProposed {
+            call: ToolCall {
+                id: "c1".into(),
+                name: "shell".into(),
+                arguments: "{\"cmd\": 1".into(),
+            },
+        };
+        let a = canonical_event_bytes(&id, 3, 7, GENESIS_HASH, &ev).unwrap();
+        let b = canonical_event_bytes(&id, 3, 7, GENESIS_HASH, &ev).unwrap();
+        assert_eq!(a, b);
+        let text = String::from_utf8(a.clone()).unwrap();
+        assert!(
+            text.starts_with("{\"v\":1,\"session\":\"sabc\",\"seq\":3,"),
+            "{text}"
+        );
+        let back = decode_canonical_event(&a).unwrap();
+        assert_eq!(back.event, ev);
+        assert_eq!(back.hash, sha256_hex(&a));
+        assert_eq!(back.seq, 3);
+    }
+
+    #[test]
+    fn model_specs() {
+        let s = ModelSpec::parse("openai:qwen3:8b").unwrap();
+        assert_eq!(s.model, "qwen3:8b");
+        assert!(ModelSpec::parse("gpt-4o").is_err());
+        assert!(ModelSpec::parse("openai:").is_err());
+        assert!(ModelSpec::parse("bogus:x").is_err());
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            SessionState::Running,
+            SessionState::WaitingApproval,
+            SessionState::Completed,
+            SessionState::Failed,
+            SessionState::Cancelled,
+        ] {
+            assert_eq!(SessionState::parse(s.as_str()), Some(s));
+        }
+    }
+}
+
+/// A tool as offered to the model: name, description and JSON Schema of the arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
