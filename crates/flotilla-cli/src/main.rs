@@ -1,1 +1,466 @@
-fn main() {}
+//! `flotilla`: run fleets of coding agents under a durable daemon.
+
+mod client;
+mod config;
+mod render;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use client::{connect_or_start, Client};
+use flotilla_agent::tools::HostExecutor;
+use flotilla_protocol::{
+    CreateSessionRequest, DaemonStatus, Event, EventPage, SessionId, SessionInfo, SessionList,
+    SessionState,
+};
+use flotilla_server::{Paths, ServeOptions};
+use flotilla_store::Durability;
+use hyper::Method;
+
+const AFTER_HELP: &str = "\
+Every client command starts the daemon in the background if none is running.
+FLOTILLA_HOME puts config, data and socket under one folder; otherwise the XDG
+folders are used. Models: `openai:MODEL` talks to any OpenAI-compatible server
+at OPENAI_BASE_URL (default https://api.openai.com/v1) with OPENAI_API_KEY.
+
+Examples:
+  flotilla run --workspace . --model openai:gpt-4o-mini \"add a --verbose flag\"
+  flotilla run --detach --workspace ~/src/app \"fix the failing test\"
+  flotilla ps
+  flotilla attach s3k9x2m1q0ab";
+
+/// Run fleets of coding agents under a durable daemon.
+#[derive(Parser)]
+#[command(name = "flotilla", version, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (client commands start it for you).
+    Serve(ServeArgs),
+    /// Start an agent session on a task, and follow it unless --detach.
+    Run(RunArgs),
+    /// List sessions: id, state, model, age, turns, tokens, workspace.
+    Ps(PsArgs),
+    /// Show a session's whole history, then its live events until it ends.
+    /// Ctrl-C detaches; the session goes on.
+    Attach(AttachArgs),
+    /// Print a session's event log.
+    Logs(LogsArgs),
+    /// Cancel a session.
+    Cancel(CancelArgs),
+    /// Manage the daemon.
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCommand,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Also listen on TCP at this address (e.g. 127.0.0.1:7777); clients
+    /// must send `Authorization: Bearer TOKEN` (the token file is in the run folder).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Commit durability: full (fsync, survives power loss), normal (survives
+    /// a daemon crash), off (benchmarks only).
+    #[arg(long, default_value = "full", value_parser = ["full", "normal", "off"])]
+    durability: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// What the agent should do.
+    task: String,
+    /// The folder the agent works in (default: the current folder).
+    #[arg(long, short = 'w')]
+    workspace: Option<PathBuf>,
+    /// Model spec PROVIDER:MODEL, e.g. openai:gpt-4o-mini (default: `model` in config.toml or FLOTILLA_MODEL).
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// Print the session id and return at once.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// JSON output: the session with --detach, else one event per line.
+    #[arg(long)]
+    json: bool,
+    /// Model turns before the session gives up.
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// Seconds of (awake) wall time before the session gives up.
+    #[arg(long)]
+    wall_time: Option<u64>,
+    /// The model's context window in tokens (compaction starts at 75%).
+    #[arg(long)]
+    context_window: Option<u64>,
+}
+
+#[derive(Args)]
+struct PsArgs {
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Only sessions in these states (comma-separated: running, completed, failed, cancelled).
+    #[arg(long)]
+    state: Option<String>,
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// Session id.
+    id: String,
+    /// One JSON event per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    /// Session id.
+    id: String,
+    /// One JSON event per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    /// Session id.
+    id: String,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// Whether the daemon runs, its pid, socket and session counts (exit 1 when not running).
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon; running sessions resume at its next start.
+    Stop {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flotilla: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flotilla: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths::from_env();
+    match cli.command {
+        Command::Serve(args) => serve(paths, args).await,
+        Command::Run(args) => run(paths, args).await,
+        Command::Ps(args) => ps(paths, args).await,
+        Command::Attach(args) => {
+            let client = connect_or_start(&paths).await?;
+            let id = parse_id(&args.id)?;
+            follow(&client, &id, args.json).await
+        }
+        Command::Logs(args) => logs(paths, args).await,
+        Command::Cancel(args) => {
+            let client = connect_or_start(&paths).await?;
+            let id = parse_id(&args.id)?;
+            let info: SessionInfo = client
+                .call(Method::POST, &format!("/v1/sessions/{id}/cancel"), None)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("{} {}", info.id, info.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon { command } => daemon(paths, command).await,
+    }
+}
+
+fn parse_id(raw: &str) -> Result<SessionId> {
+    Ok(SessionId::parse(raw)?)
+}
+
+async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = config::load(&paths.config_file)?;
+    let durability = match args.durability.as_str() {
+        "normal" => Durability::Normal,
+        "off" => Durability::Off,
+        _ => Durability::Full,
+    };
+    flotilla_server::serve(ServeOptions {
+        paths,
+        listen: args.listen,
+        fleet: cfg.fleet_config(),
+        durability,
+        executor: Arc::new(HostExecutor),
+        factory: None,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
+    let workspace = match args.workspace {
+        Some(w) => w,
+        None => std::env::current_dir().context("cannot read the current folder")?,
+    };
+    let workspace = workspace
+        .canonicalize()
+        .with_context(|| format!("workspace {}", workspace.display()))?;
+    let req = CreateSessionRequest {
+        task: args.task,
+        workspace: workspace.to_string_lossy().into_owned(),
+        model: args.model,
+        base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|v| !v.is_empty()),
+        max_turns: args.max_turns,
+        wall_time_secs: args.wall_time,
+        context_window: args.context_window,
+    };
+    let client = connect_or_start(&paths).await?;
+    let info: SessionInfo = client
+        .call(Method::POST, "/v1/sessions", Some(&serde_json::to_value(&req)?))
+        .await?;
+    if args.detach {
+        if args.json {
+            println!("{}", serde_json::to_string(&info)?);
+        } else {
+            println!("{}", info.id);
+            eprintln!("session {} started; follow it with `flotilla attach {}`", info.id, info.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&client, &info.id, args.json).await
+}
+
+fn print_event(e: &Event, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    } else {
+        writeln!(out, "{}", render::event_line(e))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn exit_for(state: SessionState) -> ExitCode {
+    match state {
+        SessionState::Completed => ExitCode::SUCCESS,
+        SessionState::Cancelled => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Streams a session's events until it ends; Ctrl-C detaches.
+async fn follow(client: &Client, id: &SessionId, json: bool) -> Result<ExitCode> {
+    let mut after = 0u64;
+    let mut reconnects = 0u32;
+    loop {
+        let mut stream = client.stream(&format!("/v1/sessions/{id}/stream?after={after}")).await?;
+        let ended = loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("\ndetached from {id}; the session goes on. Re-attach with `flotilla attach {id}`");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            match msg {
+                Ok(Some(m)) if m.event == "event" => {
+                    let e: Event = serde_json::from_str(&m.data)
+                        .context("the daemon sent an event this client cannot read")?;
+                    after = e.seq;
+                    print_event(&e, json)?;
+                }
+                Ok(Some(m)) if m.event == "end" => break true,
+                Ok(Some(m)) if m.event == "error" => bail!("the daemon reported: {}", m.data),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break false,
+            }
+        };
+        if ended {
+            let info: SessionInfo = client.call(Method::GET, &format!("/v1/sessions/{id}"), None).await?;
+            if !json {
+                match info.state {
+                    SessionState::Completed => {}
+                    s => eprintln!("session {id} {s}{}", info.reason.map(|r| format!(": {r}")).unwrap_or_default()),
+                }
+            }
+            return Ok(exit_for(info.state));
+        }
+        // The daemon went away (stopped or restarted): wait for it and go on
+        // from the last event seen, so nothing is shown twice or skipped.
+        reconnects += 1;
+        if reconnects > 100 {
+            bail!("lost the daemon too many times while following {id}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if !client.ping().await {
+            eprintln!("the daemon stopped; waiting for it to come back (Ctrl-C to leave)…");
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+                if client.ping().await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn ps(paths: Paths, args: PsArgs) -> Result<ExitCode> {
+    let client = connect_or_start(&paths).await?;
+    let path = match &args.state {
+        Some(s) => format!("/v1/sessions?state={s}"),
+        None => "/v1/sessions".to_string(),
+    };
+    let list: SessionList = client.call(Method::GET, &path, None).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&list.sessions)?);
+    } else if list.sessions.is_empty() {
+        println!("no sessions; start one with `flotilla run --workspace DIR \"task\"`");
+    } else {
+        print!("{}", render::session_table(&list.sessions, now_ms()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn logs(paths: Paths, args: LogsArgs) -> Result<ExitCode> {
+    let client = connect_or_start(&paths).await?;
+    let id = parse_id(&args.id)?;
+    let mut after = 0;
+    loop {
+        let page: EventPage = client
+            .call(Method::GET, &format!("/v1/sessions/{id}/events?after={after}&limit=1000"), None)
+            .await?;
+        for e in &page.events {
+            print_event(e, args.json)?;
+        }
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next_after;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
+    let client = Client::new(&paths.socket);
+    match command {
+        DaemonCommand::Status { json } => {
+            let status: Result<DaemonStatus> = client.call(Method::GET, "/v1/daemon", None).await;
+            match status {
+                Ok(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&serde_json::json!({"running": true, "daemon": s}))?);
+                    } else {
+                        println!("running   pid {} (flotilla {})", s.pid, s.version);
+                        println!("socket    {}", s.socket);
+                        if let Some(t) = &s.tcp {
+                            println!("tcp       {t}");
+                        }
+                        println!("database  {}", s.database);
+                        println!("sessions  {} total, {} active", s.sessions_total, s.sessions_active);
+                        if let Some(rss) = s.rss_bytes {
+                            println!("memory    {:.1} MiB", rss as f64 / 1048576.0);
+                        }
+                        println!("uptime    {}", render::age(now_ms(), s.started_ms));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(_) => {
+                    if json {
+                        println!("{}", serde_json::json!({"running": false, "socket": paths.socket}));
+                    } else {
+                        println!("not running (no daemon answers on {})", paths.socket.display());
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        DaemonCommand::Stop { json } => {
+            let pid = client
+                .call::<DaemonStatus>(Method::GET, "/v1/daemon", None)
+                .await
+                .ok()
+                .map(|s| s.pid);
+            let Some(pid) = pid else {
+                if json {
+                    println!("{}", serde_json::json!({"stopped": false, "running": false}));
+                } else {
+                    println!("not running");
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let _: serde_json::Value = client.call(Method::POST, "/v1/daemon/stop", None).await?;
+            // Wait until the process is gone, so a following start finds the lock free.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while process_alive(pid) {
+                if std::time::Instant::now() > deadline {
+                    bail!("daemon pid {pid} did not stop within 30s");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if json {
+                println!("{}", serde_json::json!({"stopped": true, "pid": pid}));
+            } else {
+                println!("stopped daemon pid {pid}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,357 @@
-//! stub
+//! The flotilla supervisor: creates sessions, runs their agent loops,
+//! cancels them, and resumes them after a restart.
+//!
+//! Invariants:
+//! - a session's loop runs in at most one task of this daemon (the `running`
+//!   map is the guard; the daemon lock file makes it one daemon per home);
+//! - stopping the daemon never records a cancel: sessions that were running
+//!   resume on the next start ([`Supervisor::recover`]);
+//! - a loop that dies on an internal error still leaves a terminal state in
+//!   the log when the log can be written at all.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use flotilla_agent::tools::{CommandExecutor, ToolLimits};
+use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
+use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
+use flotilla_protocol::{
+    CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo, SessionLimits,
+    SessionState,
+};
+use flotilla_store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the supervisor (from config files and the environment).
+#[derive(Clone, Debug, Default)]
+pub struct FleetConfig {
+    /// Model used when a request names none.
+    pub default_model: Option<String>,
+    /// Budgets used when a request sets none.
+    pub default_limits: SessionLimits,
+    /// Model request retries.
+    pub retry: RetryPolicy,
+    /// Built-in tool limits.
+    pub tool_limits: ToolLimits,
+    /// `OPENAI_BASE_URL` of the daemon, used when a session names no endpoint.
+    pub openai_base_url: Option<String>,
+    /// `OPENAI_API_KEY` of the daemon.
+    pub openai_api_key: Option<String>,
+    /// System prompt override.
+    pub system_prompt: Option<String>,
+}
+
+/// Builds a model client for a session.
+pub type ClientFactory =
+    Arc<dyn Fn(&ModelSpec, Option<&str>) -> Result<Arc<dyn ModelClient>, String> + Send + Sync>;
+
+/// What the supervisor refuses, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The request is wrong; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such session.
+    #[error("no session {0}; `flotilla ps` lists them")]
+    NotFound(SessionId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the sessions of one daemon.
+pub struct Supervisor {
+    store: Store,
+    config: FleetConfig,
+    executor: Arc<dyn CommandExecutor>,
+    factory: ClientFactory,
+    clients: Mutex<HashMap<String, Arc<dyn ModelClient>>>,
+    running: Mutex<HashMap<SessionId, Running>>,
+}
+
+impl Supervisor {
+    /// A supervisor over `store`. With no `factory`, models are reached over
+    /// HTTP with [`OpenAiClient`].
+    pub fn new(
+        store: Store,
+        config: FleetConfig,
+        executor: Arc<dyn CommandExecutor>,
+        factory: Option<ClientFactory>,
+    ) -> Arc<Supervisor> {
+        let factory = factory.unwrap_or_else(|| {
+            let base = config.openai_base_url.clone();
+            let key = config.openai_api_key.clone();
+            Arc::new(move |_spec: &ModelSpec, url: Option<&str>| {
+                let mut cfg = OpenAiConfig::from_env(url.map(str::to_owned).or(base.clone()));
+                if key.is_some() {
+                    cfg.api_key = key.clone();
+                }
+                OpenAiClient::new(cfg)
+                    .map(|c| Arc::new(c) as Arc<dyn ModelClient>)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        Arc::new(Supervisor {
+            store,
+            config,
+            executor,
+            factory,
+            clients: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sessions whose loop runs in this daemon now.
+    pub fn active_count(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn client_for(&self, spec: &ModelSpec, base_url: Option<&str>) -> Result<Arc<dyn ModelClient>, String> {
+        let key = format!("{}|{}", spec.provider, base_url.unwrap_or(""));
+        if let Ok(clients) = self.clients.lock() {
+            if let Some(c) = clients.get(&key) {
+                return Ok(c.clone());
+            }
+        }
+        let client = (self.factory)(spec, base_url)?;
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(key, client.clone());
+        }
+        Ok(client)
+    }
+
+    /// Validates a request, records the session and starts its loop.
+    pub async fn create(self: &Arc<Self>, req: CreateSessionRequest) -> Result<SessionInfo, FleetError> {
+        let bad = |m: String| Err(FleetError::BadRequest(m));
+        if req.task.trim().is_empty() {
+            return bad("the task is empty: say what the agent should do".into());
+        }
+        let workspace = Path::new(&req.workspace);
+        if !workspace.is_absolute() {
+            return bad(format!(
+                "workspace {:?} is not an absolute path",
+                req.workspace
+            ));
+        }
+        let workspace = match workspace.canonicalize() {
+            Ok(p) if p.is_dir() => p,
+            Ok(_) => return bad(format!("workspace {} is not a directory", req.workspace)),
+            Err(e) => return bad(format!("workspace {}: {e}", req.workspace)),
+        };
+        let model = match req.model.clone().or_else(|| self.config.default_model.clone()) {
+            Some(m) => m,
+            None => {
+                return bad("no model given and no default configured: pass --model openai:MODEL, or set `model` in config.toml".into())
+            }
+        };
+        let spec = ModelSpec::parse(&model).map_err(|e| FleetError::BadRequest(e.to_string()))?;
+        if let Some(url) = &req.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(format!("base_url {url:?} must start with http:// or https://"));
+            }
+        }
+        let d = self.config.default_limits;
+        let limits = SessionLimits {
+            max_turns: req.max_turns.unwrap_or(d.max_turns),
+            wall_time_secs: req.wall_time_secs.unwrap_or(d.wall_time_secs),
+            context_window: req.context_window.unwrap_or(d.context_window),
+        };
+        if limits.max_turns == 0 || limits.wall_time_secs == 0 || limits.context_window < 512 {
+            return bad("max_turns and wall_time_secs must be positive and context_window at least 512".into());
+        }
+        // Fail before recording anything if the model cannot even be set up.
+        self.client_for(&spec, req.base_url.as_deref())
+            .map_err(FleetError::BadRequest)?;
+        let id = SessionId::generate();
+        self.store
+            .append(
+                &id,
+                vec![EventKind::SessionCreated {
+                    task: req.task,
+                    model: spec.to_string(),
+                    workspace: workspace.to_string_lossy().into_owned(),
+                    base_url: req.base_url,
+                    limits,
+                }],
+            )
+            .await?;
+        self.start(&id, false).await?;
+        self.get(&id).await
+    }
+
+    /// One session.
+    pub async fn get(&self, id: &SessionId) -> Result<SessionInfo, FleetError> {
+        self.store
+            .session(id)
+            .await?
+            .ok_or_else(|| FleetError::NotFound(id.clone()))
+    }
+
+    /// Asks a session to stop. Ended sessions are returned unchanged.
+    pub async fn cancel(self: &Arc<Self>, id: &SessionId, by: &str) -> Result<SessionInfo, FleetError> {
+        let info = self.get(id).await?;
+        if info.state.is_terminal() {
+            return Ok(info);
+        }
+        self.store
+            .append_one(id, EventKind::CancelRequested { by: by.to_owned() })
+            .await?;
+        let token = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id).map(|r| r.cancel.clone()));
+        match token {
+            Some(t) => {
+                t.cancel();
+                // Wait for the loop to record the end, so the caller sees it.
+                let handle = self.running.lock().ok().and_then(|mut r| r.remove(id));
+                if let Some(running) = handle {
+                    let _ = running.task.await;
+                }
+            }
+            None => {
+                self.store
+                    .append_one(
+                        id,
+                        EventKind::StateChanged {
+                            state: SessionState::Cancelled,
+                            reason: Some("cancelled".into()),
+                        },
+                    )
+                    .await?;
+            }
+        }
+        self.get(id).await
+    }
+
+    /// Resumes every session that was running when the daemon last stopped.
+    /// Returns how many were resumed.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, FleetError> {
+        let open = self
+            .store
+            .sessions(Some(vec![SessionState::Running, SessionState::WaitingApproval]))
+            .await?;
+        let n = open.len();
+        for info in open {
+            self.start(&info.id, true).await?;
+        }
+        Ok(n)
+    }
+
+    async fn start(self: &Arc<Self>, id: &SessionId, resume: bool) -> Result<(), FleetError> {
+        let Some(info) = self.store.session(id).await? else {
+            return Err(FleetError::NotFound(id.clone()));
+        };
+        let spec = ModelSpec::parse(&info.model).map_err(|e| FleetError::BadRequest(e.to_string()));
+        let base_url = session_base_url(&self.store, id).await?;
+        let client = spec.and_then(|s| {
+            self.client_for(&s, base_url.as_deref())
+                .map_err(FleetError::BadRequest)
+                .map(|c| (s, c))
+        });
+        let (spec, client) = match client {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.store
+                    .append_one(
+                        id,
+                        EventKind::StateChanged {
+                            state: SessionState::Failed,
+                            reason: Some(format!("cannot reach the model: {e}")),
+                        },
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
+        let cancel = CancellationToken::new();
+        let run = AgentRun {
+            store: self.store.clone(),
+            session: id.clone(),
+            client,
+            executor: self.executor.clone(),
+            settings: AgentSettings {
+                model_name: spec.model.clone(),
+                retry: self.config.retry.clone(),
+                tool_limits: self.config.tool_limits.clone(),
+                system_prompt: self.config.system_prompt.clone(),
+                max_tokens: None,
+            },
+            cancel: cancel.clone(),
+            resume,
+        };
+        let me = Arc::clone(self);
+        let sid = id.clone();
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| FleetError::BadRequest("supervisor state poisoned".into()))?;
+        if running.contains_key(id) {
+            return Ok(());
+        }
+        let task = tokio::spawn(async move {
+            let outcome = run_agent(run).await;
+            match outcome {
+                Ok(exit) => tracing::info!(session = %sid, exit = ?short(&exit), "session ended"),
+                Err(e) => {
+                    tracing::error!(session = %sid, error = %e, "session loop failed");
+                    let _ = me
+                        .store
+                        .append_one(
+                            &sid,
+                            EventKind::StateChanged {
+                                state: SessionState::Failed,
+                                reason: Some(format!("internal error: {e}")),
+                            },
+                        )
+                        .await;
+                }
+            }
+            if let Ok(mut r) = me.running.lock() {
+                r.remove(&sid);
+            }
+        });
+        running.insert(id.clone(), Running { cancel, task });
+        Ok(())
+    }
+
+    /// Stops every loop without recording a cancel: they resume on the next start.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<Running> = match self.running.lock() {
+            Ok(mut r) => r.drain().map(|(_, v)| v).collect(),
+            Err(_) => return,
+        };
+        for t in tasks {
+            t.task.abort();
+            let _ = t.task.await;
+        }
+    }
+}
+
+fn short(exit: &AgentExit) -> &'static str {
+    match exit {
+        AgentExit::Completed(_) => "completed",
+        AgentExit::Failed(_) => "failed",
+        AgentExit::Cancelled => "cancelled",
+    }
+}
+
+async fn session_base_url(store: &Store, id: &SessionId) -> Result<Option<String>, StoreError> {
+    let first = store.events(id, 0, 1).await?;
+    Ok(first.into_iter().find_map(|e| match e.event {
+        EventKind::SessionCreated { base_url, .. } => base_url,
+        _ => None,
+    }))
+}

@@ -18,8 +18,8 @@ mod clock;
 mod openai;
 mod retry;
 
-pub use clock::SuspendAwareClock;
-pub use openai::{OpenAiClient, OpenAiConfig};
+pub use clock::{ClockSource, SuspendAwareClock, SystemClocks};
+pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;
 
 /// Who wrote a message.

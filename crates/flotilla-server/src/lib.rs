@@ -1,1 +1,9 @@
-//! stub
+//! The flotilla daemon: HTTP/JSON over a Unix socket (and TCP with a bearer
+//! token), SSE event streams, and the daemon's life cycle.
+
+pub mod api;
+pub mod daemon;
+pub mod paths;
+
+pub use daemon::{acquire_lock, serve, DaemonError, DaemonLock, ServeOptions};
+pub use paths::Paths;

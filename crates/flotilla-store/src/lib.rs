@@ -31,6 +31,8 @@ pub const APPLICATION_ID: i32 = 0x464c_4f54;
 pub const SCHEMA_VERSION: i32 = 1;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 2048;
+/// Most concurrent readers.
+const MAX_READERS: usize = 4;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -144,6 +146,8 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteCmd>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds concurrent reads (and so reader connections and blocking threads).
+    read_permits: tokio::sync::Semaphore,
     live: broadcast::Sender<Arc<Event>>,
 }
 
@@ -254,6 +258,7 @@ impl Store {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(handle)),
                 readers: Mutex::new(Vec::new()),
+                read_permits: tokio::sync::Semaphore::new(MAX_READERS),
                 live,
             }),
         })
@@ -324,6 +329,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection, &Path) -> Result<T> + Send + 'static,
     {
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let conn = inner.readers.lock().ok().and_then(|mut r| r.pop());
@@ -333,7 +344,7 @@ impl Store {
             };
             let result = f(&conn, &inner.path);
             if let Ok(mut r) = inner.readers.lock() {
-                if r.len() < 8 {
+                if r.len() < MAX_READERS {
                     r.push(conn);
                 }
             }

@@ -1,0 +1,509 @@
+//! The agent loop: ask the model, run the tools it proposes, repeat until it
+//! finishes, with every step appended to the session's log first.
+//!
+//! Commit points: a `ToolStarted` is durable before its tool runs, and
+//! everything buffered is durable before each model request and when the
+//! session ends. Events between those points are batched into one append,
+//! which is what keeps a turn at two commits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_models::{
+    ChatMessage, ChatRequest, ChatResponse, ModelClient, ModelError, RetryPolicy, Role,
+    SuspendAwareClock,
+};
+use flotilla_protocol::{Event, EventKind, SessionId, SessionState, ToolCall};
+use flotilla_store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::conversation::{estimate_tokens, Conversation};
+use crate::tools::{self, CommandExecutor, ToolContext, ToolLimits, ToolOutcome};
+
+/// Fraction of the context window at which older turns are compacted.
+const COMPACT_AT: f64 = 0.75;
+/// Model turns kept verbatim by compaction.
+const KEEP_TURNS: usize = 2;
+/// A failure during which the machine slept this long is not counted against the retry budget.
+const SLEEP_FORGIVENESS: Duration = Duration::from_secs(2);
+
+/// Settings of one agent loop.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// The model name the provider knows (without `provider:`).
+    pub model_name: String,
+    /// Retry policy for model requests.
+    pub retry: RetryPolicy,
+    /// Limits of the built-in tools.
+    pub tool_limits: ToolLimits,
+    /// System prompt; [`default_system_prompt`] when empty.
+    pub system_prompt: Option<String>,
+    /// Cap on generated tokens per reply.
+    pub max_tokens: Option<u32>,
+}
+
+/// How a loop ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentExit {
+    /// The agent gave its final answer.
+    Completed(String),
+    /// It stopped on an error or a budget.
+    Failed(String),
+    /// Somebody cancelled it.
+    Cancelled,
+}
+
+/// Why the loop itself could not go on (the log could not be written).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The system prompt used unless one is configured.
+pub fn default_system_prompt(workspace: &str) -> String {
+    format!(
+        "You are a coding agent working in the workspace {workspace}. Use the tools to \
+         inspect and change files and to run commands there; paths are relative to the \
+         workspace. Work step by step, check your work, and when the task is done call \
+         `finish` with a short final answer for the user."
+    )
+}
+
+/// Everything one loop needs.
+pub struct AgentRun {
+    /// The log.
+    pub store: Store,
+    /// The session.
+    pub session: SessionId,
+    /// The model.
+    pub client: Arc<dyn ModelClient>,
+    /// Where commands run.
+    pub executor: Arc<dyn CommandExecutor>,
+    /// Settings.
+    pub settings: AgentSettings,
+    /// Fires on cancel.
+    pub cancel: CancellationToken,
+    /// The daemon restarted: mark tools that started and never finished as
+    /// interrupted, and record the resumption, before going on.
+    pub resume: bool,
+}
+
+/// Reads a whole session log.
+pub async fn load_all(store: &Store, session: &SessionId) -> Result<Vec<Event>, StoreError> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map(|e: &Event| e.seq).unwrap_or(0);
+        let page = store.events(session, after, 10_000).await?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
+struct Loop {
+    run: AgentRun,
+    conv: Conversation,
+    buffer: Vec<EventKind>,
+    system_prompt: String,
+    tool_ctx: ToolContext,
+    /// Fires on cancel or when the wall-time budget runs out.
+    stop: CancellationToken,
+}
+
+impl Loop {
+    fn push(&mut self, event: EventKind) {
+        self.buffer.push(event);
+    }
+
+    async fn flush(&mut self) -> Result<(), AgentError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.buffer);
+        let appended = self.run.store.append(&self.run.session, events).await?;
+        for e in &appended {
+            self.conv.apply(e);
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, exit: AgentExit) -> Result<AgentExit, AgentError> {
+        let (state, reason) = match &exit {
+            AgentExit::Completed(answer) => {
+                self.push(EventKind::FinalAnswer {
+                    text: answer.clone(),
+                });
+                (SessionState::Completed, None)
+            }
+            AgentExit::Failed(why) => (SessionState::Failed, Some(why.clone())),
+            AgentExit::Cancelled => (SessionState::Cancelled, Some("cancelled".to_string())),
+        };
+        self.push(EventKind::StateChanged { state, reason });
+        self.flush().await?;
+        Ok(exit)
+    }
+}
+
+/// Runs the loop until the session ends. Resumes where the log stops.
+pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
+    let events = load_all(&run.store, &run.session).await?;
+    let conv = Conversation::from_events(&events);
+    if conv.ended {
+        return Ok(match conv.final_answer {
+            Some(a) => AgentExit::Completed(a),
+            None => AgentExit::Failed("the session had already ended".into()),
+        });
+    }
+    let workspace = PathBuf::from(&conv.workspace);
+    let system_prompt = run
+        .settings
+        .system_prompt
+        .clone()
+        .unwrap_or_else(|| default_system_prompt(&conv.workspace));
+    // The wall-time budget counts time the machine was awake: tokio's clock is
+    // CLOCK_MONOTONIC, which stops during suspend. Earlier runs of this
+    // session (before a daemon restart) are counted from the log.
+    let used_before = Duration::from_millis((conv.last_ts_ms - conv.created_ms).max(0) as u64);
+    let budget = Duration::from_secs(conv.limits.wall_time_secs).saturating_sub(used_before);
+    let stop = run.cancel.child_token();
+    let tool_ctx = ToolContext {
+        workspace: workspace.canonicalize().unwrap_or(workspace),
+        executor: run.executor.clone(),
+        limits: run.settings.tool_limits.clone(),
+        cancel: stop.clone(),
+    };
+    let mut lp = Loop {
+        run,
+        conv,
+        buffer: Vec::new(),
+        system_prompt,
+        tool_ctx,
+        stop: stop.clone(),
+    };
+    if lp.run.resume {
+        let unfinished = lp.conv.unfinished_calls();
+        for id in &unfinished {
+            lp.push(EventKind::ToolInterrupted {
+                call_id: id.clone(),
+                reason: "the daemon stopped while the tool was running".into(),
+            });
+        }
+        lp.push(EventKind::SessionResumed {
+            interrupted_tools: unfinished.len() as u32,
+        });
+        lp.flush().await?;
+    }
+    if lp.conv.cancel_requested {
+        return lp.end(AgentExit::Cancelled).await;
+    }
+    let deadline = tokio::time::Instant::now() + budget;
+    let timer_stop = stop.clone();
+    let timer = tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => timer_stop.cancel(),
+            _ = timer_stop.cancelled() => {}
+        }
+    });
+    let result = lp.turns().await;
+    timer.abort();
+    let exit = match result {
+        Ok(exit) => exit,
+        Err(e) => return Err(e),
+    };
+    let exit = match exit {
+        // A stop that was not a cancel is the wall-time budget.
+        AgentExit::Cancelled if !lp.run.cancel.is_cancelled() => AgentExit::Failed(format!(
+            "wall-time budget of {}s used up",
+            lp.conv.limits.wall_time_secs
+        )),
+        other => other,
+    };
+    lp.end(exit).await
+}
+
+impl Loop {
+    async fn turns(&mut self) -> Result<AgentExit, AgentError> {
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(AgentExit::Cancelled);
+            }
+            // Finish what the last reply asked for before asking again.
+            if let Some(text) = self.conv.answered_without_tools.clone() {
+                return Ok(AgentExit::Completed(text));
+            }
+            if !self.conv.pending_calls.is_empty() {
+                let calls = self.conv.pending_calls.clone();
+                if let Some(answer) = self.run_calls(calls).await? {
+                    return Ok(AgentExit::Completed(answer));
+                }
+                continue;
+            }
+            if self.conv.turns >= self.conv.limits.max_turns {
+                return Ok(AgentExit::Failed(format!(
+                    "max turns ({}) reached without a final answer",
+                    self.conv.limits.max_turns
+                )));
+            }
+            self.maybe_compact().await?;
+            let turn = self.conv.turns + 1;
+            let messages = self.conv.messages(&self.system_prompt);
+            self.push(EventKind::ModelRequested {
+                turn,
+                messages: messages.len() as u32,
+                estimated_tokens: estimate_tokens(&messages),
+            });
+            self.flush().await?;
+            let request = ChatRequest {
+                model: self.run.settings.model_name.clone(),
+                messages,
+                tools: tools::tool_specs(),
+                max_tokens: self.run.settings.max_tokens,
+            };
+            let started = Instant::now();
+            let response = match self.call_model(turn, &request).await? {
+                Ok(r) => r,
+                Err(exit) => return Ok(exit),
+            };
+            self.push(EventKind::ModelResponded {
+                turn,
+                text: response.text,
+                tool_calls: response.tool_calls.clone(),
+                usage: response.usage,
+                finish_reason: response.finish_reason,
+                latency_ms: started.elapsed().as_millis() as u64,
+            });
+            if response.tool_calls.is_empty() {
+                self.flush().await?;
+                continue;
+            }
+            // The reply, the proposals and the first ToolStarted share one commit.
+            if let Some(answer) = self.run_calls(response.tool_calls).await? {
+                return Ok(AgentExit::Completed(answer));
+            }
+        }
+    }
+
+    /// One model request with retries. `Ok(Err(exit))` ends the session.
+    async fn call_model(
+        &mut self,
+        turn: u32,
+        request: &ChatRequest,
+    ) -> Result<Result<ChatResponse, AgentExit>, AgentError> {
+        let policy = self.run.settings.retry.clone();
+        let mut attempt = 0u32;
+        let mut counted = 0u32;
+        loop {
+            attempt += 1;
+            let clock = SuspendAwareClock::now();
+            let result = tokio::select! {
+                r = self.run.client.chat(request) => r,
+                _ = self.stop.cancelled() => return Ok(Err(AgentExit::Cancelled)),
+            };
+            let err = match result {
+                Ok(r) => return Ok(Ok(r)),
+                Err(e) => e,
+            };
+            let slept = clock.suspended_since() > SLEEP_FORGIVENESS;
+            if !slept {
+                counted += 1;
+            }
+            let retry = err.is_retryable() && (slept || policy.should_retry(counted, &err));
+            let delay = if !retry {
+                None
+            } else if slept {
+                // Woken from sleep: every session's request failed at once.
+                // Retry soon, spread out, and do not count it as a failure.
+                Some(Duration::from_millis(rand_jitter_ms(2_000)))
+            } else {
+                Some(policy.delay_for(counted, err.retry_after()))
+            };
+            self.push(EventKind::ModelFailed {
+                turn,
+                attempt,
+                error: describe_model_error(&err),
+                retry_in_ms: delay.map(|d| d.as_millis() as u64),
+            });
+            self.flush().await?;
+            let Some(delay) = delay else {
+                return Ok(Err(AgentExit::Failed(format!(
+                    "model request failed after {attempt} attempt(s): {}",
+                    describe_model_error(&err)
+                ))));
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.cancelled() => return Ok(Err(AgentExit::Cancelled)),
+            }
+        }
+    }
+
+    /// Runs the calls of the last reply in order (those not yet answered).
+    /// Returns the final answer when one of them is `finish`.
+    async fn run_calls(&mut self, calls: Vec<ToolCall>) -> Result<Option<String>, AgentError> {
+        for call in calls {
+            if self.stop.is_cancelled() {
+                // Unrun calls get an answer so the conversation stays well formed.
+                self.push(EventKind::ToolFinished {
+                    call_id: call.id.clone(),
+                    output: "error: not run, the session was stopped".into(),
+                    is_error: true,
+                    duration_ms: 0,
+                });
+                continue;
+            }
+            if !self.conv.proposed.contains(&call.id) {
+                self.push(EventKind::ToolProposed { call: call.clone() });
+            }
+            if let Some(answer) = self.run_one(&call).await? {
+                return Ok(Some(answer));
+            }
+        }
+        self.flush().await?;
+        Ok(None)
+    }
+
+    async fn run_one(&mut self, call: &ToolCall) -> Result<Option<String>, AgentError> {
+        let refuse = |output: String| EventKind::ToolFinished {
+            call_id: call.id.clone(),
+            output,
+            is_error: true,
+            duration_ms: 0,
+        };
+        if !tools::is_builtin(&call.name) {
+            let known: Vec<String> = tools::tool_specs().into_iter().map(|s| s.name).collect();
+            self.push(refuse(format!(
+                "error: unknown tool {:?}; the tools are: {}",
+                call.name,
+                known.join(", ")
+            )));
+            return Ok(None);
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&call.arguments) {
+            self.push(refuse(format!(
+                "error: the arguments of {} are not valid JSON ({e}); send a JSON object",
+                call.name
+            )));
+            return Ok(None);
+        }
+        self.push(EventKind::ToolStarted {
+            call_id: call.id.clone(),
+        });
+        // Durable before the tool runs: a crash from here on is reported as
+        // an interruption, never silently re-run.
+        self.flush().await?;
+        let started = Instant::now();
+        let outcome = tools::run_tool(&self.tool_ctx, &call.name, &call.arguments).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            ToolOutcome::Finish { answer } => {
+                self.push(EventKind::ToolFinished {
+                    call_id: call.id.clone(),
+                    output: "finished".into(),
+                    is_error: false,
+                    duration_ms,
+                });
+                Ok(Some(answer))
+            }
+            ToolOutcome::Output { text, is_error } => {
+                self.push(EventKind::ToolFinished {
+                    call_id: call.id.clone(),
+                    output: text,
+                    is_error,
+                    duration_ms,
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Summarises older turns when the next request would come near the context window.
+    async fn maybe_compact(&mut self) -> Result<(), AgentError> {
+        let messages = self.conv.messages(&self.system_prompt);
+        let estimate = estimate_tokens(&messages).max(self.conv.last_prompt_tokens);
+        let limit = (self.conv.limits.context_window as f64 * COMPACT_AT) as u64;
+        if estimate < limit {
+            return Ok(());
+        }
+        let Some(through_seq) = self.conv.compaction_boundary(KEEP_TURNS) else {
+            return Ok(());
+        };
+        let older: Vec<&ChatMessage> = self
+            .conv
+            .recent
+            .iter()
+            .filter(|(seq, _)| *seq <= through_seq)
+            .map(|(_, m)| m)
+            .collect();
+        let mut transcript = String::new();
+        if let Some(prev) = &self.conv.summary {
+            transcript.push_str(&format!("Earlier summary:\n{prev}\n\n"));
+        }
+        for m in older {
+            let role = match m.role {
+                Role::Assistant => "assistant",
+                Role::Tool => "tool result",
+                Role::User => "user",
+                Role::System => "system",
+            };
+            // Long tool outputs are clipped: the summary needs their gist only.
+            let content: String = m.content.chars().take(2_000).collect();
+            transcript.push_str(&format!("[{role}] {content}\n"));
+            for c in &m.tool_calls {
+                transcript.push_str(&format!("[call] {}({})\n", c.name, c.arguments));
+            }
+        }
+        let request = ChatRequest {
+            model: self.run.settings.model_name.clone(),
+            messages: vec![
+                ChatMessage::text(
+                    Role::System,
+                    "You compress the history of a coding agent's session. Keep every fact \
+                     needed to finish the task: files changed, commands run and their results, \
+                     decisions, open problems. Be concise.",
+                ),
+                ChatMessage::text(
+                    Role::User,
+                    format!(
+                        "Task: {}\n\nHistory to summarise:\n{transcript}",
+                        self.conv.task
+                    ),
+                ),
+            ],
+            tools: Vec::new(),
+            max_tokens: None,
+        };
+        let result = tokio::select! {
+            r = self.run.client.chat(&request) => r,
+            _ = self.stop.cancelled() => return Ok(()),
+        };
+        match result {
+            Ok(resp) if !resp.text.trim().is_empty() => {
+                self.push(EventKind::ContextCompacted {
+                    summary: resp.text,
+                    through_seq,
+                    tokens_before: estimate,
+                });
+                self.flush().await?;
+            }
+            Ok(_) => {
+                tracing::warn!(session = %self.run.session, "compaction returned an empty summary; continuing without it")
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.run.session, error = %e, "compaction failed; continuing without it")
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe_model_error(err: &ModelError) -> String {
+    err.to_string()
+}
+
+fn rand_jitter_ms(max: u64) -> u64 {
+    rand::random_range(0..max.max(1))
+}

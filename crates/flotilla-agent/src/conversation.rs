@@ -1,0 +1,211 @@
+//! The conversation of a session, derived from its events.
+//!
+//! The log is the truth; a [`Conversation`] is a cache of what the log says,
+//! built by [`Conversation::apply`] from every event in order, at start-up
+//! and then as each new event is appended. The same code path serves a fresh
+//! session and one resumed after a crash, so both see the same history.
+
+use std::collections::HashSet;
+
+use flotilla_models::{ChatMessage, Role};
+use flotilla_protocol::{Event, EventKind, SessionLimits, ToolCall};
+
+/// What the model is told when a tool was interrupted by a daemon restart.
+pub fn interrupted_message(reason: &str) -> String {
+    format!(
+        "error: this tool call was interrupted ({reason}) and was NOT re-run. \
+         It may have had partial effects: check the state of the workspace before \
+         deciding whether to run it again."
+    )
+}
+
+/// Where the session stands, as far as the loop needs to know.
+#[derive(Clone, Debug, Default)]
+pub struct Conversation {
+    /// Task text.
+    pub task: String,
+    /// Model spec.
+    pub model: String,
+    /// Workspace path.
+    pub workspace: String,
+    /// Endpoint override.
+    pub base_url: Option<String>,
+    /// Budgets.
+    pub limits: SessionLimits,
+    /// Created at, ms since the epoch.
+    pub created_ms: i64,
+    /// Last event's time.
+    pub last_ts_ms: i64,
+    /// Last event's seq.
+    pub last_seq: u64,
+    /// Summary of compacted turns.
+    pub summary: Option<String>,
+    /// Messages after the system prompt, the task and the summary.
+    pub recent: Vec<(u64, ChatMessage)>,
+    /// Model turns answered so far.
+    pub turns: u32,
+    /// Tool calls of the last model reply that have no result yet, in order.
+    pub pending_calls: Vec<ToolCall>,
+    /// Calls already proposed (so a resumed loop does not propose them twice).
+    pub proposed: HashSet<String>,
+    /// Calls started and not finished.
+    pub started: HashSet<String>,
+    /// The final answer, once given.
+    pub final_answer: Option<String>,
+    /// The last model reply had no tool calls (it is the final answer).
+    pub answered_without_tools: Option<String>,
+    /// Whether a terminal state was recorded.
+    pub ended: bool,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+    /// Last prompt size the model reported.
+    pub last_prompt_tokens: u64,
+}
+
+impl Conversation {
+    /// Builds the conversation from a whole log.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut c = Conversation::default();
+        for e in events {
+            c.apply(e);
+        }
+        c
+    }
+
+    /// Folds one event in.
+    pub fn apply(&mut self, event: &Event) {
+        self.last_seq = event.seq;
+        self.last_ts_ms = event.ts_ms;
+        match &event.event {
+            EventKind::SessionCreated {
+                task,
+                model,
+                workspace,
+                base_url,
+                limits,
+            } => {
+                self.task = task.clone();
+                self.model = model.clone();
+                self.workspace = workspace.clone();
+                self.base_url = base_url.clone();
+                self.limits = *limits;
+                self.created_ms = event.ts_ms;
+            }
+            EventKind::ModelResponded {
+                turn,
+                text,
+                tool_calls,
+                usage,
+                ..
+            } => {
+                self.turns = self.turns.max(*turn);
+                self.last_prompt_tokens = usage.prompt_tokens;
+                self.recent.push((
+                    event.seq,
+                    ChatMessage {
+                        role: Role::Assistant,
+                        content: text.clone(),
+                        tool_calls: tool_calls.clone(),
+                        tool_call_id: None,
+                    },
+                ));
+                self.pending_calls = tool_calls.clone();
+                self.answered_without_tools = tool_calls.is_empty().then(|| text.clone());
+            }
+            EventKind::ToolProposed { call } => {
+                self.proposed.insert(call.id.clone());
+            }
+            EventKind::ToolStarted { call_id } => {
+                self.started.insert(call_id.clone());
+            }
+            EventKind::ToolFinished {
+                call_id, output, ..
+            } => {
+                self.started.remove(call_id);
+                self.resolve(event.seq, call_id, output.clone());
+            }
+            EventKind::ToolInterrupted { call_id, reason } => {
+                self.started.remove(call_id);
+                self.resolve(event.seq, call_id, interrupted_message(reason));
+            }
+            EventKind::ContextCompacted {
+                summary,
+                through_seq,
+                ..
+            } => {
+                self.summary = Some(summary.clone());
+                self.recent.retain(|(seq, _)| *seq > *through_seq);
+            }
+            EventKind::FinalAnswer { text } => self.final_answer = Some(text.clone()),
+            EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),
+            EventKind::CancelRequested { .. } => self.cancel_requested = true,
+            EventKind::SessionResumed { .. }
+            | EventKind::ModelRequested { .. }
+            | EventKind::ModelFailed { .. } => {}
+        }
+    }
+
+    fn resolve(&mut self, seq: u64, call_id: &str, content: String) {
+        if let Some(pos) = self.pending_calls.iter().position(|c| c.id == call_id) {
+            self.pending_calls.remove(pos);
+        }
+        self.recent
+            .push((seq, ChatMessage::tool_result(call_id, content)));
+    }
+
+    /// Calls that started and never finished: a crash happened while they ran.
+    pub fn unfinished_calls(&self) -> Vec<String> {
+        self.pending_calls
+            .iter()
+            .filter(|c| self.started.contains(&c.id))
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// The messages of the next model request.
+    pub fn messages(&self, system_prompt: &str) -> Vec<ChatMessage> {
+        let mut out = Vec::with_capacity(self.recent.len() + 3);
+        out.push(ChatMessage::text(Role::System, system_prompt));
+        out.push(ChatMessage::text(Role::User, self.task.clone()));
+        if let Some(summary) = &self.summary {
+            out.push(ChatMessage::text(
+                Role::User,
+                format!("Summary of the earlier part of this session (older turns were compacted):\n{summary}"),
+            ));
+        }
+        out.extend(self.recent.iter().map(|(_, m)| m.clone()));
+        out
+    }
+
+    /// The boundary for compaction that keeps the last `keep_turns` model
+    /// turns verbatim: the seq just before the first kept assistant message,
+    /// or `None` when there is nothing older to compact.
+    pub fn compaction_boundary(&self, keep_turns: usize) -> Option<u64> {
+        let assistant_seqs: Vec<u64> = self
+            .recent
+            .iter()
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .map(|(s, _)| *s)
+            .collect();
+        if assistant_seqs.len() <= keep_turns {
+            return None;
+        }
+        let first_kept = assistant_seqs[assistant_seqs.len() - keep_turns];
+        Some(first_kept - 1)
+    }
+}
+
+/// Rough token count of messages: 4 bytes a token, plus a little per message.
+pub fn estimate_tokens(messages: &[ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| {
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len() + 8)
+                .sum();
+            ((m.content.len() + calls) / 4 + 4) as u64
+        })
+        .sum()
+}

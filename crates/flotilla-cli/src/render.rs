@@ -1,0 +1,186 @@
+//! How events and sessions look in a terminal.
+
+use flotilla_protocol::{Event, EventKind, SessionInfo};
+
+fn clip(s: &str, max: usize) -> String {
+    let one_line = s.replace('\n', "⏎ ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let mut out: String = one_line.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a millisecond timestamp.
+pub fn clock(ts_ms: i64) -> String {
+    let secs = ts_ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+}
+
+/// A short age such as `5s`, `3m`, `2h`, `4d`.
+pub fn age(now_ms: i64, then_ms: i64) -> String {
+    let s = ((now_ms - then_ms) / 1000).max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Token counts like `12.3k`.
+pub fn tokens(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        1000..=999_999 => format!("{:.1}k", n as f64 / 1000.0),
+        _ => format!("{:.1}M", n as f64 / 1_000_000.0),
+    }
+}
+
+/// One line (sometimes a few) for an event.
+pub fn event_line(e: &Event) -> String {
+    let head = format!("#{:<4} {} ", e.seq, clock(e.ts_ms));
+    let body = match &e.event {
+        EventKind::SessionCreated {
+            task,
+            model,
+            workspace,
+            ..
+        } => format!("created   {model} in {workspace}: {}", clip(task, 200)),
+        EventKind::StateChanged { state, reason } => match reason {
+            Some(r) => format!("state     {state}: {}", clip(r, 300)),
+            None => format!("state     {state}"),
+        },
+        EventKind::SessionResumed { interrupted_tools } => {
+            format!("resumed   after a daemon restart ({interrupted_tools} tool(s) interrupted)")
+        }
+        EventKind::ModelRequested {
+            turn,
+            messages,
+            estimated_tokens,
+        } => format!(
+            "model     turn {turn}: {messages} messages, ~{} tokens",
+            tokens(*estimated_tokens)
+        ),
+        EventKind::ModelFailed {
+            turn,
+            attempt,
+            error,
+            retry_in_ms,
+        } => match retry_in_ms {
+            Some(ms) => format!(
+                "model     turn {turn} attempt {attempt} failed, retry in {:.1}s: {}",
+                *ms as f64 / 1000.0,
+                clip(error, 200)
+            ),
+            None => format!("model     turn {turn} attempt {attempt} failed: {}", clip(error, 300)),
+        },
+        EventKind::ModelResponded {
+            turn,
+            text,
+            tool_calls,
+            usage,
+            latency_ms,
+            ..
+        } => {
+            let mut s = format!(
+                "model     turn {turn} replied in {latency_ms}ms ({} in, {} out)",
+                tokens(usage.prompt_tokens),
+                tokens(usage.completion_tokens)
+            );
+            if !text.trim().is_empty() {
+                s.push_str(&format!(": {}", clip(text, 200)));
+            }
+            if !tool_calls.is_empty() {
+                let names: Vec<&str> = tool_calls.iter().map(|c| c.name.as_str()).collect();
+                s.push_str(&format!(" → {}", names.join(", ")));
+            }
+            s
+        }
+        EventKind::ToolProposed { call } => {
+            format!("tool      {} {}", call.name, clip(&call.arguments, 200))
+        }
+        EventKind::ToolStarted { call_id } => format!("tool      started {call_id}"),
+        EventKind::ToolFinished {
+            output,
+            is_error,
+            duration_ms,
+            ..
+        } => format!(
+            "tool      {} in {duration_ms}ms: {}",
+            if *is_error { "error" } else { "ok" },
+            clip(output, 240)
+        ),
+        EventKind::ToolInterrupted { call_id, reason } => {
+            format!("tool      interrupted {call_id}: {reason}")
+        }
+        EventKind::ContextCompacted {
+            through_seq,
+            tokens_before,
+            ..
+        } => format!(
+            "context   compacted events up to #{through_seq} (was ~{} tokens)",
+            tokens(*tokens_before)
+        ),
+        EventKind::CancelRequested { by } => format!("cancel    requested by {by}"),
+        EventKind::FinalAnswer { text } => format!("answer    {text}"),
+    };
+    head + &body
+}
+
+/// The `ps` table.
+pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "STATE".into(),
+        "MODEL".into(),
+        "AGE".into(),
+        "TURNS".into(),
+        "TOKENS".into(),
+        "WORKSPACE".into(),
+    ]];
+    for s in sessions {
+        rows.push([
+            s.id.to_string(),
+            s.state.to_string(),
+            s.model.clone(),
+            age(now_ms, s.created_ms),
+            s.turns.to_string(),
+            tokens(s.prompt_tokens + s.completion_tokens),
+            s.workspace.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(clock(3_723_000), "01:02:03");
+        assert_eq!(age(100_000, 40_000), "1m");
+        assert_eq!(tokens(1234), "1.2k");
+        assert_eq!(clip("a\nb", 10), "a⏎ b");
+        assert_eq!(clip("abcdef", 3), "abc…");
+    }
+}

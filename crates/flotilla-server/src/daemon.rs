@@ -1,0 +1,267 @@
+//! The daemon's life: one per home (a lock file), a socket that a crashed
+//! daemon may have left behind replaced, sessions resumed, clean stop.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flotilla_agent::tools::CommandExecutor;
+use flotilla_fleet::{ClientFactory, FleetConfig, Supervisor};
+use flotilla_protocol::DaemonStatus;
+use flotilla_store::{Durability, Store, StoreError, StoreOptions};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{router, AppState};
+use crate::paths::{Paths, MAX_SOCKET_PATH};
+
+/// Everything `serve` needs.
+pub struct ServeOptions {
+    /// Where things live.
+    pub paths: Paths,
+    /// Also listen on TCP (bearer token required).
+    pub listen: Option<SocketAddr>,
+    /// Supervisor settings.
+    pub fleet: FleetConfig,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Where shell commands run.
+    pub executor: Arc<dyn CommandExecutor>,
+    /// Model clients (tests and benchmarks inject their own).
+    pub factory: Option<ClientFactory>,
+}
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds the lock.
+    #[error("a flotilla daemon is already running for {home} (pid {pid}); stop it with `flotilla daemon stop`")]
+    AlreadyRunning {
+        /// The home.
+        home: String,
+        /// Its pid, as written in the lock file.
+        pid: String,
+    },
+    /// The socket path is longer than Unix sockets allow.
+    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes; set FLOTILLA_HOME or XDG_RUNTIME_DIR to a shorter folder")]
+    SocketPathTooLong(String),
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Resuming sessions failed.
+    #[error("resuming sessions failed: {0}")]
+    Recover(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(path).map_err(io("cannot create", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("cannot restrict", path))
+}
+
+/// Holds the one-daemon-per-home lock for as long as it lives.
+pub struct DaemonLock {
+    _lock: Flock<std::fs::File>,
+}
+
+/// Takes the home's lock, or says which daemon holds it.
+pub fn acquire_lock(paths: &Paths) -> Result<DaemonLock, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    private_dir(&paths.run_dir)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&paths.lock)
+        .map_err(io("cannot open lock file", &paths.lock))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(DaemonError::AlreadyRunning {
+                home: paths.home.display().to_string(),
+                pid: pid.trim().to_string(),
+            });
+        }
+    };
+    lock.set_len(0).map_err(io("cannot write lock file", &paths.lock))?;
+    lock.rewind().map_err(io("cannot write lock file", &paths.lock))?;
+    write!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &paths.lock))?;
+    Ok(DaemonLock { _lock: lock })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn load_or_create_token(paths: &Paths) -> Result<String, DaemonError> {
+    if let Ok(t) = std::fs::read_to_string(&paths.token) {
+        let t = t.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token = hex::encode(bytes);
+    let tmp = paths.token.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("cannot write token", &tmp))?;
+        f.write_all(token.as_bytes())
+            .map_err(io("cannot write token", &tmp))?;
+    }
+    std::fs::rename(&tmp, &paths.token).map_err(io("cannot write token", &paths.token))?;
+    Ok(token)
+}
+
+/// Runs the daemon until it is asked to stop (API, SIGTERM or SIGINT).
+pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
+    let paths = opts.paths.clone();
+    if paths.socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(DaemonError::SocketPathTooLong(paths.socket.display().to_string()));
+    }
+    let _lock = acquire_lock(&paths)?;
+    private_dir(&paths.data_dir)?;
+    // We hold the lock, so a socket file here was left by a daemon that died.
+    match std::fs::remove_file(&paths.socket) {
+        Ok(()) => tracing::warn!(socket = %paths.socket.display(), "removed a stale socket left by a previous daemon"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove stale socket", &paths.socket)(e)),
+    }
+    let store = Store::open(
+        &paths.database,
+        StoreOptions {
+            durability: opts.durability,
+        },
+    )?;
+    let fleet = Supervisor::new(store.clone(), opts.fleet, opts.executor, opts.factory);
+    let unix = UnixListener::bind(&paths.socket).map_err(io("cannot listen on", &paths.socket))?;
+    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("cannot restrict", &paths.socket))?;
+    let tcp = match opts.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Io {
+                    what: "cannot listen on",
+                    path: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let tcp_addr = match &tcp {
+        Some(l) => Some(l.local_addr().map_err(io("cannot read address of", &paths.socket))?),
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    let status = DaemonStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: now_ms(),
+        home: paths.home.display().to_string(),
+        socket: paths.socket.display().to_string(),
+        tcp: tcp_addr.map(|a| a.to_string()),
+        database: paths.database.display().to_string(),
+        sessions_total: 0,
+        sessions_active: 0,
+        rss_bytes: None,
+    };
+    let state = AppState {
+        fleet: fleet.clone(),
+        status: Arc::new(status),
+        shutdown: shutdown.clone(),
+    };
+
+    // Serve first, resume second: clients get answers while sessions come back.
+    let recover_fleet = fleet.clone();
+    let recovery = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match recover_fleet.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, ms = started.elapsed().as_millis() as u64, "resumed sessions"),
+            Err(e) => tracing::error!(error = %e, "resuming sessions failed"),
+        }
+    });
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = signals.cancelled() => {}
+        }
+        signals.cancel();
+    });
+
+    let unix_app = router(state.clone(), None);
+    let stop = shutdown.clone();
+    let unix_server = tokio::spawn(async move {
+        axum::serve(unix, unix_app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    let tcp_server = match tcp {
+        Some(listener) => {
+            let token: Arc<str> = load_or_create_token(&paths)?.into();
+            let app = router(state.clone(), Some(token));
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
+    tracing::info!(socket = %paths.socket.display(), tcp = ?tcp_addr, "flotilla daemon listening");
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping: sessions will resume on the next start");
+    recovery.abort();
+    fleet.shutdown().await;
+    let _ = unix_server.await;
+    if let Some(t) = tcp_server {
+        let _ = t.await;
+    }
+    store.close();
+    let _ = std::fs::remove_file(&paths.socket);
+    Ok(())
+}
