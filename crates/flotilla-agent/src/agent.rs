@@ -263,8 +263,7 @@ impl Loop {
                 tools: tools::tool_specs(),
                 max_tokens: self.run.settings.max_tokens,
             };
-            let started = Instant::now();
-            let response = match self.call_model(turn, &request).await? {
+            let (response, latency) = match self.call_model(turn, &request).await? {
                 Ok(r) => r,
                 Err(exit) => return Ok(exit),
             };
@@ -274,7 +273,7 @@ impl Loop {
                 tool_calls: response.tool_calls.clone(),
                 usage: response.usage,
                 finish_reason: response.finish_reason,
-                latency_ms: started.elapsed().as_millis() as u64,
+                latency_ms: latency.as_millis() as u64,
             });
             if response.tool_calls.is_empty() {
                 self.flush().await?;
@@ -287,24 +286,26 @@ impl Loop {
         }
     }
 
-    /// One model request with retries. `Ok(Err(exit))` ends the session.
+    /// One model request with retries, and the latency of the attempt that
+    /// answered. `Ok(Err(exit))` ends the session.
     async fn call_model(
         &mut self,
         turn: u32,
         request: &ChatRequest,
-    ) -> Result<Result<ChatResponse, AgentExit>, AgentError> {
+    ) -> Result<Result<(ChatResponse, Duration), AgentExit>, AgentError> {
         let policy = self.run.settings.retry.clone();
         let mut attempt = 0u32;
         let mut counted = 0u32;
         loop {
             attempt += 1;
             let clock = SuspendAwareClock::now();
+            let started = Instant::now();
             let result = tokio::select! {
                 r = self.run.client.chat(request) => r,
                 _ = self.stop.cancelled() => return Ok(Err(AgentExit::Cancelled)),
             };
             let err = match result {
-                Ok(r) => return Ok(Ok(r)),
+                Ok(r) => return Ok(Ok((r, started.elapsed()))),
                 Err(e) => e,
             };
             let slept = clock.suspended_since() > SLEEP_FORGIVENESS;

@@ -1,6 +1,8 @@
 //! The file tools (read, write, edit, list, glob, grep) and argument handling,
 //! on real files in temporary directories.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns panic by design
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 

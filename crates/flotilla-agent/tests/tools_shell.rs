@@ -1,5 +1,7 @@
 //! The `shell` tool and the host executor, with real processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns panic by design
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -269,6 +271,13 @@ async fn output_cap_keeps_head_and_tail_with_notice() {
     assert!(text.len() < 2_300, "{}", text.len());
 }
 
+/// Peak resident set size of this test process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn fifty_megabytes_of_output_stay_bounded() {
     let (_dir, ctx) = workspace();
@@ -276,7 +285,14 @@ async fn fifty_megabytes_of_output_stay_bounded() {
         &ctx,
         "head -c 50000000 /dev/zero | tr '\\0' 'a'; echo; echo the-end; head -c 3000000 /dev/zero >&2",
     );
+    let peak_before = peak_rss_kib();
     let result = HostExecutor.run(req).await.unwrap();
+    let peak_growth = peak_rss_kib().saturating_sub(peak_before);
+    // 50 MB went through; buffering it would raise the peak by at least that.
+    assert!(
+        peak_growth < 20 * 1024,
+        "peak RSS grew by {peak_growth} KiB"
+    );
     assert_eq!(result.exit_code, Some(0));
     let out = &result.output.stdout;
     assert_eq!(out.total_bytes, 50_000_000 + 1 + 8);

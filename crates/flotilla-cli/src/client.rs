@@ -44,10 +44,15 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| format!("cannot connect to the daemon at {}", self.socket.display()))?;
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket).await.with_context(|| {
+            format!("cannot connect to the daemon at {}", self.socket.display())
+        })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake with the daemon failed")?;
@@ -89,7 +94,10 @@ impl Client {
         if !status.is_success() {
             let (code, message) = match serde_json::from_slice::<ApiError>(&bytes) {
                 Ok(e) => (e.error.code, e.error.message),
-                Err(_) => ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()),
+                Err(_) => (
+                    "unknown".into(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ),
             };
             return Err(ApiFailure {
                 status,
@@ -98,8 +106,9 @@ impl Client {
             }
             .into());
         }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("the daemon's answer to {path} is not what this client expects"))
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!("the daemon's answer to {path} is not what this client expects")
+        })
     }
 
     /// Opens an SSE stream.
@@ -126,7 +135,10 @@ impl Client {
     /// Whether a daemon answers on the socket.
     pub async fn ping(&self) -> bool {
         let fut = self.call::<serde_json::Value>(Method::GET, "/v1/health", None);
-        matches!(tokio::time::timeout(Duration::from_secs(2), fut).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), fut).await,
+            Ok(Ok(_))
+        )
     }
 }
 
@@ -195,7 +207,10 @@ impl SseReader {
 /// Position of the end of the first event block and the length of its separator.
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -249,7 +264,16 @@ pub async fn connect_or_start(paths: &Paths) -> Result<Client> {
                 return Ok(client);
             }
             let tail = std::fs::read_to_string(&paths.log_file)
-                .map(|s| s.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+                .map(|s| {
+                    s.lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
                 .unwrap_or_default();
             bail!(
                 "the flotilla daemon exited at start ({status}); its log {} ends with:\n{tail}",

@@ -158,7 +158,10 @@ enum DaemonCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("flotilla: cannot start the async runtime: {e}");
@@ -245,21 +248,30 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         task: args.task,
         workspace: workspace.to_string_lossy().into_owned(),
         model: args.model,
-        base_url: std::env::var("OPENAI_BASE_URL").ok().filter(|v| !v.is_empty()),
+        base_url: std::env::var("OPENAI_BASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client
-        .call(Method::POST, "/v1/sessions", Some(&serde_json::to_value(&req)?))
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some(&serde_json::to_value(&req)?),
+        )
         .await?;
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string(&info)?);
         } else {
             println!("{}", info.id);
-            eprintln!("session {} started; follow it with `flotilla attach {}`", info.id, info.id);
+            eprintln!(
+                "session {} started; follow it with `flotilla attach {}`",
+                info.id, info.id
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -290,7 +302,9 @@ async fn follow(client: &Client, id: &SessionId, json: bool) -> Result<ExitCode>
     let mut after = 0u64;
     let mut reconnects = 0u32;
     loop {
-        let mut stream = client.stream(&format!("/v1/sessions/{id}/stream?after={after}")).await?;
+        let mut stream = client
+            .stream(&format!("/v1/sessions/{id}/stream?after={after}"))
+            .await?;
         let ended = loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
@@ -313,11 +327,16 @@ async fn follow(client: &Client, id: &SessionId, json: bool) -> Result<ExitCode>
             }
         };
         if ended {
-            let info: SessionInfo = client.call(Method::GET, &format!("/v1/sessions/{id}"), None).await?;
+            let info: SessionInfo = client
+                .call(Method::GET, &format!("/v1/sessions/{id}"), None)
+                .await?;
             if !json {
                 match info.state {
                     SessionState::Completed => {}
-                    s => eprintln!("session {id} {s}{}", info.reason.map(|r| format!(": {r}")).unwrap_or_default()),
+                    s => eprintln!(
+                        "session {id} {s}{}",
+                        info.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    ),
                 }
             }
             return Ok(exit_for(info.state));
@@ -385,7 +404,11 @@ async fn logs(paths: Paths, args: LogsArgs) -> Result<ExitCode> {
     let mut after = 0;
     loop {
         let page: EventPage = client
-            .call(Method::GET, &format!("/v1/sessions/{id}/events?after={after}&limit=1000"), None)
+            .call(
+                Method::GET,
+                &format!("/v1/sessions/{id}/events?after={after}&limit=1000"),
+                None,
+            )
             .await?;
         for e in &page.events {
             print_event(e, args.json)?;
@@ -406,7 +429,12 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
             match status {
                 Ok(s) => {
                     if json {
-                        println!("{}", serde_json::to_string(&serde_json::json!({"running": true, "daemon": s}))?);
+                        println!(
+                            "{}",
+                            serde_json::to_string(
+                                &serde_json::json!({"running": true, "daemon": s})
+                            )?
+                        );
                     } else {
                         println!("running   pid {} (flotilla {})", s.pid, s.version);
                         println!("socket    {}", s.socket);
@@ -414,7 +442,10 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
                             println!("tcp       {t}");
                         }
                         println!("database  {}", s.database);
-                        println!("sessions  {} total, {} active", s.sessions_total, s.sessions_active);
+                        println!(
+                            "sessions  {} total, {} active",
+                            s.sessions_total, s.sessions_active
+                        );
                         if let Some(rss) = s.rss_bytes {
                             println!("memory    {:.1} MiB", rss as f64 / 1048576.0);
                         }
@@ -424,9 +455,15 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
                 }
                 Err(_) => {
                     if json {
-                        println!("{}", serde_json::json!({"running": false, "socket": paths.socket}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"running": false, "socket": paths.socket})
+                        );
                     } else {
-                        println!("not running (no daemon answers on {})", paths.socket.display());
+                        println!(
+                            "not running (no daemon answers on {})",
+                            paths.socket.display()
+                        );
                     }
                     Ok(ExitCode::from(1))
                 }
@@ -440,7 +477,10 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
                 .map(|s| s.pid);
             let Some(pid) = pid else {
                 if json {
-                    println!("{}", serde_json::json!({"stopped": false, "running": false}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"stopped": false, "running": false})
+                    );
                 } else {
                     println!("not running");
                 }

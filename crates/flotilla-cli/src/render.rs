@@ -16,7 +16,12 @@ fn clip(s: &str, max: usize) -> String {
 /// `HH:MM:SS` (UTC) of a millisecond timestamp.
 pub fn clock(ts_ms: i64) -> String {
     let secs = ts_ms.div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// A short age such as `5s`, `3m`, `2h`, `4d`.
@@ -75,7 +80,10 @@ pub fn event_line(e: &Event) -> String {
                 *ms as f64 / 1000.0,
                 clip(error, 200)
             ),
-            None => format!("model     turn {turn} attempt {attempt} failed: {}", clip(error, 300)),
+            None => format!(
+                "model     turn {turn} attempt {attempt} failed: {}",
+                clip(error, 300)
+            ),
         },
         EventKind::ModelResponded {
             turn,

@@ -17,8 +17,7 @@ use flotilla_agent::tools::{CommandExecutor, ToolLimits};
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
 use flotilla_protocol::{
-    CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo, SessionLimits,
-    SessionState,
+    CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo, SessionLimits, SessionState,
 };
 use flotilla_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -117,7 +116,11 @@ impl Supervisor {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
-    fn client_for(&self, spec: &ModelSpec, base_url: Option<&str>) -> Result<Arc<dyn ModelClient>, String> {
+    fn client_for(
+        &self,
+        spec: &ModelSpec,
+        base_url: Option<&str>,
+    ) -> Result<Arc<dyn ModelClient>, String> {
         let key = format!("{}|{}", spec.provider, base_url.unwrap_or(""));
         if let Ok(clients) = self.clients.lock() {
             if let Some(c) = clients.get(&key) {
@@ -132,7 +135,10 @@ impl Supervisor {
     }
 
     /// Validates a request, records the session and starts its loop.
-    pub async fn create(self: &Arc<Self>, req: CreateSessionRequest) -> Result<SessionInfo, FleetError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateSessionRequest,
+    ) -> Result<SessionInfo, FleetError> {
         let bad = |m: String| Err(FleetError::BadRequest(m));
         if req.task.trim().is_empty() {
             return bad("the task is empty: say what the agent should do".into());
@@ -158,7 +164,9 @@ impl Supervisor {
         let spec = ModelSpec::parse(&model).map_err(|e| FleetError::BadRequest(e.to_string()))?;
         if let Some(url) = &req.base_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return bad(format!("base_url {url:?} must start with http:// or https://"));
+                return bad(format!(
+                    "base_url {url:?} must start with http:// or https://"
+                ));
             }
         }
         let d = self.config.default_limits;
@@ -168,7 +176,10 @@ impl Supervisor {
             context_window: req.context_window.unwrap_or(d.context_window),
         };
         if limits.max_turns == 0 || limits.wall_time_secs == 0 || limits.context_window < 512 {
-            return bad("max_turns and wall_time_secs must be positive and context_window at least 512".into());
+            return bad(
+                "max_turns and wall_time_secs must be positive and context_window at least 512"
+                    .into(),
+            );
         }
         // Fail before recording anything if the model cannot even be set up.
         self.client_for(&spec, req.base_url.as_deref())
@@ -199,7 +210,11 @@ impl Supervisor {
     }
 
     /// Asks a session to stop. Ended sessions are returned unchanged.
-    pub async fn cancel(self: &Arc<Self>, id: &SessionId, by: &str) -> Result<SessionInfo, FleetError> {
+    pub async fn cancel(
+        self: &Arc<Self>,
+        id: &SessionId,
+        by: &str,
+    ) -> Result<SessionInfo, FleetError> {
         let info = self.get(id).await?;
         if info.state.is_terminal() {
             return Ok(info);
@@ -241,7 +256,10 @@ impl Supervisor {
     pub async fn recover(self: &Arc<Self>) -> Result<usize, FleetError> {
         let open = self
             .store
-            .sessions(Some(vec![SessionState::Running, SessionState::WaitingApproval]))
+            .sessions(Some(vec![
+                SessionState::Running,
+                SessionState::WaitingApproval,
+            ]))
             .await?;
         let n = open.len();
         for info in open {

@@ -153,5 +153,8 @@ impl ModelError {
 /// One attempt at one chat completion.
 pub trait ModelClient: Send + Sync {
     /// Sends the request and waits for the whole answer.
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
 }

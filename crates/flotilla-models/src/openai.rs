@@ -170,7 +170,7 @@ impl OpenAiClient {
                         self.chat_url, self.config.first_byte_timeout
                     )))
                 }
-                Ok(Err(error)) => return Err(transport_error(&error, &self.chat_url)),
+                Ok(Err(error)) => return Err(transport_error(&error)),
                 Ok(Ok(response)) => response,
             };
         let status = response.status();
@@ -218,7 +218,7 @@ impl OpenAiClient {
                 self.chat_url, self.config.idle_timeout
             ))),
             Ok(None) => Ok(None),
-            Ok(Some(Err(error))) => Err(transport_error(&error, &self.chat_url)),
+            Ok(Some(Err(error))) => Err(transport_error(&error)),
             Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
         }
     }
@@ -368,14 +368,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn transport_error(error: &reqwest::Error, url: &str) -> ModelError {
+/// Maps a reqwest error (its text names the URL) to the error kinds.
+fn transport_error(error: &reqwest::Error) -> ModelError {
     let detail = error_chain(error);
     if error.is_timeout() {
-        ModelError::Timeout(format!("{url}: {detail}"))
+        ModelError::Timeout(detail)
     } else if error.is_builder() {
-        ModelError::Config(format!("{url}: {detail}"))
+        ModelError::Config(detail)
     } else {
-        ModelError::Connection(format!("{url}: {detail}"))
+        ModelError::Connection(detail)
     }
 }
 

@@ -1,5 +1,8 @@
 //! `OpenAiClient` against the scripted mock model server over loopback HTTP.
 
+// Helpers outside #[test] functions may unwrap too: this is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use flotilla_models::{

@@ -67,7 +67,11 @@ impl From<FleetError> for ApiFailure {
 impl From<StoreError> for ApiFailure {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error in API");
-        ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", e.to_string())
+        ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            e.to_string(),
+        )
     }
 }
 
@@ -116,7 +120,8 @@ where
 }
 
 fn parse_id(raw: &str) -> Result<SessionId, ApiFailure> {
-    SessionId::parse(raw).map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+    SessionId::parse(raw)
+        .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
 /// The router. `token`: when set, every request needs `Authorization: Bearer TOKEN`.
@@ -134,10 +139,12 @@ pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     match token {
-        Some(token) => app.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let token = token.clone();
-            async move { check_bearer(&token, req, next).await }
-        })),
+        Some(token) => app.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let token = token.clone();
+                async move { check_bearer(&token, req, next).await }
+            },
+        )),
         None => app,
     }
 }
@@ -160,11 +167,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found() -> ApiFailure {
-    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md")
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see docs/api.md",
+    )
 }
 
 async fn method_not_allowed() -> ApiFailure {
-    ApiFailure::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see docs/api.md")
+    ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see docs/api.md",
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -190,7 +205,10 @@ pub fn rss_bytes() -> Option<u64> {
 
 async fn daemon_stop(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     st.shutdown.cancel();
-    (StatusCode::ACCEPTED, Json(serde_json::json!({"stopping": true})))
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"stopping": true})),
+    )
 }
 
 async fn create_session(
@@ -297,7 +315,10 @@ async fn stream_events(
     tokio::spawn(async move {
         let send = |e: &Event| {
             let data = serde_json::to_string(e).unwrap_or_default();
-            SseEvent::default().event("event").id(e.seq.to_string()).data(data)
+            SseEvent::default()
+                .event("event")
+                .id(e.seq.to_string())
+                .data(data)
         };
         // Sends events from the database after `last`; returns whether the session ended.
         macro_rules! catch_up {
@@ -307,7 +328,9 @@ async fn stream_events(
                     let page = match store.events(&id, last, MAX_PAGE).await {
                         Ok(p) => p,
                         Err(e) => {
-                            let _ = tx.send(Ok(SseEvent::default().event("error").data(e.to_string()))).await;
+                            let _ = tx
+                                .send(Ok(SseEvent::default().event("error").data(e.to_string())))
+                                .await;
                             return;
                         }
                     };

@@ -66,7 +66,10 @@ pub enum DaemonError {
     Recover(String),
 }
 
-fn io<'a>(what: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+fn io<'a>(
+    what: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
     move |source| DaemonError::Io {
         what,
         path: path.display().to_string(),
@@ -107,8 +110,10 @@ pub fn acquire_lock(paths: &Paths) -> Result<DaemonLock, DaemonError> {
             });
         }
     };
-    lock.set_len(0).map_err(io("cannot write lock file", &paths.lock))?;
-    lock.rewind().map_err(io("cannot write lock file", &paths.lock))?;
+    lock.set_len(0)
+        .map_err(io("cannot write lock file", &paths.lock))?;
+    lock.rewind()
+        .map_err(io("cannot write lock file", &paths.lock))?;
     write!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &paths.lock))?;
     Ok(DaemonLock { _lock: lock })
 }
@@ -147,17 +152,35 @@ fn load_or_create_token(paths: &Paths) -> Result<String, DaemonError> {
     Ok(token)
 }
 
+/// Raises the open-files soft limit to the hard limit: every session holds a
+/// model connection and its tools' pipes, and 1,024 is too few for a fleet.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 /// Runs the daemon until it is asked to stop (API, SIGTERM or SIGINT).
 pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     let paths = opts.paths.clone();
+    raise_nofile_limit();
     if paths.socket.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(DaemonError::SocketPathTooLong(paths.socket.display().to_string()));
+        return Err(DaemonError::SocketPathTooLong(
+            paths.socket.display().to_string(),
+        ));
     }
     let _lock = acquire_lock(&paths)?;
     private_dir(&paths.data_dir)?;
     // We hold the lock, so a socket file here was left by a daemon that died.
     match std::fs::remove_file(&paths.socket) {
-        Ok(()) => tracing::warn!(socket = %paths.socket.display(), "removed a stale socket left by a previous daemon"),
+        Ok(()) => {
+            tracing::warn!(socket = %paths.socket.display(), "removed a stale socket left by a previous daemon")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("cannot remove stale socket", &paths.socket)(e)),
     }
@@ -184,7 +207,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         None => None,
     };
     let tcp_addr = match &tcp {
-        Some(l) => Some(l.local_addr().map_err(io("cannot read address of", &paths.socket))?),
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(io("cannot read address of", &paths.socket))?,
+        ),
         None => None,
     };
     let shutdown = CancellationToken::new();
@@ -212,7 +238,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         let started = std::time::Instant::now();
         match recover_fleet.recover().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, ms = started.elapsed().as_millis() as u64, "resumed sessions"),
+            Ok(n) => tracing::info!(
+                sessions = n,
+                ms = started.elapsed().as_millis() as u64,
+                "resumed sessions"
+            ),
             Err(e) => tracing::error!(error = %e, "resuming sessions failed"),
         }
     });
@@ -220,7 +250,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     let signals = shutdown.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {

@@ -34,7 +34,11 @@ pub const MAX_SOCKET_PATH: usize = 107;
 impl Paths {
     /// Paths from the environment.
     pub fn from_env() -> Paths {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         if let Some(home) = var("FLOTILLA_HOME") {
             return Paths::under(&home);
         }

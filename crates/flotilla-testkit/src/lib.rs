@@ -15,6 +15,13 @@
 //! A request past the end of its script gets HTTP 400 naming the script and
 //! step, so a test that goes off script fails loudly.
 //!
+//! Beyond the replies, a step can fail its first requests
+//! ([`Failure`]: an HTTP status with `Retry-After`, a connection reset, a
+//! truncated stream, a stalled stream), be slow ([`Step::with_delay_ms`]) or
+//! never answer ([`Step::hang`]). A request carrying [`NO_STREAM_MARKER`] is
+//! answered with plain JSON even when it asked for a stream, like a server
+//! that ignores `stream`.
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use flotilla_testkit::{MockModelServer, Script, Step};

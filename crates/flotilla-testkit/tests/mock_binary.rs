@@ -1,5 +1,8 @@
 //! The `flotilla-mock-model` binary.
 
+// Helpers outside #[test] functions may unwrap too: this is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 
@@ -16,51 +19,59 @@ fn binary_serves_a_script_file_and_prints_its_url() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-mock-model"))
-        .args(["--script", path.to_str().unwrap(), "--port", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_flotilla-mock-model"))
+            .args(["--script", path.to_str().unwrap(), "--port", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let result = (|| {
-        let url = line
-            .trim()
-            .strip_prefix("listening ")
-            .expect("listening URL")
-            .to_owned();
-        assert!(
-            url.starts_with("http://127.0.0.1:") && url.ends_with("/v1"),
-            "{url}"
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let body = serde_json::json!({
-                "model": "m",
-                "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "function", "function": {"name": "t", "parameters": {}}}],
-            });
-            let reply: serde_json::Value = reqwest::Client::new()
-                .post(format!("{url}/chat/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(reply["choices"][0]["message"]["content"], "from file");
+    let url = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening URL")
+        .to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/v1"),
+        "{url}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let body = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "t", "parameters": {}}}],
         });
-    })();
-    child.kill().unwrap();
-    child.wait().unwrap();
+        let reply: serde_json::Value = reqwest::Client::new()
+            .post(format!("{url}/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(reply["choices"][0]["message"]["content"], "from file");
+    });
+    drop(child);
     std::fs::remove_dir_all(&dir).unwrap();
-    result
+}
+
+/// Kills the server even when an assertion fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! The mock model server over real loopback HTTP.
 
+// Helpers outside #[test] functions may unwrap too: this is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::{
@@ -489,4 +492,54 @@ fn script_round_trips_through_json() {
         vec![Failure::rate_limited(1), Failure::Reset]
     );
     assert_eq!(ok.scripts["default"][1], Step::hang());
+}
+
+/// `cargo test -p flotilla-testkit --release -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput() {
+    let server = MockModelServer::start(Script::single(vec![Step::tool(
+        "shell",
+        json!({"command": "ls"}),
+    )]))
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/chat/completions", server.base_url());
+    let per_client = 100;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = request(
+                    json!([{"role": "user", "content": format!("client {i}")}]),
+                    true,
+                );
+                for _ in 0..per_client {
+                    let text = client
+                        .post(&url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    assert!(text.ends_with("data: [DONE]\n\n"));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = 100 * per_client;
+    println!(
+        "{total} streamed requests from 100 clients in {elapsed:?}: {:.0} req/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(server.request_count(), total);
 }

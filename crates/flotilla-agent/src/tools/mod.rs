@@ -34,7 +34,7 @@ pub use path::{resolve_in_workspace, PathError, PathIntent};
 pub use specs::tool_specs;
 
 /// Size limits of the built-in tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolLimits {
     /// Most bytes of output a tool returns to the model (shell output, listings,
     /// search hits); more is cut, keeping head and tail, with a notice.

@@ -1,0 +1,449 @@
+//! End-to-end: the real CLI, the real daemon, real SQLite, the scripted
+//! model server on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla_testkit::{Failure, Script, ScriptedCall, Step};
+use serde_json::{json, Value};
+
+#[test]
+fn session_reads_edits_runs_and_finishes() {
+    let env = Env::new(Script::single(vec![
+        Step::tool("read_file", json!({"path": "notes.txt"})),
+        Step::tool(
+            "edit_file",
+            json!({"path": "notes.txt", "old_string": "world", "new_string": "flotilla"}),
+        ),
+        Step::tool(
+            "shell",
+            json!({"command": "cat notes.txt && echo on-stderr >&2 && exit 3"}),
+        ),
+        Step::finish("edited notes.txt"),
+    ]));
+    std::fs::write(env.ws().join("notes.txt"), "hello world\n").unwrap();
+    let out = env.run(&[
+        "run",
+        "-w",
+        &env.ws_str(),
+        "-m",
+        "openai:mock",
+        "edit the notes",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(printed.contains("answer    edited notes.txt"), "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(env.ws().join("notes.txt")).unwrap(),
+        "hello flotilla\n"
+    );
+
+    // What the agent sent back to the model, turn by turn.
+    let reqs = env.mock.requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs[0]["messages"][1]["content"], "edit the notes");
+    assert!(reqs[0]["tools"].as_array().unwrap().len() >= 7);
+    assert!(tool_messages(&reqs[1])[0].contains("hello world"));
+    assert!(tool_messages(&reqs[2])[1].contains("replaced 1 occurrence"));
+    let shell = &tool_messages(&reqs[3])[2];
+    assert!(
+        shell.contains("hello flotilla") && shell.contains("on-stderr") && shell.contains('3'),
+        "{shell}"
+    );
+
+    let id = env.session_id_from_ps();
+    let events = env.events(&id);
+    assert_gapless(&events);
+    let k = kinds(&events);
+    assert_eq!(k.first().unwrap(), "session_created");
+    assert_eq!(k.last().unwrap(), "state_changed");
+    assert_eq!(k.iter().filter(|x| *x == "tool_started").count(), 4);
+    assert_eq!(k.iter().filter(|x| *x == "tool_finished").count(), 4);
+    assert_eq!(k.iter().filter(|x| *x == "model_responded").count(), 4);
+    // Every started tool was durable before its result.
+    for e in events
+        .iter()
+        .filter(|e| e["event"]["type"] == "tool_finished")
+    {
+        let id = &e["event"]["call_id"];
+        let started = events
+            .iter()
+            .find(|s| s["event"]["type"] == "tool_started" && &s["event"]["call_id"] == id)
+            .unwrap();
+        assert!(started["seq"].as_u64() < e["seq"].as_u64());
+    }
+    // Each event points back at the one before.
+    for w in events.windows(2) {
+        assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
+    }
+    let info = env.session(&id);
+    assert_eq!(info["state"], "completed");
+    assert_eq!(info["turns"], 4);
+    assert!(info["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+impl Env {
+    fn session_id_from_ps(&self) -> String {
+        let out = self.run(&["ps", "--json"]);
+        let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        all[0]["id"].as_str().unwrap().to_string()
+    }
+}
+
+#[test]
+fn malformed_model_output_is_reported_back_not_crashed() {
+    let env = Env::new(Script::single(vec![
+        Step::tool_raw("read_file", "{\"path\": \"a.txt\""),
+        Step::tool("frobnicate", json!({})),
+        Step::tools(vec![
+            ScriptedCall::new(
+                "edit_file",
+                json!({"path": "a.txt", "old_string": "zzz", "new_string": "y"}),
+            ),
+            ScriptedCall::new("read_file", json!({"path": "../../etc/passwd"})),
+        ]),
+        Step::finish("done despite errors"),
+    ]));
+    std::fs::write(env.ws().join("a.txt"), "x x\n").unwrap();
+    let out = env.run(&[
+        "run",
+        "-w",
+        &env.ws_str(),
+        "-m",
+        "openai:mock",
+        "try things",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reqs = env.mock.requests();
+    assert_eq!(reqs.len(), 4);
+    let t = tool_messages(&reqs[3]);
+    assert!(t[0].contains("not valid JSON"), "{}", t[0]);
+    assert!(
+        t[1].contains("unknown tool") && t[1].contains("read_file"),
+        "{}",
+        t[1]
+    );
+    assert!(t[2].contains("not found"), "{}", t[2]);
+    assert!(t[3].contains("escapes the workspace"), "{}", t[3]);
+}
+
+#[test]
+fn model_server_errors_are_retried_then_the_session_recovers() {
+    let env = Env::new(Script::single(vec![Step::text("all good").failing_first(
+        vec![
+            Failure::rate_limited(1),
+            Failure::status(503),
+            Failure::Reset,
+            Failure::Truncate,
+        ],
+    )]));
+    let started = Instant::now();
+    let out = env.run(&[
+        "run",
+        "--json",
+        "-w",
+        &env.ws_str(),
+        "-m",
+        "openai:mock",
+        "say hi",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Retry-After: 1 was honoured.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_gapless(&events);
+    let failures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "model_failed")
+        .collect();
+    assert_eq!(failures.len(), 4, "{events:?}");
+    assert!(failures[0]["event"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("429"));
+    assert!(failures[0]["event"]["retry_in_ms"].as_u64().unwrap() >= 1000);
+    assert!(failures[3]["event"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("ended early"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"]["type"] == "final_answer" && e["event"]["text"] == "all good"));
+    assert_eq!(env.mock.request_count(), 5);
+}
+
+#[test]
+fn a_model_that_keeps_failing_fails_the_session_with_the_reason() {
+    let env = Env::new(Script::single(vec![Step::status(400, "bad model name")]));
+    let out = env.run(&["run", "-w", &env.ws_str(), "-m", "openai:mock", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("failed") && err.contains("400"), "{err}");
+    assert_eq!(env.mock.request_count(), 1, "a 400 is not retried");
+}
+
+#[test]
+fn kill_9_during_a_tool_then_restart_completes_with_every_event_once() {
+    let env = Env::new(Script::single(vec![
+        Step::tool(
+            "shell",
+            json!({"command": "echo $$ > pid.txt; exec sleep 300"}),
+        ),
+        Step::finish("recovered"),
+    ]));
+    let id = env.start("run a long command");
+    let before = env.wait_event(&id, "tool_started", 30);
+    // Wait for the command itself to be running.
+    let pid_file = env.ws().join("pid.txt");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file)
+        .map(|s| s.trim().is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tool_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(tool_pid));
+    let daemon = env.daemon_pid().unwrap();
+    kill9(daemon);
+    assert!(!alive(daemon));
+    // The host: the tool's process died with the daemon, and the socket file is stale.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(tool_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "tool process {tool_pid} outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        env.socket().exists(),
+        "a crashed daemon leaves its socket behind"
+    );
+
+    // Any client command brings the daemon back; attach shows the whole history.
+    let out = env.run_for(&["attach", "--json", &id], 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_gapless(&events);
+    // Nothing committed before the kill was lost or rewritten.
+    for (a, b) in before.iter().zip(&events) {
+        assert_eq!(a, b);
+    }
+    let k = kinds(&events);
+    let count = |kind: &str| k.iter().filter(|x| *x == kind).count();
+    assert_eq!(count("session_created"), 1);
+    assert_eq!(
+        count("tool_started"),
+        2,
+        "the shell once, finish once: {k:?}"
+    );
+    assert_eq!(count("tool_interrupted"), 1);
+    assert_eq!(count("session_resumed"), 1);
+    let shell_finished = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "tool_finished" && e["event"]["call_id"] == "call_0_0")
+        .count();
+    assert_eq!(
+        shell_finished, 0,
+        "the interrupted shell call must not be re-run"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"]["type"] == "final_answer" && e["event"]["text"] == "recovered"));
+    // The model was told.
+    let last = env.mock.requests().last().unwrap().clone();
+    assert!(tool_messages(&last)[0].contains("interrupted"), "{last}");
+    assert_eq!(env.session(&id)["state"], "completed");
+}
+
+#[test]
+fn concurrent_sessions_all_finish_with_gapless_logs() {
+    let mut script = Script::new();
+    let n = 8;
+    for i in 0..n {
+        script = script.with(
+            format!("s{i}"),
+            vec![
+                Step::tool(
+                    "write_file",
+                    json!({"path": format!("out{i}.txt"), "content": format!("{i}")}),
+                ),
+                Step::tool("shell", json!({"command": format!("cat out{i}.txt")})),
+                Step::finish(format!("done {i}")),
+            ],
+        );
+    }
+    let env = Env::new(script);
+    let ids: Vec<String> = (0..n)
+        .map(|i| env.start(&format!("task [script:s{i}]")))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(env.wait_state(id, 60), "completed");
+        let events = env.events(id);
+        assert_gapless(&events);
+        assert!(events
+            .iter()
+            .any(|e| e["event"]["text"] == format!("done {i}")));
+        assert_eq!(
+            std::fs::read_to_string(env.ws().join(format!("out{i}.txt"))).unwrap(),
+            i.to_string()
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_a_session_waiting_on_the_model() {
+    let env = Env::new(Script::single(vec![Step::hang()]));
+    let id = env.start("wait forever");
+    env.wait_event(&id, "model_requested", 30);
+    let started = Instant::now();
+    let out = env.run(&["cancel", "--json", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["state"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let k = kinds(&env.events(&id));
+    assert!(k.contains(&"cancel_requested".to_string()));
+    assert_eq!(k.last().unwrap(), "state_changed");
+    // Attaching to an ended session prints its history and exits with its state.
+    let out = env.run(&["attach", &id]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout(&out).contains("cancel    requested"));
+}
+
+#[test]
+fn one_daemon_per_home_and_stop_is_clean() {
+    let env = Env::new(Script::single(vec![Step::text("hi")]));
+    let out = env.run(&["ps"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no sessions"));
+    let second = env.run_for(&["serve"], 20);
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("already running"),
+        "{}",
+        stderr(&second)
+    );
+    let out = env.run(&["daemon", "stop", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!env.socket().exists(), "a clean stop removes the socket");
+    let out = env.run(&["daemon", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("not running"));
+}
+
+#[test]
+fn foreign_database_is_refused_and_left_untouched() {
+    let env = Env::new(Script::single(vec![Step::text("hi")]));
+    std::fs::create_dir_all(env.database().parent().unwrap()).unwrap();
+    let junk = b"SQLite format 3\0 but not really; this file belongs to someone else".repeat(20);
+    std::fs::write(env.database(), &junk).unwrap();
+    let out = env.run_for(&["ps"], 30);
+    assert!(!out.status.success());
+    let log = std::fs::read_to_string(env.home.path().join("data/daemon.log")).unwrap_or_default();
+    let said = stderr(&out) + &log;
+    assert!(said.contains("not a flotilla database"), "{said}");
+    assert_eq!(std::fs::read(env.database()).unwrap(), junk);
+}
+
+#[test]
+fn bad_cli_input_gets_clear_errors() {
+    let env = Env::new(Script::single(vec![Step::text("hi")]));
+    let out = env.run(&[
+        "run",
+        "-w",
+        "/definitely/not/here",
+        "-m",
+        "openai:mock",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/definitely/not/here"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["run", "-w", &env.ws_str(), "-m", "gpt-4o", "x"]);
+    assert!(stderr(&out).contains("PROVIDER:MODEL"), "{}", stderr(&out));
+    let out = env.run(&["run", "-w", &env.ws_str(), "x"]);
+    assert!(stderr(&out).contains("no model given"), "{}", stderr(&out));
+    let out = env.run(&["logs", "NOT-AN-ID"]);
+    assert!(
+        stderr(&out).contains("invalid session id"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["logs", "szzzzzzzzzzz"]);
+    assert!(
+        stderr(&out).contains("no session szzzzzzzzzzz"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        "modle = \"openai:x\"\n",
+    )
+    .unwrap();
+    env.run(&["daemon", "stop"]);
+    let out = env.run_for(&["ps"], 30);
+    let log = std::fs::read_to_string(env.home.path().join("data/daemon.log")).unwrap_or_default();
+    assert!(!out.status.success());
+    assert!(
+        (stderr(&out) + &log).contains("unknown field `modle`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ps_and_attach_answer_while_sessions_saturate_the_cpu() {
+    let mut script = Script::new();
+    for i in 0..4 {
+        script = script.with(
+            format!("b{i}"),
+            vec![
+                Step::tool("shell", json!({"command": "end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do :; done", "timeout_secs": 25})),
+                Step::finish("burned"),
+            ],
+        );
+    }
+    let env = Env::new(script);
+    let ids: Vec<String> = (0..4)
+        .map(|i| env.start(&format!("burn [script:b{i}]")))
+        .collect();
+    for id in &ids {
+        env.wait_event(id, "tool_started", 30);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let out = env.run(&["ps", "--json"]);
+        assert!(out.status.success());
+        let out = env.run(&["logs", &ids[0]]);
+        assert!(out.status.success());
+        worst = worst.max(t.elapsed());
+    }
+    // Generous: the point is "answers", not "fast"; an unresponsive daemon takes the full 20 s.
+    assert!(
+        worst < Duration::from_secs(3),
+        "ps+logs took {worst:?} under CPU load"
+    );
+    for id in &ids {
+        env.run(&["cancel", id]);
+    }
+}
