@@ -293,7 +293,7 @@ impl Loop {
         turn: u32,
         request: &ChatRequest,
     ) -> Result<Result<(ChatResponse, Duration), AgentExit>, AgentError> {
-        let policy = self.run.settings.retry.clone();
+        let policy = self.run.settings.retry;
         let mut attempt = 0u32;
         let mut counted = 0u32;
         loop {

@@ -1,6 +1,8 @@
 //! End-to-end: the real CLI, the real daemon, real SQLite, the scripted
 //! model server on loopback.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -302,7 +302,7 @@ impl Supervisor {
             executor: self.executor.clone(),
             settings: AgentSettings {
                 model_name: spec.model.clone(),
-                retry: self.config.retry.clone(),
+                retry: self.config.retry,
                 tool_limits: self.config.tool_limits.clone(),
                 system_prompt: self.config.system_prompt.clone(),
                 max_tokens: None,

@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests: the real `flotilla` binary, a real daemon
 //! in a temporary FLOTILLA_HOME, and the scripted model server on loopback.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
