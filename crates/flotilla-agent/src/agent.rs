@@ -432,48 +432,43 @@ impl Loop {
         let Some(through_seq) = self.conv.compaction_boundary(KEEP_TURNS) else {
             return Ok(());
         };
-        let older: Vec<&ChatMessage> = self
+        // The older turns go as they are (long tool outputs clipped: the
+        // summary needs their gist), followed by the request to summarise.
+        let mut messages = vec![
+            ChatMessage::text(
+                Role::System,
+                "You compress the history of a coding agent's session. Keep every fact \
+                 needed to finish the task: files changed, commands run and their results, \
+                 decisions, open problems. Be concise.",
+            ),
+            ChatMessage::text(Role::User, format!("Task: {}", self.conv.task)),
+        ];
+        if let Some(prev) = &self.conv.summary {
+            messages.push(ChatMessage::text(
+                Role::User,
+                format!("Earlier summary:\n{prev}"),
+            ));
+        }
+        for (_, m) in self
             .conv
             .recent
             .iter()
             .filter(|(seq, _)| *seq <= through_seq)
-            .map(|(_, m)| m)
-            .collect();
-        let mut transcript = String::new();
-        if let Some(prev) = &self.conv.summary {
-            transcript.push_str(&format!("Earlier summary:\n{prev}\n\n"));
-        }
-        for m in older {
-            let role = match m.role {
-                Role::Assistant => "assistant",
-                Role::Tool => "tool result",
-                Role::User => "user",
-                Role::System => "system",
-            };
-            // Long tool outputs are clipped: the summary needs their gist only.
-            let content: String = m.content.chars().take(2_000).collect();
-            transcript.push_str(&format!("[{role}] {content}\n"));
-            for c in &m.tool_calls {
-                transcript.push_str(&format!("[call] {}({})\n", c.name, c.arguments));
+        {
+            let mut m = m.clone();
+            if m.content.len() > 2_000 {
+                let cut: String = m.content.chars().take(2_000).collect();
+                m.content = format!("{cut}\n[clipped]");
             }
+            messages.push(m);
         }
+        messages.push(ChatMessage::text(
+            Role::User,
+            "Summarise the session above for the agent that will continue it.",
+        ));
         let request = ChatRequest {
             model: self.run.settings.model_name.clone(),
-            messages: vec![
-                ChatMessage::text(
-                    Role::System,
-                    "You compress the history of a coding agent's session. Keep every fact \
-                     needed to finish the task: files changed, commands run and their results, \
-                     decisions, open problems. Be concise.",
-                ),
-                ChatMessage::text(
-                    Role::User,
-                    format!(
-                        "Task: {}\n\nHistory to summarise:\n{transcript}",
-                        self.conv.task
-                    ),
-                ),
-            ],
+            messages,
             tools: Vec::new(),
             max_tokens: None,
         };

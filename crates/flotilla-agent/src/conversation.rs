@@ -135,6 +135,8 @@ impl Conversation {
             } => {
                 self.summary = Some(summary.clone());
                 self.recent.retain(|(seq, _)| *seq > *through_seq);
+                // The last reported prompt size predates the compaction.
+                self.last_prompt_tokens = 0;
             }
             EventKind::FinalAnswer { text } => self.final_answer = Some(text.clone()),
             EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),

@@ -449,3 +449,123 @@ fn ps_and_attach_answer_while_sessions_saturate_the_cpu() {
         env.run(&["cancel", id]);
     }
 }
+
+/// One raw HTTP/1.1 exchange; returns (status, body).
+fn http(
+    stream: &mut dyn ReadWrite,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n");
+    if let Some(token) = auth {
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status: u16 = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+fn unix_http(env: &Env, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut s = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
+    let (status, body) = http(&mut s, method, path, body, None);
+    let json: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{status} body is not JSON ({e}): {body}"));
+    (status, json)
+}
+
+#[test]
+fn api_rejects_malformed_requests_with_json_errors() {
+    let env = Env::new(Script::single(vec![Step::text("hi")]));
+    assert!(env.run(&["ps"]).status.success());
+    let ws = env.ws_str();
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        ("POST", "/v1/sessions".into(), Some("{not json".into()), 400, "invalid JSON"),
+        ("POST", "/v1/sessions".into(), Some(format!("{{\"workspace\": \"{ws}\"}}")), 422, "task"),
+        ("POST", "/v1/sessions".into(), Some(format!("{{\"task\": \"t\", \"workspace\": \"{ws}\", \"modle\": 1}}")), 422, "unknown field"),
+        ("POST", "/v1/sessions".into(), Some("{\"task\": \"t\", \"workspace\": \"relative/dir\", \"model\": \"openai:m\"}".into()), 400, "not an absolute path"),
+        ("POST", "/v1/sessions".into(), Some(format!("{{\"task\": \" \", \"workspace\": \"{ws}\", \"model\": \"openai:m\"}}")), 400, "task is empty"),
+        ("POST", "/v1/sessions".into(), Some(format!("{{\"task\": \"t\", \"workspace\": \"{ws}\", \"model\": \"openai:m\", \"max_turns\": 0}}")), 400, "max_turns"),
+        ("GET", "/v1/sessions/BAD!".into(), None, 400, "invalid session id"),
+        ("GET", "/v1/sessions/szzzzzzzzzzz".into(), None, 404, "no session"),
+        ("GET", "/v1/sessions/szzzzzzzzzzz/events?after=abc".into(), None, 400, "invalid query"),
+        ("GET", "/v1/sessions?state=bogus".into(), None, 400, "unknown state"),
+        ("GET", "/v1/nope".into(), None, 404, "no such route"),
+        ("DELETE", "/v1/sessions".into(), None, 405, "method"),
+    ];
+    for (method, path, body, want, needle) in cases {
+        let (status, json) = unix_http(&env, method, &path, body.as_deref());
+        assert_eq!(status, want, "{method} {path}: {json}");
+        let msg = json["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{method} {path}: {msg:?} lacks {needle:?}"
+        );
+        assert!(json["error"]["code"].is_string());
+    }
+    // Nothing was created by the bad requests.
+    let (_, list) = unix_http(&env, "GET", "/v1/sessions", None);
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn tcp_needs_the_bearer_token() {
+    let env = Env::new(Script::single(vec![Step::text("hi")]));
+    let mut daemon = env.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+    daemon
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = daemon.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let out = env.run(&["daemon", "status", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+            if let Some(a) = v["daemon"]["tcp"].as_str() {
+                break a.to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon with --listen did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let token = std::fs::read_to_string(env.home.path().join("run/token")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(env.home.path().join("run/token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the token file must be private");
+    let tcp = |auth: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        http(&mut s, "GET", "/v1/sessions", None, auth)
+    };
+    let (status, body) = tcp(None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Bearer"));
+    assert_eq!(tcp(Some("wrong-token")).0, 401);
+    let (status, body) = tcp(Some(token.trim()));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"sessions\""));
+    let _ = child.kill();
+    let _ = child.wait();
+}
