@@ -74,7 +74,11 @@ impl Figure {
             unit: target.unit,
             baseline_name: baseline_name.into(),
             baseline,
-            ratio: if baseline > 0.0 { value / baseline } else { f64::NAN },
+            ratio: if baseline > 0.0 {
+                value / baseline
+            } else {
+                f64::NAN
+            },
             target: target.value,
             goal: target.goal,
             pass,
@@ -95,8 +99,10 @@ impl Figure {
         match self.details.get_mut("failures") {
             Some(Value::Array(list)) => list.push(Value::String(why)),
             _ => {
-                self.details
-                    .insert("failures".to_owned(), Value::Array(vec![Value::String(why)]));
+                self.details.insert(
+                    "failures".to_owned(),
+                    Value::Array(vec![Value::String(why)]),
+                );
             }
         }
     }

@@ -143,7 +143,11 @@ impl CommandExecutor for NoopExecutor {
 ///
 /// The context window is set far beyond what the script fills, so that no
 /// compaction request interrupts the measurement.
-pub async fn create_session(store: &Store, workspace: &Path, shell_turns: u32) -> Result<SessionId> {
+pub async fn create_session(
+    store: &Store,
+    workspace: &Path,
+    shell_turns: u32,
+) -> Result<SessionId> {
     let id = SessionId::generate();
     store
         .append(
@@ -167,7 +171,11 @@ pub async fn create_session(store: &Store, workspace: &Path, shell_turns: u32) -
 
 /// Runs the agent loop of `session` to its end against `model` and the
 /// no-op executor; fails unless it completes.
-pub async fn run_session(store: Store, session: SessionId, model: Arc<ScriptedModel>) -> Result<()> {
+pub async fn run_session(
+    store: Store,
+    session: SessionId,
+    model: Arc<ScriptedModel>,
+) -> Result<()> {
     let exit = run_agent(AgentRun {
         store,
         session: session.clone(),

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs the whole test suite.
+# This is the command CI runs (.ci/run) and the one the README gives.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"
+  else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --locked
+
+echo "==> demo (the README's main job, offline)"
+FLOTILLA_DEMO_PROFILE=debug scripts/demo.sh >/tmp/flotilla-demo.log 2>&1 || { cat /tmp/flotilla-demo.log; exit 1; }
+grep -qF 'return f"Hello, {name}!"' /tmp/flotilla-demo.log || { cat /tmp/flotilla-demo.log; echo "demo did not produce the expected output"; exit 1; }
+echo "all tests passed"
