@@ -235,32 +235,36 @@ impl Loop {
             if let Some(text) = self.conv.answered_without_tools.clone() {
                 return Ok(AgentExit::Completed(text));
             }
-            if !self.conv.pending_calls.is_empty() {
+            // (With results still buffered, the conversation has not seen
+            // them yet: those calls are done, not pending.)
+            if self.buffer.is_empty() && !self.conv.pending_calls.is_empty() {
                 let calls = self.conv.pending_calls.clone();
                 if let Some(answer) = self.run_calls(calls).await? {
                     return Ok(AgentExit::Completed(answer));
                 }
                 continue;
             }
-            if self.conv.turns >= self.conv.limits.max_turns {
+            if self.turns_so_far() >= self.conv.limits.max_turns {
                 return Ok(AgentExit::Failed(format!(
                     "max turns ({}) reached without a final answer",
                     self.conv.limits.max_turns
                 )));
             }
             self.maybe_compact().await?;
-            let turn = self.conv.turns + 1;
-            let messages = self.conv.messages(&self.system_prompt);
+            let turn = self.turns_so_far() + 1;
+            let (messages, estimated_tokens) = self.next_request_size();
             self.push(EventKind::ModelRequested {
                 turn,
-                messages: messages.len() as u32,
-                estimated_tokens: estimate_tokens(&messages),
+                messages,
+                estimated_tokens,
             });
+            // One commit for the last tool results and this request.
             self.flush().await?;
+            let messages = self.conv.messages(&self.system_prompt);
             let request = ChatRequest {
                 model: self.run.settings.model_name.clone(),
                 messages,
-                tools: tools::tool_specs(),
+                tools: tools::shared_tool_specs(),
                 max_tokens: self.run.settings.max_tokens,
             };
             let (response, latency) = match self.call_model(turn, &request).await? {
@@ -363,7 +367,7 @@ impl Loop {
                 return Ok(Some(answer));
             }
         }
-        self.flush().await?;
+        // The results commit with the next model request.
         Ok(None)
     }
 
@@ -422,13 +426,45 @@ impl Loop {
     }
 
     /// Summarises older turns when the next request would come near the context window.
+    /// Model turns taken, counting a reply that is still buffered.
+    fn turns_so_far(&self) -> u32 {
+        self.buffer
+            .iter()
+            .filter_map(|e| match e {
+                EventKind::ModelResponded { turn, .. } => Some(*turn),
+                _ => None,
+            })
+            .fold(self.conv.turns, u32::max)
+    }
+
+    /// Messages and estimated tokens of the next request, from the
+    /// conversation's running count plus the buffered tool results, without
+    /// building the request.
+    fn next_request_size(&self) -> (u32, u64) {
+        let system = ChatMessage::text(Role::System, self.system_prompt.clone());
+        let mut messages = self.conv.message_count() as u32;
+        let mut tokens =
+            self.conv.estimated_tokens + estimate_tokens(std::slice::from_ref(&system));
+        for e in &self.buffer {
+            if let EventKind::ToolFinished { output, .. } = e {
+                messages += 1;
+                tokens += (output.len() / 4 + 4) as u64;
+            } else if matches!(e, EventKind::ToolInterrupted { .. }) {
+                messages += 1;
+                tokens += 64;
+            }
+        }
+        (messages, tokens)
+    }
+
     async fn maybe_compact(&mut self) -> Result<(), AgentError> {
-        let messages = self.conv.messages(&self.system_prompt);
-        let estimate = estimate_tokens(&messages).max(self.conv.last_prompt_tokens);
+        let estimate = self.next_request_size().1.max(self.conv.last_prompt_tokens);
         let limit = (self.conv.limits.context_window as f64 * COMPACT_AT) as u64;
         if estimate < limit {
             return Ok(());
         }
+        // Compaction reads the conversation: let it see the buffered results.
+        self.flush().await?;
         let Some(through_seq) = self.conv.compaction_boundary(KEEP_TURNS) else {
             return Ok(());
         };
@@ -469,7 +505,7 @@ impl Loop {
         let request = ChatRequest {
             model: self.run.settings.model_name.clone(),
             messages,
-            tools: Vec::new(),
+            tools: Vec::new().into(),
             max_tokens: None,
         };
         let result = tokio::select! {

@@ -60,6 +60,10 @@ pub struct Conversation {
     pub cancel_requested: bool,
     /// Last prompt size the model reported.
     pub last_prompt_tokens: u64,
+    /// Running estimate of the tokens of the task, summary and recent
+    /// messages (everything but the system prompt), kept so a turn does not
+    /// rebuild the whole conversation to learn its size.
+    pub estimated_tokens: u64,
 }
 
 impl Conversation {
@@ -85,6 +89,8 @@ impl Conversation {
                 limits,
             } => {
                 self.task = task.clone();
+                self.estimated_tokens +=
+                    estimate_tokens(&[ChatMessage::text(Role::User, task.clone())]);
                 self.model = model.clone();
                 self.workspace = workspace.clone();
                 self.base_url = base_url.clone();
@@ -100,15 +106,14 @@ impl Conversation {
             } => {
                 self.turns = self.turns.max(*turn);
                 self.last_prompt_tokens = usage.prompt_tokens;
-                self.recent.push((
-                    event.seq,
-                    ChatMessage {
-                        role: Role::Assistant,
-                        content: text.clone(),
-                        tool_calls: tool_calls.clone(),
-                        tool_call_id: None,
-                    },
-                ));
+                let message = ChatMessage {
+                    role: Role::Assistant,
+                    content: text.clone(),
+                    tool_calls: tool_calls.clone(),
+                    tool_call_id: None,
+                };
+                self.estimated_tokens += estimate_tokens(std::slice::from_ref(&message));
+                self.recent.push((event.seq, message));
                 self.pending_calls = tool_calls.clone();
                 self.answered_without_tools = tool_calls.is_empty().then(|| text.clone());
             }
@@ -137,6 +142,14 @@ impl Conversation {
                 self.recent.retain(|(seq, _)| *seq > *through_seq);
                 // The last reported prompt size predates the compaction.
                 self.last_prompt_tokens = 0;
+                let task = ChatMessage::text(Role::User, self.task.clone());
+                let summary = ChatMessage::text(Role::User, summary.clone());
+                self.estimated_tokens = estimate_tokens(&[task, summary])
+                    + self
+                        .recent
+                        .iter()
+                        .map(|(_, m)| estimate_tokens(std::slice::from_ref(m)))
+                        .sum::<u64>();
             }
             EventKind::FinalAnswer { text } => self.final_answer = Some(text.clone()),
             EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),
@@ -151,8 +164,14 @@ impl Conversation {
         if let Some(pos) = self.pending_calls.iter().position(|c| c.id == call_id) {
             self.pending_calls.remove(pos);
         }
-        self.recent
-            .push((seq, ChatMessage::tool_result(call_id, content)));
+        let message = ChatMessage::tool_result(call_id, content);
+        self.estimated_tokens += estimate_tokens(std::slice::from_ref(&message));
+        self.recent.push((seq, message));
+    }
+
+    /// Messages of the next request, the system prompt included.
+    pub fn message_count(&self) -> usize {
+        2 + usize::from(self.summary.is_some()) + self.recent.len()
     }
 
     /// Calls that started and never finished: a crash happened while they ran.
@@ -210,4 +229,68 @@ pub fn estimate_tokens(messages: &[ChatMessage]) -> u64 {
             ((m.content.len() + calls) / 4 + 4) as u64
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_protocol::{SessionId, Usage};
+
+    fn ev(seq: u64, event: EventKind) -> Event {
+        Event {
+            session: SessionId::parse("stest").unwrap(),
+            seq,
+            ts_ms: 0,
+            prev_hash: String::new(),
+            hash: String::new(),
+            event,
+        }
+    }
+
+    #[test]
+    fn running_estimate_matches_a_full_recount() {
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "shell".into(),
+            arguments: "{\"command\":\"ls\"}".into(),
+        };
+        let events = vec![
+            ev(
+                1,
+                EventKind::SessionCreated {
+                    task: "do the thing ".repeat(20),
+                    model: "openai:m".into(),
+                    workspace: "/w".into(),
+                    base_url: None,
+                    limits: SessionLimits::default(),
+                },
+            ),
+            ev(
+                2,
+                EventKind::ModelResponded {
+                    turn: 1,
+                    text: "let me look".into(),
+                    tool_calls: vec![call.clone()],
+                    usage: Usage::default(),
+                    finish_reason: None,
+                    latency_ms: 0,
+                },
+            ),
+            ev(
+                3,
+                EventKind::ToolFinished {
+                    call_id: "c1".into(),
+                    output: "x".repeat(999),
+                    is_error: false,
+                    duration_ms: 0,
+                },
+            ),
+        ];
+        let c = Conversation::from_events(&events);
+        let full = c.messages("");
+        assert_eq!(c.message_count(), full.len());
+        let without_system = estimate_tokens(&full[1..]);
+        assert_eq!(c.estimated_tokens, without_system);
+        assert!(c.pending_calls.is_empty());
+    }
 }

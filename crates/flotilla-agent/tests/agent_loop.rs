@@ -1,5 +1,7 @@
 //! The agent loop against a real store and the scripted model server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -229,7 +229,7 @@ impl Daemon {
 
     /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> Result<u64> {
-        proc_status_kib(self.pid, "VmRSS")
+        proc_status_number(self.pid, "VmRSS")
     }
 
     /// Its soft open-files limit, from /proc/PID/limits.
@@ -293,8 +293,8 @@ impl Drop for Daemon {
     }
 }
 
-/// A `kB` field of /proc/PID/status.
-pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+/// The number of a field of /proc/PID/status (`VmRSS` in kB, `Threads`...).
+pub fn proc_status_number(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
@@ -401,4 +401,46 @@ pub async fn idle_fleet(binary: &Path, count: u32) -> Result<IdleFleet> {
         create_time,
         settle_time,
     })
+}
+
+/// Where a process's resident memory is, in KiB, from /proc/PID/smaps:
+/// the brk heap, anonymous mappings (mmap'd malloc arenas, thread stacks,
+/// large allocations), and file-backed mappings (code, shared libraries),
+/// plus how many anonymous mappings hold more than 1 MiB.
+pub fn rss_breakdown(pid: u32) -> Result<serde_json::Value> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let (mut heap, mut anon, mut file, mut stack) = (0u64, 0u64, 0u64, 0u64);
+    let mut big_anon = 0u32;
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            // A mapping header: address perms offset dev inode [path].
+            current = parts.nth(4).unwrap_or("").to_owned();
+            continue;
+        }
+        if first == "Rss:" {
+            let kib: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match current.as_str() {
+                "[heap]" => heap += kib,
+                "" => {
+                    anon += kib;
+                    if kib > 1024 {
+                        big_anon += 1;
+                    }
+                }
+                s if s.starts_with("[stack") => stack += kib,
+                _ => file += kib,
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "brk_heap_kib": heap,
+        "anon_mmap_kib": anon,
+        "anon_mappings_over_1mib": big_anon,
+        "file_backed_kib": file,
+        "main_stack_kib": stack,
+    }))
 }

@@ -20,7 +20,7 @@ pub async fn measure(fleet: &mut IdleFleet) -> Result<Figure> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.daemon.check_alive()?;
     let rss = fleet.daemon.rss_kib()?;
-    let hwm = crate::daemon::proc_status_kib(fleet.daemon.pid(), "VmHWM")?;
+    let hwm = crate::daemon::proc_status_number(fleet.daemon.pid(), "VmHWM")?;
     let n = fleet.sessions.len();
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut fig = Figure::new(
@@ -47,6 +47,12 @@ pub async fn measure(fleet: &mut IdleFleet) -> Result<Figure> {
             fleet.settle_time.as_secs_f64(),
         )
         .detail("model_requests_pending", fleet.mock.request_count());
+    if let Ok(breakdown) = crate::daemon::rss_breakdown(fleet.daemon.pid()) {
+        fig.detail("rss_breakdown", breakdown);
+    }
+    if let Ok(threads) = crate::daemon::proc_status_number(fleet.daemon.pid(), "Threads") {
+        fig.detail("daemon_threads", threads);
+    }
     if let Some(fds) = fleet.daemon.open_fds() {
         fig.detail("daemon_open_fds", fds);
     }

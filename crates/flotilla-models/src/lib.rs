@@ -7,6 +7,7 @@
 //! llama.cpp's llama-server, Ollama, vLLM, LM Studio and OpenRouter all
 //! speak it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -80,8 +81,9 @@ pub struct ChatRequest {
     pub model: String,
     /// The conversation.
     pub messages: Vec<ChatMessage>,
-    /// Tools offered; empty means none.
-    pub tools: Vec<ToolSpec>,
+    /// Tools offered; empty means none. Shared: the same list goes with
+    /// every request of every session, so it is built once.
+    pub tools: Arc<[ToolSpec]>,
     /// Cap on generated tokens.
     pub max_tokens: Option<u32>,
 }

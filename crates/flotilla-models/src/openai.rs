@@ -156,8 +156,15 @@ impl OpenAiClient {
     }
 
     async fn chat_once(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
-        let body = request_body(request);
-        let mut http_request = self.http.post(&self.chat_url).json(&body);
+        // Serialised straight to bytes: the JSON tree is dropped before the
+        // request waits, which matters with a thousand sessions waiting.
+        let body = serde_json::to_vec(&request_body(request))
+            .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))?;
+        let mut http_request = self
+            .http
+            .post(&self.chat_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(key) = &self.config.api_key {
             http_request = http_request.bearer_auth(key);
         }
@@ -1030,7 +1037,7 @@ mod tests {
                 },
                 ChatMessage::tool_result("c1", "out"),
             ],
-            tools: vec![],
+            tools: Vec::new().into(),
             max_tokens: None,
         };
         let body = request_body(&request);
@@ -1051,11 +1058,11 @@ mod tests {
             })
         );
         let with_tools = ChatRequest {
-            tools: vec![ToolSpec {
+            tools: std::sync::Arc::from(vec![ToolSpec {
                 name: "t".into(),
                 description: "d".into(),
                 parameters: json!({"type": "object"}),
-            }],
+            }]),
             max_tokens: Some(64),
             ..request
         };

@@ -38,7 +38,7 @@ fn request(task: &str) -> ChatRequest {
             ChatMessage::text(Role::System, "You are a test."),
             ChatMessage::text(Role::User, task),
         ],
-        tools: vec![shell_tool()],
+        tools: vec![shell_tool()].into(),
         max_tokens: Some(256),
     }
 }

@@ -31,7 +31,7 @@ pub use exec::{
     PIPE_EOF_GRACE, TERM_GRACE,
 };
 pub use path::{resolve_in_workspace, PathError, PathIntent};
-pub use specs::tool_specs;
+pub use specs::{shared_tool_specs, tool_specs};
 
 /// Size limits of the built-in tools.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,12 @@
 use flotilla_protocol::ToolSpec;
 use serde_json::json;
 
+/// The tool list built once and shared by every request of every session.
+pub fn shared_tool_specs() -> std::sync::Arc<[ToolSpec]> {
+    static SPECS: std::sync::OnceLock<std::sync::Arc<[ToolSpec]>> = std::sync::OnceLock::new();
+    SPECS.get_or_init(|| tool_specs().into()).clone()
+}
+
 /// The JSON Schemas and descriptions of all built-in tools, in a stable order.
 pub fn tool_specs() -> Vec<ToolSpec> {
     vec![
