@@ -323,7 +323,7 @@ async fn summary_request_without_tools() {
         .await
         .unwrap();
     let mut summarise = request("compact this");
-    summarise.tools.clear();
+    summarise.tools = Vec::new().into();
     summarise
         .messages
         .push(ChatMessage::text(Role::Assistant, "did a thing"));
