@@ -21,10 +21,10 @@ use crate::report::{Figure, Goal, Summary, Target};
 use crate::scripted::{create_session, run_session, scripted_reply, ScriptedModel};
 
 /// Appends (commits) the agent loop makes per tool turn, as read in
-/// `flotilla-agent/src/agent.rs`: `[ModelRequested]`, then
-/// `[ModelResponded, ToolProposed, ToolStarted]` before the tool runs, then
-/// `[ToolFinished]` at the end of `run_calls`.
-pub const APPENDS_PER_TURN: u32 = 3;
+/// `flotilla-agent/src/agent.rs`: `[ToolFinished (of the previous turn),
+/// ModelRequested]`, then `[ModelResponded, ToolProposed, ToolStarted]`
+/// before the tool runs.
+pub const APPENDS_PER_TURN: u32 = 2;
 /// Events the loop records per tool turn.
 pub const EVENTS_PER_TURN: u32 = 5;
 
@@ -59,21 +59,22 @@ async fn store_floor(turns: u32) -> Result<Vec<Duration>> {
     )?;
     let session = create_session(&store, dir.path(), turns).await?;
     let mut times = Vec::with_capacity(turns as usize);
+    let mut previous_call: Option<String> = None;
     for n in 0..turns {
         let turn = n + 1;
         let reply = scripted_reply(n, turns);
         let call: ToolCall = reply.tool_calls[0].clone();
         let started = Instant::now();
-        store
-            .append(
-                &session,
-                vec![EventKind::ModelRequested {
-                    turn,
-                    messages: 2 + 2 * n,
-                    estimated_tokens: 400 + 40 * u64::from(n),
-                }],
-            )
-            .await?;
+        let mut first = Vec::with_capacity(2);
+        if let Some(call_id) = previous_call.take() {
+            first.push(tool_finished(call_id));
+        }
+        first.push(EventKind::ModelRequested {
+            turn,
+            messages: 2 + 2 * n,
+            estimated_tokens: 400 + 40 * u64::from(n),
+        });
+        store.append(&session, first).await?;
         store
             .append(
                 &session,
@@ -93,21 +94,23 @@ async fn store_floor(turns: u32) -> Result<Vec<Duration>> {
                 ],
             )
             .await?;
-        store
-            .append(
-                &session,
-                vec![EventKind::ToolFinished {
-                    call_id: call.id,
-                    output: "exit code: 0\nstdout:\nok\n".to_owned(),
-                    is_error: false,
-                    duration_ms: 0,
-                }],
-            )
-            .await?;
+        previous_call = Some(call.id);
         times.push(started.elapsed());
+    }
+    if let Some(call_id) = previous_call {
+        store.append(&session, vec![tool_finished(call_id)]).await?;
     }
     store.close();
     Ok(times)
+}
+
+fn tool_finished(call_id: String) -> EventKind {
+    EventKind::ToolFinished {
+        call_id,
+        output: "exit code: 0\nstdout:\nok\n".to_owned(),
+        is_error: false,
+        duration_ms: 0,
+    }
 }
 
 /// Median of the first and of the last `k` turns, in microseconds: shows how
