@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_models::{
-    ChatMessage, ChatRequest, ChatResponse, ModelClient, ModelError, RetryPolicy, Role,
-    SuspendAwareClock,
+    ChatMessage, ChatRequest, ChatResponse, ModelClient, RetryPolicy, Role, SuspendAwareClock,
 };
 use flotilla_protocol::{Event, EventKind, SessionId, SessionState, ToolCall};
 use flotilla_store::{Store, StoreError};
@@ -329,14 +328,13 @@ impl Loop {
             self.push(EventKind::ModelFailed {
                 turn,
                 attempt,
-                error: describe_model_error(&err),
+                error: err.to_string(),
                 retry_in_ms: delay.map(|d| d.as_millis() as u64),
             });
             self.flush().await?;
             let Some(delay) = delay else {
                 return Ok(Err(AgentExit::Failed(format!(
-                    "model request failed after {attempt} attempt(s): {}",
-                    describe_model_error(&err)
+                    "model request failed after {attempt} attempt(s): {err}"
                 ))));
             };
             tokio::select! {
@@ -530,10 +528,6 @@ impl Loop {
         }
         Ok(())
     }
-}
-
-fn describe_model_error(err: &ModelError) -> String {
-    err.to_string()
 }
 
 fn rand_jitter_ms(max: u64) -> u64 {
