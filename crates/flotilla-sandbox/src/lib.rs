@@ -1,0 +1,5 @@
+//! Per-session Linux sandboxes.
+
+pub mod landlock_rules;
+pub mod proxy;
+pub mod seccomp;
