@@ -155,6 +155,7 @@ impl Conversation {
             EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),
             EventKind::CancelRequested { .. } => self.cancel_requested = true,
             EventKind::SessionResumed { .. }
+            | EventKind::SandboxReady { .. }
             | EventKind::ModelRequested { .. }
             | EventKind::ModelFailed { .. } => {}
         }

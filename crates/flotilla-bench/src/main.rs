@@ -19,6 +19,9 @@ use clap::{Parser, Subcommand};
 
 mod daemon;
 mod idle_rss;
+// Not used by a benchmark yet: the sandbox benchmark will (then drop this allow).
+#[allow(dead_code)]
+mod peers;
 mod recover;
 mod report;
 mod scripted;

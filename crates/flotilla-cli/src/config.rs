@@ -30,6 +30,55 @@ pub struct ConfigFile {
     pub retry: RetrySection,
     /// System prompt override.
     pub system_prompt: Option<String>,
+    /// The sandbox every session's commands run in.
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+}
+
+/// `[sandbox]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Refuse to run commands when the machine cannot confine them fully
+    /// (no user namespaces) instead of degrading to Landlock + seccomp.
+    pub required: Option<bool>,
+    /// Use namespaces when available (default true); false forces the
+    /// degraded mode.
+    pub namespaces: Option<bool>,
+    /// More paths to hide (`~/` is the home folder).
+    #[serde(default)]
+    pub deny_read: Vec<String>,
+    /// More writable directories besides the workspace.
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// Processes and threads per sandbox.
+    pub max_processes: Option<u64>,
+    /// Open files per process.
+    pub max_open_files: Option<u64>,
+    /// Largest file a command may write, in MiB.
+    pub max_file_size_mb: Option<u64>,
+    /// Memory of the whole sandbox, in MiB (cgroup; 0 for no limit).
+    pub memory_mb: Option<u64>,
+    /// Size of the private /tmp, in MiB.
+    pub tmp_size_mb: Option<u64>,
+    /// `[sandbox.network]`
+    #[serde(default)]
+    pub network: NetworkSection,
+}
+
+/// `[sandbox.network]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// "none" (default: loopback only) or "proxy" (only the egress proxy,
+    /// which lets through the `allow` domains).
+    pub mode: Option<String>,
+    /// Domains the proxy lets through: `github.com`, `*.npmjs.org`, `*`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Domains always refused (deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// `[limits]`
@@ -77,6 +126,19 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
     };
     let cfg: ConfigFile =
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    if let Some(mode) = &cfg.sandbox.network.mode {
+        if mode != "none" && mode != "proxy" {
+            anyhow::bail!(
+                "invalid [sandbox.network] mode {mode:?} in {}: use \"none\" or \"proxy\"",
+                path.display()
+            );
+        }
+    }
+    flotilla_sandbox::proxy::DomainPolicy::new(
+        &cfg.sandbox.network.allow,
+        &cfg.sandbox.network.deny,
+    )
+    .with_context(|| format!("invalid [sandbox.network] in {}", path.display()))?;
     if let Some(m) = &cfg.model {
         ModelSpec::parse(m).with_context(|| format!("invalid `model` in {}", path.display()))?;
     }
@@ -128,5 +190,49 @@ impl ConfigFile {
             openai_api_key: env("OPENAI_API_KEY"),
             system_prompt: self.system_prompt.clone(),
         }
+    }
+}
+
+/// `~/x` -> `$HOME/x`.
+pub fn expand_home(raw: &str) -> std::path::PathBuf {
+    match (raw.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => std::path::PathBuf::from(raw),
+    }
+}
+
+impl SandboxSection {
+    /// The spec sessions (and `flotilla sandbox`) start from; the workspace
+    /// is filled in per use.
+    pub fn template(&self) -> flotilla_sandbox::SandboxSpec {
+        let mut spec = flotilla_sandbox::SandboxSpec::new("/");
+        let d = flotilla_sandbox::SandboxLimits::default();
+        spec.required = self.required.unwrap_or(false);
+        spec.namespaces = self.namespaces.unwrap_or(true);
+        spec.deny_read = self.deny_read.iter().map(|p| expand_home(p)).collect();
+        spec.extra_write = self.write.iter().map(|p| expand_home(p)).collect();
+        spec.limits = flotilla_sandbox::SandboxLimits {
+            max_processes: self.max_processes.unwrap_or(d.max_processes),
+            max_open_files: self.max_open_files.unwrap_or(d.max_open_files),
+            max_file_size_bytes: self
+                .max_file_size_mb
+                .map(|mb| mb << 20)
+                .unwrap_or(d.max_file_size_bytes),
+            memory_bytes: match self.memory_mb {
+                Some(0) => None,
+                Some(mb) => Some(mb << 20),
+                None => d.memory_bytes,
+            },
+            tmp_size_bytes: self
+                .tmp_size_mb
+                .map(|mb| mb << 20)
+                .unwrap_or(d.tmp_size_bytes),
+        };
+        spec
+    }
+
+    /// Whether sessions get the egress proxy.
+    pub fn proxy_enabled(&self) -> bool {
+        self.network.mode.as_deref() == Some("proxy")
     }
 }

@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod render;
+mod sandbox_cmd;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use client::{connect_or_start, Client};
-use flotilla_agent::tools::HostExecutor;
+use flotilla_agent::tools::{sandbox_base_env, ProxySettings, SandboxFactory};
 use flotilla_protocol::{
     CreateSessionRequest, DaemonStatus, Event, EventPage, SessionId, SessionInfo, SessionList,
     SessionState,
@@ -57,6 +58,10 @@ enum Command {
     Logs(LogsArgs),
     /// Cancel a session.
     Cancel(CancelArgs),
+    /// Run one command confined like an agent's commands (`-- CMD ARGS...`),
+    /// or check which sandbox layers this machine supports (`--check`).
+    #[command(after_help = sandbox_cmd::SANDBOX_HELP)]
+    Sandbox(sandbox_cmd::SandboxArgs),
     /// Manage the daemon.
     Daemon {
         #[command(subcommand)]
@@ -157,6 +162,13 @@ enum DaemonCommand {
 }
 
 fn main() -> ExitCode {
+    // The sandbox helper must run before any thread exists (it forks).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(flotilla_sandbox::HELPER_ARG))
+    {
+        let code = flotilla_sandbox::helper_main();
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,6 +214,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sandbox(args) => sandbox_cmd::sandbox(&paths, args).await,
         Command::Daemon { command } => daemon(paths, command).await,
     }
 }
@@ -224,16 +237,49 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
         "off" => Durability::Off,
         _ => Durability::Full,
     };
+    let executor = Arc::new(session_sandboxes(&paths, &cfg)?);
     flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
         fleet: cfg.fleet_config(),
         durability,
-        executor: Arc::new(HostExecutor),
+        executor,
         factory: None,
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every session's commands run in a sandbox of their own, built from the
+/// `[sandbox]` config; the daemon's own files are hidden from all of them.
+fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxFactory> {
+    let mut template = cfg.sandbox.template();
+    template.deny_read.push(paths.data_dir.clone());
+    template.deny_read.push(paths.run_dir.clone());
+    template.deny_read.push(paths.config_file.clone());
+    let proxy = if cfg.sandbox.proxy_enabled() {
+        let socket_dir = paths.run_dir.join("egress");
+        std::fs::create_dir_all(&socket_dir)
+            .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        Some(ProxySettings {
+            policy: flotilla_sandbox::proxy::DomainPolicy::new(
+                &cfg.sandbox.network.allow,
+                &cfg.sandbox.network.deny,
+            )?,
+            socket_dir,
+        })
+    } else {
+        None
+    };
+    Ok(SandboxFactory {
+        template,
+        helper: flotilla_sandbox::HelperCommand::current_exe()
+            .context("cannot find the flotilla executable for the sandbox helper")?,
+        env: sandbox_base_env(),
+        proxy,
+    })
 }
 
 async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {

@@ -132,6 +132,22 @@ pub fn event_line(e: &Event) -> String {
             "context   compacted events up to #{through_seq} (was ~{} tokens)",
             tokens(*tokens_before)
         ),
+        EventKind::SandboxReady {
+            confined,
+            summary,
+            degraded,
+        } => {
+            let what = if *confined {
+                "confined"
+            } else {
+                "NOT fully confined"
+            };
+            let mut line = format!("sandbox   {what}: {summary}");
+            if !degraded.is_empty() && !summary.contains("DEGRADED") {
+                line.push_str(&format!(" DEGRADED: {}", degraded.join("; ")));
+            }
+            line
+        }
         EventKind::CancelRequested { by } => format!("cancel    requested by {by}"),
         EventKind::FinalAnswer { text } => format!("answer    {text}"),
     };

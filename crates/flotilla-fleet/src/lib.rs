@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use flotilla_agent::tools::{CommandExecutor, ToolLimits};
+use flotilla_agent::tools::{ExecutorFactory, ToolLimits};
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
 use flotilla_protocol::{
@@ -68,19 +68,20 @@ struct Running {
 pub struct Supervisor {
     store: Store,
     config: FleetConfig,
-    executor: Arc<dyn CommandExecutor>,
+    executors: Arc<dyn ExecutorFactory>,
     factory: ClientFactory,
     clients: Mutex<HashMap<String, Arc<dyn ModelClient>>>,
     running: Mutex<HashMap<SessionId, Running>>,
 }
 
 impl Supervisor {
-    /// A supervisor over `store`. With no `factory`, models are reached over
-    /// HTTP with [`OpenAiClient`].
+    /// A supervisor over `store`. Each session gets its command executor
+    /// (its sandbox) from `executors` when its loop starts. With no
+    /// `factory`, models are reached over HTTP with [`OpenAiClient`].
     pub fn new(
         store: Store,
         config: FleetConfig,
-        executor: Arc<dyn CommandExecutor>,
+        executors: Arc<dyn ExecutorFactory>,
         factory: Option<ClientFactory>,
     ) -> Arc<Supervisor> {
         let factory = factory.unwrap_or_else(|| {
@@ -99,7 +100,7 @@ impl Supervisor {
         Arc::new(Supervisor {
             store,
             config,
-            executor,
+            executors,
             factory,
             clients: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -295,23 +296,17 @@ impl Supervisor {
             }
         };
         let cancel = CancellationToken::new();
-        let run = AgentRun {
-            store: self.store.clone(),
-            session: id.clone(),
-            client,
-            executor: self.executor.clone(),
-            settings: AgentSettings {
-                model_name: spec.model.clone(),
-                retry: self.config.retry,
-                tool_limits: self.config.tool_limits.clone(),
-                system_prompt: self.config.system_prompt.clone(),
-                max_tokens: None,
-            },
-            cancel: cancel.clone(),
-            resume,
+        let settings = AgentSettings {
+            model_name: spec.model.clone(),
+            retry: self.config.retry,
+            tool_limits: self.config.tool_limits.clone(),
+            system_prompt: self.config.system_prompt.clone(),
+            max_tokens: None,
         };
         let me = Arc::clone(self);
         let sid = id.clone();
+        let workspace = std::path::PathBuf::from(&info.workspace);
+        let loop_cancel = cancel.clone();
         let mut running = self
             .running
             .lock()
@@ -320,6 +315,50 @@ impl Supervisor {
             return Ok(());
         }
         let task = tokio::spawn(async move {
+            // The session's sandbox lives as long as this task: dropping the
+            // executor ends it and every process in it.
+            let executor = match me.executors.for_session(&workspace).await {
+                Ok(session_executor) => {
+                    if !session_executor.degraded.is_empty() {
+                        tracing::warn!(session = %sid, degraded = ?session_executor.degraded, "sandbox is degraded");
+                    }
+                    let ready = EventKind::SandboxReady {
+                        confined: session_executor.confined,
+                        summary: session_executor.summary,
+                        degraded: session_executor.degraded,
+                    };
+                    if let Err(e) = me.store.append_one(&sid, ready).await {
+                        tracing::error!(session = %sid, error = %e, "cannot record the sandbox");
+                    }
+                    session_executor.executor
+                }
+                Err(e) => {
+                    tracing::error!(session = %sid, error = %e, "no sandbox for the session");
+                    let _ = me
+                        .store
+                        .append_one(
+                            &sid,
+                            EventKind::StateChanged {
+                                state: SessionState::Failed,
+                                reason: Some(format!("no sandbox for the session's commands: {e}")),
+                            },
+                        )
+                        .await;
+                    if let Ok(mut r) = me.running.lock() {
+                        r.remove(&sid);
+                    }
+                    return;
+                }
+            };
+            let run = AgentRun {
+                store: me.store.clone(),
+                session: sid.clone(),
+                client,
+                executor,
+                settings,
+                cancel: loop_cancel,
+                resume,
+            };
             let outcome = run_agent(run).await;
             match outcome {
                 Ok(exit) => tracing::info!(session = %sid, exit = ?short(&exit), "session ended"),

@@ -286,6 +286,16 @@ pub enum EventKind {
         /// Estimated prompt tokens before compaction.
         tokens_before: u64,
     },
+    /// The session's command sandbox is ready (at start and at every resume):
+    /// which layers confine its commands, and how it is weaker than asked.
+    SandboxReady {
+        /// Commands run in their own namespaces (false: degraded or unconfined).
+        confined: bool,
+        /// One line: network and layers.
+        summary: String,
+        /// Every way the sandbox is weaker than configured, with the cause.
+        degraded: Vec<String>,
+    },
     /// A cancel was asked for.
     CancelRequested {
         /// Who asked.
@@ -313,6 +323,7 @@ impl EventKind {
             EventKind::ToolFinished { .. } => "tool_finished",
             EventKind::ToolInterrupted { .. } => "tool_interrupted",
             EventKind::ContextCompacted { .. } => "context_compacted",
+            EventKind::SandboxReady { .. } => "sandbox_ready",
             EventKind::CancelRequested { .. } => "cancel_requested",
             EventKind::FinalAnswer { .. } => "final_answer",
         }

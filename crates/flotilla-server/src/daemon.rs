@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flotilla_agent::tools::CommandExecutor;
+use flotilla_agent::tools::ExecutorFactory;
 use flotilla_fleet::{ClientFactory, FleetConfig, Supervisor};
 use flotilla_protocol::DaemonStatus;
 use flotilla_store::{Durability, Store, StoreError, StoreOptions};
@@ -28,7 +28,7 @@ pub struct ServeOptions {
     /// Commit durability.
     pub durability: Durability,
     /// Where shell commands run.
-    pub executor: Arc<dyn CommandExecutor>,
+    pub executor: Arc<dyn ExecutorFactory>,
     /// Model clients (tests and benchmarks inject their own).
     pub factory: Option<ClientFactory>,
 }

@@ -231,7 +231,7 @@ impl Capture {
 }
 
 /// Reads `pipe` to EOF (or until `stop` fires), keeping head and tail.
-async fn drain<R: AsyncRead + Unpin>(
+pub(crate) async fn drain<R: AsyncRead + Unpin>(
     pipe: Option<R>,
     cap: usize,
     stop: CancellationToken,

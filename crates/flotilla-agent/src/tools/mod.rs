@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 mod exec;
 mod fs;
 mod path;
+mod sandboxed;
 mod search;
 mod shell;
 mod specs;
@@ -31,6 +32,10 @@ pub use exec::{
     PIPE_EOF_GRACE, TERM_GRACE,
 };
 pub use path::{resolve_in_workspace, PathError, PathIntent};
+pub use sandboxed::{
+    sandbox_base_env, ExecutorFactory, ProxySettings, SandboxExecutor, SandboxFactory,
+    SessionExecutor, PASSED_ENV,
+};
 pub use specs::{shared_tool_specs, tool_specs};
 
 /// Size limits of the built-in tools.

@@ -1,0 +1,293 @@
+//! Commands inside the session's sandbox, and the factory that gives each
+//! session its executor.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_sandbox::proxy::{DomainPolicy, EgressProxy};
+use flotilla_sandbox::{
+    proxy_env, ExitStatus, HelperCommand, NetworkMode, Sandbox, SandboxSpec, SpawnRequest,
+};
+use futures::future::BoxFuture;
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+
+use super::exec::{drain, CapturedOutput, CommandExecutor, CommandRequest, CommandResult};
+use super::{HostExecutor, PIPE_EOF_GRACE, TERM_GRACE};
+
+/// An executor for one session, and what it is.
+pub struct SessionExecutor {
+    /// Runs the session's commands.
+    pub executor: Arc<dyn CommandExecutor>,
+    /// Commands run in their own namespaces.
+    pub confined: bool,
+    /// One line for the session's events.
+    pub summary: String,
+    /// How it is weaker than configured.
+    pub degraded: Vec<String>,
+}
+
+/// Gives each session its executor (its sandbox), for the session's lifetime.
+pub trait ExecutorFactory: Send + Sync {
+    /// The executor for a session working in `workspace`. `Err` (with a
+    /// message for the user) fails the session: e.g. `sandbox.required` on a
+    /// machine that cannot confine.
+    fn for_session<'a>(
+        &'a self,
+        workspace: &'a Path,
+    ) -> BoxFuture<'a, Result<SessionExecutor, String>>;
+}
+
+/// Every session runs its commands on the host, unconfined. Only for tests
+/// and benchmarks of the loop itself; the daemon uses [`SandboxFactory`].
+impl ExecutorFactory for HostExecutor {
+    fn for_session<'a>(
+        &'a self,
+        _workspace: &'a Path,
+    ) -> BoxFuture<'a, Result<SessionExecutor, String>> {
+        Box::pin(async {
+            Ok(SessionExecutor {
+                executor: Arc::new(HostExecutor),
+                confined: false,
+                summary: "unconfined host execution".into(),
+                degraded: vec!["commands run on the host without a sandbox".into()],
+            })
+        })
+    }
+}
+
+/// One sandbox per session, built from a template spec with the session's
+/// workspace.
+#[derive(Clone, Debug)]
+pub struct SandboxFactory {
+    /// The spec every session starts from (its workspace is replaced).
+    pub template: SandboxSpec,
+    /// How to start the sandbox helper.
+    pub helper: HelperCommand,
+    /// The base environment of every command (no daemon variables leak in).
+    pub env: Vec<(String, String)>,
+    /// With `Some`, each session's network goes through its own egress proxy
+    /// with this policy (sockets under `proxy_dir`); with `None`, no network.
+    pub proxy: Option<ProxySettings>,
+}
+
+/// The egress proxy of `network = proxy` sessions.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Domain allow/deny rules.
+    pub policy: DomainPolicy,
+    /// A private directory (0700) for the proxies' Unix sockets.
+    pub socket_dir: PathBuf,
+}
+
+impl ExecutorFactory for SandboxFactory {
+    fn for_session<'a>(
+        &'a self,
+        workspace: &'a Path,
+    ) -> BoxFuture<'a, Result<SessionExecutor, String>> {
+        Box::pin(async move {
+            let mut spec = self.template.clone();
+            spec.workspace = workspace.to_path_buf();
+            let mut env = self.env.clone();
+            let proxy = match &self.proxy {
+                Some(settings) => {
+                    let socket = settings.socket_dir.join(format!(
+                        "egress-{}-{}.sock",
+                        std::process::id(),
+                        PROXY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    ));
+                    let proxy = EgressProxy::bind_unix(&socket, settings.policy.clone(), None)
+                        .await
+                        .map_err(|err| format!("starting the egress proxy: {err}"))?;
+                    spec.network = NetworkMode::Proxy { socket };
+                    env.extend(proxy_env());
+                    Some(proxy)
+                }
+                None => {
+                    spec.network = NetworkMode::None;
+                    None
+                }
+            };
+            let sandbox = Sandbox::create(spec, &self.helper)
+                .await
+                .map_err(|err| err.to_string())?;
+            let report = sandbox.report();
+            Ok(SessionExecutor {
+                confined: report.namespaces,
+                summary: report.summary(),
+                degraded: report.degraded.clone(),
+                executor: Arc::new(SandboxExecutor {
+                    sandbox,
+                    env,
+                    _proxy: proxy,
+                }),
+            })
+        })
+    }
+}
+
+/// The environment variables passed from the daemon into sandboxes; nothing
+/// else is (API keys and tokens in the daemon's environment stay out).
+pub const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "SHELL",
+    "COLORTERM",
+    "NO_COLOR",
+];
+
+/// [`PASSED_ENV`] from the current process, plus `LC_*`.
+pub fn sandbox_base_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| PASSED_ENV.contains(&k.as_str()) || k.starts_with("LC_"))
+        .collect()
+}
+
+/// Runs commands in one session's [`Sandbox`] with `/bin/sh -c`, reading
+/// their output from pipes passed into the sandbox. Timeout and cancel
+/// signal the command's process group (SIGTERM, then SIGKILL after
+/// [`TERM_GRACE`]); background jobs of a command that exits on its own keep
+/// running until the sandbox ends.
+pub struct SandboxExecutor {
+    sandbox: Sandbox,
+    env: Vec<(String, String)>,
+    /// Lives (and serves) as long as the sandbox.
+    _proxy: Option<EgressProxy>,
+}
+
+static PROXY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl SandboxExecutor {
+    /// An executor over an existing sandbox.
+    pub fn new(sandbox: Sandbox, env: Vec<(String, String)>) -> SandboxExecutor {
+        SandboxExecutor {
+            sandbox,
+            env,
+            _proxy: None,
+        }
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl CommandExecutor for SandboxExecutor {
+    fn run<'a>(&'a self, req: CommandRequest) -> BoxFuture<'a, io::Result<CommandResult>> {
+        Box::pin(self.run_in_sandbox(req))
+    }
+}
+
+/// SIGKILLs the command's group when dropped while armed (the caller gave up
+/// on the future).
+struct KillOnDrop {
+    process: Option<(Sandbox, flotilla_sandbox::Process)>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some((_sandbox, process)) = self.process.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = process.signal_group(libc::SIGKILL).await;
+                });
+            }
+        }
+    }
+}
+
+fn pipe_pair() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((pipe::Receiver::from_owned_fd(read)?, write))
+}
+
+impl SandboxExecutor {
+    async fn run_in_sandbox(&self, req: CommandRequest) -> io::Result<CommandResult> {
+        let started = Instant::now();
+        let (out_read, out_write) = pipe_pair()?;
+        let (err_read, err_write) = pipe_pair()?;
+        let mut env = self.env.clone();
+        env.extend(req.env.iter().cloned());
+        env.push(("FLOTILLA".into(), "1".into()));
+        let process = self
+            .sandbox
+            .spawn(SpawnRequest {
+                argv: vec!["/bin/sh".into(), "-c".into(), req.command.clone()],
+                cwd: PathBuf::from(&req.cwd),
+                env,
+                stdin: None,
+                stdout: out_write,
+                stderr: err_write,
+            })
+            .await
+            .map_err(io::Error::other)?;
+        let stop = CancellationToken::new();
+        let cap = req.output_cap_bytes;
+        let stdout = tokio::spawn(drain(Some(out_read), cap, stop.clone()));
+        let stderr = tokio::spawn(drain(Some(err_read), cap, stop.clone()));
+        let mut guard = KillOnDrop {
+            process: Some((self.sandbox.clone(), process)),
+        };
+        let (status, timed_out, cancelled) = {
+            let Some((_, process)) = guard.process.as_mut() else {
+                return Err(io::Error::other("lost the process handle"));
+            };
+            let outcome = tokio::select! {
+                status = process.wait() => Some(status),
+                _ = tokio::time::sleep(req.timeout) => None,
+                _ = req.cancel.cancelled() => None,
+            };
+            match outcome {
+                Some(status) => (status, false, false),
+                None => {
+                    let timed_out = !req.cancel.is_cancelled();
+                    let status = terminate(process).await;
+                    (status, timed_out, !timed_out)
+                }
+            }
+        };
+        // The shell is gone; its background jobs, if any, are left alone.
+        guard.process = None;
+        let mut readers = futures::future::join(stdout, stderr);
+        let (stdout, stderr) = match tokio::time::timeout(PIPE_EOF_GRACE, &mut readers).await {
+            Ok(both) => both,
+            Err(_) => {
+                stop.cancel();
+                readers.await
+            }
+        };
+        Ok(CommandResult {
+            exit_code: status.code,
+            signal: status.signal,
+            output: CapturedOutput {
+                stdout: stdout.unwrap_or_default(),
+                stderr: stderr.unwrap_or_default(),
+            },
+            timed_out,
+            cancelled,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// SIGTERM to the group, up to [`TERM_GRACE`] for the shell to exit, then
+/// SIGKILL to whatever is left of the group.
+async fn terminate(process: &mut flotilla_sandbox::Process) -> ExitStatus {
+    let _ = process.signal_group(libc::SIGTERM).await;
+    let status = tokio::time::timeout(TERM_GRACE, process.wait()).await;
+    let _ = process.signal_group(libc::SIGKILL).await;
+    match status {
+        Ok(status) => status,
+        Err(_) => process.wait().await,
+    }
+}
