@@ -194,13 +194,15 @@ fn kill_9_during_a_tool_then_restart_completes_with_every_event_once() {
     let env = Env::new(Script::single(vec![
         Step::tool(
             "shell",
-            json!({"command": "echo $$ > pid.txt; exec sleep 300"}),
+            json!({"command": "echo $$ > pid.txt; exec sleep 300.271828"}),
         ),
         Step::finish("recovered"),
     ]));
     let id = env.start("run a long command");
     let before = env.wait_event(&id, "tool_started", 30);
-    // Wait for the command itself to be running.
+    // Wait for the command itself to be running. The pid it wrote is its pid
+    // inside the sandbox's pid namespace; on the host, find it by its
+    // unique command line.
     let pid_file = env.ws().join("pid.txt");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&pid_file)
@@ -210,21 +212,27 @@ fn kill_9_during_a_tool_then_restart_completes_with_every_event_once() {
         assert!(Instant::now() < deadline, "the command never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tool_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(alive(tool_pid));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let host_pids = loop {
+        let pids = host_pids_with_arg("300.271828");
+        if !pids.is_empty() {
+            break pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command is not visible on the host"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let daemon = env.daemon_pid().unwrap();
     kill9(daemon);
     assert!(!alive(daemon));
     // The host: the tool's process died with the daemon, and the socket file is stale.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(tool_pid) {
+    while !host_pids_with_arg("300.271828").is_empty() {
         assert!(
             Instant::now() < deadline,
-            "tool process {tool_pid} outlived the daemon"
+            "tool process {host_pids:?} outlived the daemon"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
