@@ -577,3 +577,126 @@ fn tcp_needs_the_bearer_token() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The event of a given kind, first one.
+fn first_of<'a>(events: &'a [Value], kind: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"]["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {events:#?}"))
+}
+
+#[test]
+fn a_sessions_commands_run_confined_in_its_sandbox() {
+    let outside = tempfile::Builder::new()
+        .prefix("flotilla-e2e-outside-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let target = outside.path().join("escaped.txt");
+    let env = Env::new(Script::single(vec![
+        Step::tool(
+            "shell",
+            json!({"command": format!(
+                "sleep 307.5 & echo inside > made.txt; echo x > {} || echo write-refused; cat /proc/1/cmdline | tr '\\0' ' '; echo; env | grep -c OPENAI || true",
+                target.display()
+            )}),
+        ),
+        Step::tool(
+            "shell",
+            json!({"command": "pgrep -f 307.5 >/dev/null && echo bg-alive"}),
+        ),
+        Step::finish("done"),
+    ]));
+    let id = env.start("try to escape");
+    assert_eq!(env.wait_state(&id, 60), "completed");
+    let events = env.events(&id);
+    let ready = first_of(&events, "sandbox_ready");
+    assert_eq!(ready["event"]["confined"], true, "{ready}");
+    assert!(
+        ready["event"]["degraded"].as_array().unwrap().is_empty(),
+        "{ready}"
+    );
+    assert!(
+        ready["event"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("seccomp"),
+        "{ready}"
+    );
+    // The sandbox event comes before the first model request.
+    let pos = |k: &str| events.iter().position(|e| e["event"]["type"] == k).unwrap();
+    assert!(pos("sandbox_ready") < pos("model_requested"));
+    let reqs = env.mock.requests();
+    let first = &tool_messages(&reqs[1])[0];
+    assert!(first.contains("write-refused"), "{first}");
+    // pid 1 is the sandbox's init, not the host's; no OPENAI_* variable leaked.
+    assert!(first.contains("__sandbox-init"), "{first}");
+    assert!(first.lines().any(|l| l.trim() == "0"), "{first}");
+    assert!(!target.exists());
+    assert_eq!(
+        std::fs::read_to_string(env.ws().join("made.txt")).unwrap(),
+        "inside\n"
+    );
+    // The background job lived from one command to the next, and died with
+    // the session.
+    assert!(tool_messages(&reqs[2])[1].contains("bg-alive"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host_pids_with_arg("307.5").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a background job outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_degraded_sandbox_is_recorded_and_required_refuses_it() {
+    let env = Env::new(Script::single(vec![
+        Step::tool("shell", json!({"command": "echo ran > ran.txt"})),
+        Step::finish("done"),
+    ]));
+    let cfg = env.home.path().join("config.toml");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}[sandbox]\nnamespaces = false\n")).unwrap();
+    let id = env.start("degraded");
+    assert_eq!(env.wait_state(&id, 60), "completed");
+    let events = env.events(&id);
+    let ready = first_of(&events, "sandbox_ready");
+    assert_eq!(ready["event"]["confined"], false, "{ready}");
+    assert!(
+        ready["event"]["degraded"][0]
+            .as_str()
+            .unwrap()
+            .contains("namespaces disabled"),
+        "{ready}"
+    );
+    let shown = stdout(&env.run(&["logs", &id]));
+    assert!(
+        shown.contains("NOT fully confined") && shown.contains("DEGRADED"),
+        "{shown}"
+    );
+
+    // Stop the daemon, require a full sandbox: the next session fails, with
+    // the reason and what to do, before running any command.
+    assert!(env.run(&["daemon", "stop"]).status.success());
+    std::fs::write(
+        &cfg,
+        format!("{base}[sandbox]\nnamespaces = false\nrequired = true\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(env.ws().join("ran.txt")).unwrap();
+    let id = env.start("required");
+    assert_eq!(env.wait_state(&id, 60), "failed");
+    let info = env.session(&id);
+    let reason = info["reason"].as_str().unwrap_or_default().to_string();
+    let events = env.events(&id);
+    let failed = events
+        .iter()
+        .rev()
+        .find(|e| e["event"]["type"] == "state_changed")
+        .unwrap();
+    let why = failed["event"]["reason"].as_str().unwrap();
+    assert!(why.contains("sandbox.required = true"), "{why} {reason}");
+    assert!(!env.ws().join("ran.txt").exists());
+}

@@ -106,10 +106,18 @@ struct Waiters {
     gone: Option<String>,
 }
 
-struct Inner {
+/// What the reply reader shares with the handle. The reader holds only
+/// this, never [`Inner`], so dropping the last [`Sandbox`] drops `Inner`,
+/// whose `Drop` stops the reader and with it the last reference to the
+/// socket.
+struct Shared {
     sock: AsyncFd<OwnedFd>,
-    send_lock: tokio::sync::Mutex<()>,
     waiters: Mutex<Waiters>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    send_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     report: SandboxReport,
     helper_pid: u32,
@@ -237,17 +245,20 @@ impl Sandbox {
                 }
             },
         };
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
             sock,
-            send_lock: tokio::sync::Mutex::new(()),
             waiters: Mutex::new(Waiters::default()),
+        });
+        let inner = Arc::new(Inner {
+            shared: shared.clone(),
+            send_lock: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             report,
             helper_pid,
             helper: Mutex::new(Some(child)),
             reader: Mutex::new(None),
         });
-        let task = tokio::spawn(read_replies(Arc::downgrade(&inner)));
+        let task = tokio::spawn(read_replies(shared));
         if let Ok(mut reader) = inner.reader.lock() {
             *reader = Some(task);
         }
@@ -267,6 +278,7 @@ impl Sandbox {
     /// Whether the sandbox's init is gone.
     pub fn is_gone(&self) -> bool {
         self.inner
+            .shared
             .waiters
             .lock()
             .map(|w| w.gone.is_some())
@@ -281,6 +293,7 @@ impl Sandbox {
         {
             let mut waiters = self
                 .inner
+                .shared
                 .waiters
                 .lock()
                 .map_err(|_| SandboxError::Gone("poisoned".into()))?;
@@ -334,7 +347,7 @@ impl Sandbox {
     }
 
     fn forget(&self, id: u64) {
-        if let Ok(mut waiters) = self.inner.waiters.lock() {
+        if let Ok(mut waiters) = self.inner.shared.waiters.lock() {
             waiters.spawned.remove(&id);
             waiters.exited.remove(&id);
         }
@@ -342,6 +355,7 @@ impl Sandbox {
 
     fn gone_reason(&self) -> String {
         self.inner
+            .shared
             .waiters
             .lock()
             .ok()
@@ -351,7 +365,7 @@ impl Sandbox {
 
     async fn send(&self, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
         let _guard = self.inner.send_lock.lock().await;
-        send_on(&self.inner.sock, bytes, fds).await
+        send_on(&self.inner.shared.sock, bytes, fds).await
     }
 
     async fn signal(&self, id: u64, signal: i32) -> Result<(), SandboxError> {
@@ -420,31 +434,23 @@ impl Process {
     }
 }
 
-async fn read_replies(inner: std::sync::Weak<Inner>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let received = recv_on(&strong.sock).await;
-        let reason = match received {
-            Ok(msg) if msg.bytes.is_empty() => "the sandbox init exited".to_string(),
-            Ok(msg) => {
-                dispatch(&strong, &msg.bytes);
-                continue;
-            }
-            Err(err) => format!("reading the control channel: {err}"),
-        };
-        if let Ok(mut waiters) = strong.waiters.lock() {
-            waiters.gone = Some(reason);
-            // Dropping the senders wakes every waiter with an error.
-            waiters.spawned.clear();
-            waiters.exited.clear();
+async fn read_replies(shared: Arc<Shared>) {
+    let reason = loop {
+        match recv_on(&shared.sock).await {
+            Ok(msg) if msg.bytes.is_empty() => break "the sandbox init exited".to_string(),
+            Ok(msg) => dispatch(&shared, &msg.bytes),
+            Err(err) => break format!("reading the control channel: {err}"),
         }
-        return;
+    };
+    if let Ok(mut waiters) = shared.waiters.lock() {
+        waiters.gone = Some(reason);
+        // Dropping the senders wakes every waiter with an error.
+        waiters.spawned.clear();
+        waiters.exited.clear();
     }
 }
 
-fn dispatch(inner: &Inner, bytes: &[u8]) {
+fn dispatch(inner: &Shared, bytes: &[u8]) {
     let Ok(reply) = serde_json::from_slice::<Reply>(bytes) else {
         tracing::warn!("unreadable message from a sandbox init");
         return;
