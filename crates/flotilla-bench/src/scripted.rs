@@ -135,6 +135,7 @@ impl CommandExecutor for NoopExecutor {
             timed_out: false,
             cancelled: false,
             duration: Duration::ZERO,
+            notes: Vec::new(),
         })))
     }
 }

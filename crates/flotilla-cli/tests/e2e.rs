@@ -597,13 +597,13 @@ fn a_sessions_commands_run_confined_in_its_sandbox() {
         Step::tool(
             "shell",
             json!({"command": format!(
-                "sleep 307.5 & echo inside > made.txt; echo x > {} || echo write-refused; cat /proc/1/cmdline | tr '\\0' ' '; echo; env | grep -c OPENAI || true",
+                "sleep 307.5 & echo $! > /tmp/bg.pid; echo inside > made.txt; echo x > {} || echo write-refused; cat /proc/1/cmdline | tr '\\0' ' '; echo; env | grep -c OPENAI || true",
                 target.display()
             )}),
         ),
         Step::tool(
             "shell",
-            json!({"command": "pgrep -f 307.5 >/dev/null && echo bg-alive"}),
+            json!({"command": "kill -0 $(cat /tmp/bg.pid) && echo bg-alive; echo x > /etc/flotilla-pwned"}),
         ),
         Step::finish("done"),
     ]));
@@ -639,7 +639,15 @@ fn a_sessions_commands_run_confined_in_its_sandbox() {
     );
     // The background job lived from one command to the next, and died with
     // the session.
-    assert!(tool_messages(&reqs[2])[1].contains("bg-alive"));
+    let second = &tool_messages(&reqs[2])[1];
+    assert!(second.contains("bg-alive"), "{second}");
+    // The refusal is explained, with how to allow it.
+    assert!(
+        second.contains("[sandbox: writes outside the workspace are refused")
+            && second.contains("[sandbox] in config.toml"),
+        "{second}"
+    );
+    assert!(!std::path::Path::new("/etc/flotilla-pwned").exists());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !host_pids_with_arg("307.5").is_empty() {
         assert!(

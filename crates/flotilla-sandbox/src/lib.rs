@@ -40,4 +40,6 @@ pub use handle::{
     ExitStatus, HelperCommand, Process, Sandbox, SandboxError, SpawnRequest, CREATE_TIMEOUT,
 };
 pub use init::{helper_main, HELPER_ARG};
-pub use spec::{proxy_env, NetworkMode, SandboxLimits, SandboxReport, SandboxSpec};
+pub use spec::{
+    explain_refusal, proxy_env, NetworkMode, SandboxLimits, SandboxReport, SandboxSpec,
+};

@@ -221,3 +221,69 @@ pub fn proxy_env() -> Vec<(String, String)> {
     env.push(("no_proxy".into(), "localhost,127.0.0.1,::1".into()));
     env
 }
+
+/// Explains, for the model and the user, which sandbox rule most likely
+/// refused a failed command, and how the user can allow it when they mean
+/// to. `output` is what the command printed; empty when nothing matches.
+pub fn explain_refusal(
+    output: &str,
+    status: crate::ExitStatus,
+    report: &SandboxReport,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let has = |needle: &str| output.contains(needle);
+    if has("Read-only file system") {
+        notes.push(
+            "writes outside the workspace are refused: the host's files are read-only in the sandbox, and so are .git/hooks, .git/config and .flotilla/ in the workspace (they run or configure things later). If the user means to allow a directory, they add it to `write` under [sandbox] in config.toml (or `flotilla sandbox --write DIR`)".into(),
+        );
+    }
+    if has("Permission denied") && report.landlock.is_some() && !report.namespaces {
+        notes.push(
+            "Landlock refused the access: only the workspace (and [sandbox] write directories) are writable, and only system directories are readable".into(),
+        );
+    }
+    if has("Operation not permitted") {
+        notes.push(
+            "the sandbox refuses privileged operations (mount, ptrace, new namespaces, raw or netlink sockets, io_uring, kernel keyrings, module loading): they cannot be allowed from inside a session".into(),
+        );
+    }
+    if has("Network is unreachable")
+        || has("Could not resolve host")
+        || has("Temporary failure in name resolution")
+        || has("Name or service not known")
+    {
+        let how = if report.network == "proxy" {
+            "only the egress proxy's allowed domains are reachable; the user can add a domain to `allow` under [sandbox.network] in config.toml"
+        } else {
+            "the sandbox has no network; the user can enable `mode = \"proxy\"` with an `allow` list of domains under [sandbox.network] in config.toml"
+        };
+        notes.push(how.into());
+    }
+    if has("egress to") && has("denied") {
+        notes.push(
+            "the egress proxy refused a domain outside its allow list (see the message above)"
+                .into(),
+        );
+    }
+    if has("File too large") || status.signal == Some(libc::SIGXFSZ) {
+        notes.push(
+            "the sandbox's file size limit stopped a write; the user can raise `max_file_size_mb` under [sandbox]".into(),
+        );
+    }
+    if has("Resource temporarily unavailable") || has("fork: retry") || has("Cannot fork") {
+        notes.push(
+            "the sandbox's process limit may have been reached; the user can raise `max_processes` under [sandbox]".into(),
+        );
+    }
+    if status.signal == Some(libc::SIGKILL)
+        && report
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| c.contains("memory"))
+    {
+        notes.push(
+            "killed by SIGKILL: possibly the sandbox's memory limit (the cgroup's OOM killer); the user can raise `memory_mb` under [sandbox]".into(),
+        );
+    }
+    notes
+}

@@ -62,6 +62,9 @@ pub struct CommandResult {
     pub cancelled: bool,
     /// Wall time from spawn to return.
     pub duration: Duration,
+    /// What the executor knows about why the command failed (e.g. which
+    /// sandbox rule refused it and how the user can allow it).
+    pub notes: Vec<String>,
 }
 
 impl CommandResult {
@@ -427,6 +430,7 @@ async fn run_on_host(req: CommandRequest) -> io::Result<CommandResult> {
         timed_out,
         cancelled,
         duration: started.elapsed(),
+        notes: Vec::new(),
     })
 }
 

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use flotilla_sandbox::proxy::{DomainPolicy, EgressProxy};
 use flotilla_sandbox::{
-    proxy_env, ExitStatus, HelperCommand, NetworkMode, Sandbox, SandboxSpec, SpawnRequest,
+    explain_refusal, proxy_env, ExitStatus, HelperCommand, NetworkMode, Sandbox, SandboxSpec,
+    SpawnRequest,
 };
 use futures::future::BoxFuture;
 use tokio::net::unix::pipe;
@@ -266,16 +267,25 @@ impl SandboxExecutor {
                 readers.await
             }
         };
+        let output = CapturedOutput {
+            stdout: stdout.unwrap_or_default(),
+            stderr: stderr.unwrap_or_default(),
+        };
+        let notes = if status.code == Some(0) || timed_out || cancelled {
+            Vec::new()
+        } else {
+            let mut seen = output.stderr.render(usize::MAX);
+            seen.push_str(&output.stdout.render(usize::MAX));
+            explain_refusal(&seen, status, self.sandbox.report())
+        };
         Ok(CommandResult {
             exit_code: status.code,
             signal: status.signal,
-            output: CapturedOutput {
-                stdout: stdout.unwrap_or_default(),
-                stderr: stderr.unwrap_or_default(),
-            },
+            output,
             timed_out,
             cancelled,
             duration: started.elapsed(),
+            notes,
         })
     }
 }

@@ -112,6 +112,9 @@ pub(crate) fn format_result(result: &CommandResult, timeout: Duration, cap: usiz
             text.push('\n');
         }
     }
+    for note in &result.notes {
+        text.push_str(&format!("[sandbox: {note}]\n"));
+    }
     text
 }
 
