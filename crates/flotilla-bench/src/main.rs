@@ -19,11 +19,10 @@ use clap::{Parser, Subcommand};
 
 mod daemon;
 mod idle_rss;
-// Not used by a benchmark yet: the sandbox benchmark will (then drop this allow).
-#[allow(dead_code)]
 mod peers;
 mod recover;
 mod report;
+mod sandbox;
 mod scripted;
 mod throughput;
 mod turn;
@@ -76,6 +75,10 @@ enum Bench {
     IdleRss,
     /// (d) Time to recover many sessions after kill -9 of the daemon.
     Recover,
+    /// (e) Cost of a command in a warm session sandbox vs bare fork/exec,
+    /// bwrap, srt and codex; time to create a sandbox. Run
+    /// scripts/install-sandbox-peers.sh first for the peers.
+    Sandbox,
     /// All of the above (the default).
     All,
 }
@@ -91,7 +94,7 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     let bench = cli.command.unwrap_or(Bench::All);
     let wants = |b: Bench| bench == b || bench == Bench::All;
-    let needs_daemon = wants(Bench::IdleRss) || wants(Bench::Recover);
+    let needs_daemon = wants(Bench::IdleRss) || wants(Bench::Recover) || wants(Bench::Sandbox);
     let binary = if needs_daemon {
         Some(daemon::find_flotilla(cli.flotilla.as_deref())?)
     } else {
@@ -132,7 +135,12 @@ async fn run(cli: Cli) -> Result<()> {
             .await?,
         );
     }
-    if let Some(binary) = &binary {
+    if let (true, Some(binary)) = (wants(Bench::Sandbox), &binary) {
+        progress("(e) sandbox");
+        let root = std::env::current_dir()?;
+        figures.extend(sandbox::run(binary, &root).await?);
+    }
+    if let (true, Some(binary)) = (wants(Bench::IdleRss) || wants(Bench::Recover), &binary) {
         let limits = daemon::raise_nofile_limit()?;
         let count = cli.sessions.unwrap_or(DEFAULT_IDLE_SESSIONS);
         progress(&format!(

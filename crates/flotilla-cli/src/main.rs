@@ -238,7 +238,9 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
         _ => Durability::Full,
     };
     let executor = Arc::new(session_sandboxes(&paths, &cfg)?);
-    flotilla_server::serve(ServeOptions {
+    // A session's sandbox gets a helper (and cgroup) prepared ahead of time.
+    tokio::task::spawn_blocking(|| flotilla_sandbox::enable_prewarm(1)).await?;
+    let served = flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
         fleet: cfg.fleet_config(),
@@ -246,7 +248,9 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
         executor,
         factory: None,
     })
-    .await?;
+    .await;
+    flotilla_sandbox::drain_prewarmed().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

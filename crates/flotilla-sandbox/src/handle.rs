@@ -5,13 +5,14 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+use crate::cgroup::{self, Cgroup};
 use crate::control::{self, Reply, Request, MAX_MESSAGE};
 use crate::init::{CONTROL_FD, HELPER_ARG};
 use crate::spec::{SandboxReport, SandboxSpec};
@@ -123,6 +124,8 @@ struct Inner {
     helper_pid: u32,
     helper: Mutex<Option<tokio::process::Child>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The sandbox's cgroup, recycled or removed once it is empty.
+    cgroup: Mutex<Option<Cgroup>>,
 }
 
 impl Drop for Inner {
@@ -134,6 +137,13 @@ impl Drop for Inner {
         }
         // Dropping the socket closes the channel: init kills everything in
         // the sandbox and exits. The helper Child is kill_on_drop as well.
+        // The cgroup is released once the kernel has emptied it, off this
+        // thread (Drop may run on an async worker).
+        if let Some(cg) = self.cgroup.lock().ok().and_then(|mut c| c.take()) {
+            let _ = std::thread::Builder::new()
+                .name("sandbox-cgroup".into())
+                .spawn(move || cgroup::release(cg));
+        }
     }
 }
 
@@ -163,88 +173,52 @@ impl Sandbox {
         helper: &HelperCommand,
     ) -> Result<Sandbox, SandboxError> {
         let spec = validate(spec)?;
-        let (ours, theirs) = control::pair().map_err(std::io::Error::from)?;
-        set_nonblocking(&ours)?;
-        let mut cmd = tokio::process::Command::new(&helper.program);
-        cmd.args(&helper.args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let theirs_raw = theirs.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and makes raw,
-        // async-signal-safe syscalls only (dup2, fcntl, setsid, prctl).
-        unsafe {
-            cmd.pre_exec(move || {
-                if theirs_raw == CONTROL_FD {
-                    if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(theirs_raw, CONTROL_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Helper {
-            program: helper.program.display().to_string(),
-            source,
-        })?;
-        drop(theirs);
-        let helper_pid = child.id().unwrap_or(0);
-        // SAFETY: `ours` is an OwnedFd moved into the AsyncFd, which owns it
-        // until it is dropped; nothing else closes or replaces it.
-        let sock = unsafe { AsyncFd::register(ours) }.map_err(std::io::Error::from)?;
+        let limits = spec.limits.clone();
+        let prepared = match take_prepared(helper, &limits) {
+            Some(p) => p,
+            None => prepare(helper, &limits).await?,
+        };
+        let Prepared {
+            mut child,
+            sock,
+            helper_pid,
+            cgroup,
+            ..
+        } = prepared;
         let setup = control::encode(&Request::Setup {
             spec: Box::new(spec),
         })?;
         send_on(&sock, &setup, &[]).await?;
-        let first = tokio::time::timeout(CREATE_TIMEOUT, recv_on(&sock)).await;
-        let report = match first {
+        let handshake = handshake(&sock, &mut child, helper);
+        let mut report = match tokio::time::timeout(CREATE_TIMEOUT, handshake).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(err)) => {
+                release_after_kill(child, cgroup.ok()).await;
+                return Err(err);
+            }
             Err(_) => {
-                let _ = child.start_kill();
+                release_after_kill(child, cgroup.ok()).await;
                 return Err(SandboxError::Refused(format!(
                     "the sandbox helper did not report ready within {} s",
                     CREATE_TIMEOUT.as_secs()
                 )));
             }
-            Ok(Err(err)) => return Err(err.into()),
-            Ok(Ok(msg)) if msg.bytes.is_empty() => {
-                let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-                return Err(SandboxError::Refused(format!(
-                    "the sandbox helper {} exited before reporting ({}); is it a flotilla binary that understands {HELPER_ARG}?",
-                    helper.program.display(),
-                    match status {
-                        Ok(Ok(status)) => status.to_string(),
-                        _ => "still running".into(),
-                    }
-                )));
-            }
-            Ok(Ok(msg)) => match serde_json::from_slice::<Reply>(&msg.bytes) {
-                Ok(Reply::Ready { mut report }) => {
-                    report.init_pid = helper_pid;
-                    *report
-                }
-                Ok(Reply::Failed { error }) => return Err(SandboxError::Refused(error)),
-                Ok(other) => {
-                    return Err(SandboxError::Refused(format!(
-                        "unexpected first message from the sandbox helper: {other:?}"
-                    )))
-                }
-                Err(err) => {
-                    return Err(SandboxError::Refused(format!(
-                        "unreadable first message from the sandbox helper: {err}"
-                    )))
-                }
-            },
         };
+        report.init_pid = helper_pid;
+        let cgroup = match cgroup {
+            Ok(cg) => {
+                report.cgroup = Some(cg.describe());
+                Some(cg)
+            }
+            Err(reason) => {
+                report.degraded.push(format!(
+                    "no cgroup limits ({reason}); the process and file limits still hold, memory is not capped"
+                ));
+                None
+            }
+        };
+        // Prepare the next sandbox's helper now, off its critical path.
+        refill_prepared(helper, &limits);
         let shared = Arc::new(Shared {
             sock,
             waiters: Mutex::new(Waiters::default()),
@@ -257,6 +231,7 @@ impl Sandbox {
             helper_pid,
             helper: Mutex::new(Some(child)),
             reader: Mutex::new(None),
+            cgroup: Mutex::new(cgroup),
         });
         let task = tokio::spawn(read_replies(shared));
         if let Ok(mut reader) = inner.reader.lock() {
@@ -389,6 +364,194 @@ impl Sandbox {
                 let _ = child.wait().await;
             }
         }
+        if let Some(cg) = self.inner.cgroup.lock().ok().and_then(|mut c| c.take()) {
+            let _ = tokio::task::spawn_blocking(move || cgroup::release(cg)).await;
+        }
+    }
+}
+
+/// Reads the init's first message: `ready` or `failed`.
+async fn handshake(
+    sock: &AsyncFd<OwnedFd>,
+    child: &mut tokio::process::Child,
+    helper: &HelperCommand,
+) -> Result<SandboxReport, SandboxError> {
+    let msg = recv_on(sock).await?;
+    if msg.bytes.is_empty() {
+        let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        return Err(SandboxError::Refused(format!(
+            "the sandbox helper {} exited before reporting ({}); is it a flotilla binary that understands {HELPER_ARG}?",
+            helper.program.display(),
+            match status {
+                Ok(Ok(status)) => status.to_string(),
+                _ => "still running".into(),
+            }
+        )));
+    }
+    match serde_json::from_slice::<Reply>(&msg.bytes) {
+        Ok(Reply::Ready { report }) => Ok(*report),
+        Ok(Reply::Failed { error }) => Err(SandboxError::Refused(error)),
+        Ok(other) => Err(SandboxError::Refused(format!(
+            "unexpected message from the sandbox helper: {other:?}"
+        ))),
+        Err(err) => Err(SandboxError::Refused(format!(
+            "unreadable message from the sandbox helper: {err}"
+        ))),
+    }
+}
+
+/// A helper started ahead of time: exec'd, in its cgroup, waiting for its
+/// spec. Starting one costs an exec of the binary and, on some kernels, a
+/// cgroup migration that waits for an RCU grace period (up to tens of
+/// milliseconds on an idle machine); a daemon keeps one ready so that a
+/// session's sandbox costs only the namespace and filesystem setup.
+struct Prepared {
+    child: tokio::process::Child,
+    sock: AsyncFd<OwnedFd>,
+    helper_pid: u32,
+    cgroup: Result<Cgroup, String>,
+    limits: crate::SandboxLimits,
+    program: PathBuf,
+}
+
+/// How many prepared helpers to keep (0: none, the default).
+static PREPARED_SPARES: AtomicUsize = AtomicUsize::new(0);
+static PREPARED: Mutex<Vec<Prepared>> = Mutex::new(Vec::new());
+
+/// Keeps `spares` sandbox helpers (and cgroups) ready ahead of time, for a
+/// long-lived process that creates sandboxes now and then (the daemon).
+/// Also removes cgroups left behind by a flotilla process that died.
+/// Blocking (call it from a blocking context).
+pub fn enable_prewarm(spares: usize) {
+    PREPARED_SPARES.store(spares, Ordering::Relaxed);
+    cgroup::enable_pool(spares);
+}
+
+/// Stops the prepared helpers and removes spare cgroups (at daemon exit).
+pub async fn drain_prewarmed() {
+    PREPARED_SPARES.store(0, Ordering::Relaxed);
+    let prepared: Vec<Prepared> = PREPARED
+        .lock()
+        .map(|mut p| p.drain(..).collect())
+        .unwrap_or_default();
+    for p in prepared {
+        release_after_kill(p.child, p.cgroup.ok()).await;
+    }
+    let _ = tokio::task::spawn_blocking(cgroup::drain_pool).await;
+}
+
+fn take_prepared(helper: &HelperCommand, limits: &crate::SandboxLimits) -> Option<Prepared> {
+    let mut pool = PREPARED.lock().ok()?;
+    let at = pool
+        .iter()
+        .position(|p| &p.limits == limits && p.program == helper.program)?;
+    Some(pool.swap_remove(at))
+}
+
+fn refill_prepared(helper: &HelperCommand, limits: &crate::SandboxLimits) {
+    let spares = PREPARED_SPARES.load(Ordering::Relaxed);
+    let have = PREPARED.lock().map(|p| p.len()).unwrap_or(usize::MAX);
+    if have >= spares {
+        return;
+    }
+    let helper = helper.clone();
+    let limits = limits.clone();
+    // A task on a runtime worker, not spawn_blocking: the helper dies when
+    // the thread that spawned it exits (PR_SET_PDEATHSIG).
+    tokio::spawn(async move {
+        match prepare(&helper, &limits).await {
+            Ok(p) => {
+                let extra = match PREPARED.lock() {
+                    Ok(mut pool) if pool.len() < PREPARED_SPARES.load(Ordering::Relaxed) => {
+                        pool.push(p);
+                        None
+                    }
+                    _ => Some(p),
+                };
+                if let Some(p) = extra {
+                    release_after_kill(p.child, p.cgroup.ok()).await;
+                }
+            }
+            Err(err) => tracing::warn!(%err, "preparing a sandbox helper failed"),
+        }
+    });
+}
+
+/// Starts the helper and moves it into a cgroup with `limits`.
+async fn prepare(
+    helper: &HelperCommand,
+    limits: &crate::SandboxLimits,
+) -> Result<Prepared, SandboxError> {
+    let (ours, theirs) = control::pair().map_err(std::io::Error::from)?;
+    set_nonblocking(&ours)?;
+    let mut cmd = tokio::process::Command::new(&helper.program);
+    cmd.args(&helper.args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let theirs_raw = theirs.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and makes raw,
+    // async-signal-safe syscalls only (dup2, fcntl, setsid, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == CONTROL_FD {
+                if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_raw, CONTROL_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| SandboxError::Helper {
+        program: helper.program.display().to_string(),
+        source,
+    })?;
+    drop(theirs);
+    let helper_pid = child.id().unwrap_or(0);
+    // SAFETY: `ours` is an OwnedFd moved into the AsyncFd, which owns it
+    // until it is dropped; nothing else closes or replaces it.
+    let sock = unsafe { AsyncFd::register(ours) }.map_err(std::io::Error::from)?;
+    // While the helper execs, it joins its cgroup: everything it forks
+    // later (the init, every command) is in it.
+    let cg_limits = limits.clone();
+    let cgroup = tokio::task::spawn_blocking(move || {
+        let cg = cgroup::acquire(&cg_limits)?;
+        match cg.add(helper_pid) {
+            Ok(()) => Ok(cg),
+            Err(err) => {
+                cgroup::release(cg);
+                Err(err)
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|err| Err(err.to_string()));
+    Ok(Prepared {
+        child,
+        sock,
+        helper_pid,
+        cgroup,
+        limits: limits.clone(),
+        program: helper.program.clone(),
+    })
+}
+
+/// Kills a helper, waits for it, then recycles or removes its cgroup.
+async fn release_after_kill(mut child: tokio::process::Child, cgroup: Option<Cgroup>) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    if let Some(cg) = cgroup {
+        let _ = tokio::task::spawn_blocking(move || cgroup::release(cg)).await;
     }
 }
 

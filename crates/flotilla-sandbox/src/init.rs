@@ -6,12 +6,14 @@
 //! single-threaded process:
 //!
 //! 1. reads the [`SandboxSpec`] from the control socket;
-//! 2. creates and joins a cgroup with the pids and memory limits (the cgroup
-//!    filesystem is out of reach once inside the namespaces);
-//! 3. unshares user, mount, pid, net, ipc, uts and cgroup namespaces and maps
-//!    its own uid and gid;
-//! 4. forks: the child is pid 1 of the new pid namespace (the *init*), the
-//!    parent stays behind to wait for it and remove the cgroup.
+//! 2. unshares user, pid, net, ipc, uts and cgroup namespaces and maps its
+//!    own uid and gid;
+//! 3. forks: the child is pid 1 of the new pid namespace (the *init*), the
+//!    parent stays behind to wait for it.
+//!
+//! The daemon moved the helper into the sandbox's cgroup (pids and memory
+//! limits) before sending the spec, so the init and everything it forks are
+//! in it.
 //!
 //! The init builds the filesystem view ([`crate::mounts`]), brings up
 //! loopback, sets rlimits, applies Landlock, `no_new_privs`, drops every
@@ -35,7 +37,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::cgroup::Cgroup;
 use crate::control::{self, Reply, Request, MAX_MESSAGE};
 use crate::landlock_rules::{self, LandlockRules};
 use crate::spec::{NetworkMode, SandboxReport, SandboxSpec, PROXY_INSIDE_ADDR};
@@ -86,21 +87,6 @@ fn helper(spec: SandboxSpec, ctl: OwnedFd) -> i32 {
     let started = Instant::now();
     let mut report = SandboxReport::default();
 
-    // The cgroup comes first: once in the new namespaces, the cgroup
-    // filesystem is read-only to us.
-    let cgroup = match Cgroup::create(&spec.limits) {
-        Ok(cg) => {
-            report.cgroup = Some(cg.describe());
-            Some(cg)
-        }
-        Err(reason) => {
-            report.degraded.push(format!(
-                "no cgroup limits ({reason}); the process and file limits still hold, memory is not capped"
-            ));
-            None
-        }
-    };
-
     let namespaced = if spec.namespaces {
         match enter_namespaces() {
             Ok(()) => true,
@@ -118,11 +104,11 @@ fn helper(spec: SandboxSpec, ctl: OwnedFd) -> i32 {
         );
         false
     };
+    report
+        .phases_us
+        .push(("namespaces".into(), started.elapsed().as_micros() as u64));
     if !namespaced && spec.required {
         let why = report.degraded.last().cloned().unwrap_or_default();
-        if let Some(cg) = cgroup {
-            cg.remove();
-        }
         return fail(
             &ctl,
             format!(
@@ -140,18 +126,9 @@ fn helper(spec: SandboxSpec, ctl: OwnedFd) -> i32 {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(ctl);
-            let code = wait_for(child);
-            if let Some(cg) = cgroup {
-                cg.remove();
-            }
-            code
+            wait_for(child)
         }
-        Err(err) => {
-            if let Some(cg) = cgroup {
-                cg.remove();
-            }
-            fail(&ctl, format!("fork of the sandbox init failed: {err}"))
-        }
+        Err(err) => fail(&ctl, format!("fork of the sandbox init failed: {err}")),
     }
 }
 
@@ -171,8 +148,10 @@ fn wait_for(child: Pid) -> i32 {
 fn enter_namespaces() -> Result<(), String> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
+    // No CLONE_NEWNS here: the init unshares the mount namespace itself,
+    // so that its pivot_root does not move this helper (which still has to
+    // write to the host's cgroup filesystem) into the sandbox's root.
     let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
@@ -206,6 +185,9 @@ fn init_main(
     write.extend(spec.extra_write.iter().cloned());
     let read: Vec<PathBuf>;
     if namespaced {
+        if let Err(err) = unshare(CloneFlags::CLONE_NEWNS) {
+            return fail(&ctl, format!("unsharing the mount namespace: {err}"));
+        }
         match mounts::build(&spec) {
             Ok(view) => {
                 report.filesystem = true;
@@ -220,6 +202,9 @@ fn init_main(
                 );
             }
         }
+        report
+            .phases_us
+            .push(("mounts".into(), started.elapsed().as_micros() as u64));
         report.namespaces = true;
         let _ = nix::unistd::sethostname("flotilla-sandbox");
         if let Err(err) = loopback_up() {
@@ -270,6 +255,9 @@ fn init_main(
         read = readable;
     }
 
+    report
+        .phases_us
+        .push(("network".into(), started.elapsed().as_micros() as u64));
     report.rlimits = match set_rlimits(&spec, namespaced) {
         Ok(line) => line,
         Err(err) => return fail(&ctl, format!("setting rlimits: {err}")),
@@ -303,6 +291,9 @@ fn init_main(
         }
     }
 
+    report
+        .phases_us
+        .push(("landlock".into(), started.elapsed().as_micros() as u64));
     // SAFETY: prctl with integer arguments has no memory-safety preconditions.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return fail(
@@ -322,6 +313,10 @@ fn init_main(
         Ok(()) => report.seccomp = true,
         Err(err) => return fail(&ctl, format!("installing the seccomp filter: {err}")),
     }
+
+    report
+        .phases_us
+        .push(("seccomp".into(), started.elapsed().as_micros() as u64));
 
     if namespaced {
         if let NetworkMode::Proxy { .. } = spec.network {
@@ -603,36 +598,39 @@ fn spawn(
     let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
         return Err("spawn needs stdin, stdout and stderr descriptors".into());
     };
-    let mut cmd = Command::new(program);
+    // An absolute program and no pre-exec hook let std spawn with
+    // posix_spawn (clone(CLONE_VM|CLONE_VFORK)), which costs a fraction of a
+    // fork of this process; so the PATH lookup happens here.
+    let program_path = resolve_program(program, &env)
+        .ok_or_else(|| format!("cannot run {program:?}: not found on the PATH"))?;
+    let mut cmd = Command::new(&program_path);
     cmd.args(&argv[1..])
         .env_clear()
         .envs(env)
         .current_dir(&cwd)
         .stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
+        .stderr(Stdio::from(stderr))
+        // Own process group, so the whole command tree can be signalled at
+        // once. (The helper already left the daemon's session, so nothing
+        // here has a controlling terminal.) std resets the signal mask that
+        // init uses for its signalfd.
+        .process_group(0);
     if let Some(tmp) = private_tmp {
         cmd.env("TMPDIR", tmp);
     }
-    // SAFETY: the closure runs between fork and exec in a child of this
-    // single-threaded init; it makes raw syscalls only and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The init blocks SIGCHLD for its signalfd; commands start clean.
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // Own session and process group, so the whole command tree can
-            // be signalled at once and has no controlling terminal.
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if !namespaced {
+    if !namespaced {
+        // SAFETY: the closure runs between fork and exec in a child of this
+        // single-threaded init; it makes one raw syscall and allocates
+        // nothing.
+        unsafe {
+            cmd.pre_exec(|| {
                 // Without a pid namespace, this is how a command dies with
                 // the sandbox.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     match cmd.spawn() {
         // The Child handle is dropped: the serve loop reaps by pid.
@@ -642,6 +640,29 @@ fn spawn(
             cwd.display()
         )),
     }
+}
+
+/// `program` as an absolute path: as given when it contains a slash, else
+/// the first executable match on the `PATH` of `env`.
+fn resolve_program(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 fn kill_everything(namespaced: bool, groups: &HashMap<u64, Tracked>) {

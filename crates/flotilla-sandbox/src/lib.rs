@@ -37,7 +37,8 @@ pub mod seccomp;
 pub mod spec;
 
 pub use handle::{
-    ExitStatus, HelperCommand, Process, Sandbox, SandboxError, SpawnRequest, CREATE_TIMEOUT,
+    drain_prewarmed, enable_prewarm, ExitStatus, HelperCommand, Process, Sandbox, SandboxError,
+    SpawnRequest, CREATE_TIMEOUT,
 };
 pub use init::{helper_main, HELPER_ARG};
 pub use spec::{

@@ -179,6 +179,10 @@ pub struct SandboxReport {
     pub init_pid: u32,
     /// Microseconds the helper spent building the sandbox.
     pub setup_us: u64,
+    /// Microseconds since the helper started at the end of each setup
+    /// phase, for finding what makes creation slow.
+    #[serde(default)]
+    pub phases_us: Vec<(String, u64)>,
 }
 
 impl SandboxReport {
