@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::path::{display_path, resolve_in_workspace, PathIntent};
+use super::path::{display_path, refuse_protected, resolve_in_workspace, PathIntent};
 use super::{ToolContext, ToolOutcome};
 
 /// Bytes sniffed for a NUL to call a file binary.
@@ -150,7 +150,9 @@ fn shorten_line(line: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub(crate) fn write_file(ctx: &ToolContext, args: WriteArgs) -> ToolOutcome {
-    let path = match resolve_in_workspace(&ctx.workspace, &args.path, PathIntent::Write) {
+    let path = match resolve_in_workspace(&ctx.workspace, &args.path, PathIntent::Write)
+        .and_then(|p| refuse_protected(&ctx.workspace, &p).map(|()| p))
+    {
         Ok(path) => path,
         Err(err) => return ToolOutcome::error(err.to_string()),
     };
@@ -195,7 +197,9 @@ fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
 }
 
 pub(crate) fn edit_file(ctx: &ToolContext, args: EditArgs) -> ToolOutcome {
-    let path = match resolve_in_workspace(&ctx.workspace, &args.path, PathIntent::Read) {
+    let path = match resolve_in_workspace(&ctx.workspace, &args.path, PathIntent::Read)
+        .and_then(|p| refuse_protected(&ctx.workspace, &p).map(|()| p))
+    {
         Ok(path) => path,
         Err(err) => return ToolOutcome::error(err.to_string()),
     };

@@ -31,7 +31,7 @@ pub use exec::{
     CapturedOutput, CapturedStream, CommandExecutor, CommandRequest, CommandResult, HostExecutor,
     PIPE_EOF_GRACE, TERM_GRACE,
 };
-pub use path::{resolve_in_workspace, PathError, PathIntent};
+pub use path::{refuse_protected, resolve_in_workspace, PathError, PathIntent};
 pub use sandboxed::{
     sandbox_base_env, ExecutorFactory, ProxySettings, SandboxExecutor, SandboxFactory,
     SessionExecutor, PASSED_ENV,

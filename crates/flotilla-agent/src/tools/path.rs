@@ -30,6 +30,19 @@ pub enum PathIntent {
 /// Why a path was refused. Messages are written for the model to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
+    /// The path is under a protected prefix (`.git/hooks`, `.git/config`,
+    /// `.flotilla/`).
+    #[error(
+        "{path} is read-only for agents: {protected} runs or configures things later \
+         (git hooks, git config, flotilla's project config), and the sandbox keeps it \
+         read-only for commands too; if the change is wanted, the user makes it"
+    )]
+    Protected {
+        /// The path, relative to the workspace.
+        path: String,
+        /// The protected prefix it is under.
+        protected: String,
+    },
     /// The path was empty.
     #[error("path is empty; give a path relative to the workspace {workspace}")]
     Empty {
@@ -191,6 +204,28 @@ pub fn resolve_in_workspace(
         }
     }
     Ok(resolved)
+}
+
+/// Refuses a write to a path that runs or configures things later
+/// (`.git/hooks`, `.git/config`, `.flotilla/`): the same paths the sandbox
+/// keeps read-only for commands, so the file tools (which run in the daemon,
+/// outside the sandbox) cannot be used to go around it.
+pub fn refuse_protected(workspace: &Path, resolved: &Path) -> Result<(), PathError> {
+    let Ok(workspace) = workspace.canonicalize() else {
+        return Ok(());
+    };
+    let Ok(rel) = resolved.strip_prefix(&workspace) else {
+        return Ok(());
+    };
+    for protected in flotilla_sandbox::spec::default_protected() {
+        if rel.starts_with(&protected) {
+            return Err(PathError::Protected {
+                path: rel.display().to_string(),
+                protected: protected.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes `.` and `..` lexically; `None` when `..` climbs above the root.
