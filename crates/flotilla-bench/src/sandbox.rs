@@ -55,7 +55,7 @@ async fn warm_runs(sandbox: &Sandbox, cwd: &Path, runs: usize) -> Result<Vec<Dur
                 stderr: devnull()?,
             })
             .await?;
-        let status = process.wait().await;
+        let status = process.wait().await?;
         let took = start.elapsed();
         anyhow::ensure!(
             status.code == Some(0),

@@ -230,7 +230,14 @@ pub async fn sandbox(paths: &flotilla_server::Paths, args: SandboxArgs) -> Resul
     let mut sighup = signal(SignalKind::hangup())?;
     let status = loop {
         tokio::select! {
-            status = process.wait() => break status,
+            status = process.wait() => match status {
+                Ok(status) => break status,
+                Err(err) => {
+                    eprintln!("flotilla sandbox: {err}");
+                    sandbox.shutdown().await;
+                    return Ok(ExitCode::from(EXIT_SPAWN_FAILED));
+                }
+            },
             _ = sigint.recv() => { let _ = process.signal_group(libc::SIGINT).await; }
             _ = sigterm.recv() => { let _ = process.signal_group(libc::SIGTERM).await; }
             _ = sighup.recv() => { let _ = process.signal_group(libc::SIGHUP).await; }

@@ -697,3 +697,18 @@ fn background_jobs_die_with_the_sandbox() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_missing_command_exits_127_with_the_reason() {
+    let s = Sbx::new();
+    let out = run_with_timeout(
+        s.cmd(&[], &["no-such-program-0451"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert!(
+        text(&out).contains("not found on the PATH"),
+        "{}",
+        text(&out)
+    );
+}

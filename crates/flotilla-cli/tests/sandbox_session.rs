@@ -155,6 +155,7 @@ async fn output_streams_before_the_command_exits() {
     process.signal_group(libc::SIGTERM).await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), process.wait())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(status.signal, Some(libc::SIGTERM));
     sandbox.shutdown().await;
@@ -269,4 +270,36 @@ async fn dropping_the_last_handle_ends_the_sandbox() {
         assert!(Instant::now() < deadline, "the helper outlived its handle");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_start_is_an_error_and_the_sandbox_goes_on() {
+    let ws = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::create(spec(ws.path()), &helper()).await.unwrap();
+    let (_r, w) = pipe();
+    let (_r2, w2) = pipe();
+    let mut process = sandbox
+        .spawn(SpawnRequest {
+            argv: vec!["no-such-program-0451".into()],
+            cwd: ws.path().to_path_buf(),
+            env: env(),
+            stdin: None,
+            stdout: w,
+            stderr: w2,
+        })
+        .await
+        .unwrap();
+    let err = process.wait().await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let exec = SandboxExecutor::new(sandbox.clone(), env());
+    let r = exec
+        .run(request(
+            "echo still-here",
+            ws.path(),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.output.stdout.render(100), "still-here\n");
+    sandbox.shutdown().await;
 }

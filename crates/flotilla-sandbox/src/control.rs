@@ -68,13 +68,6 @@ pub enum Reply {
         /// Why, for a person.
         error: String,
     },
-    /// A command started.
-    Spawned {
-        /// The request's id.
-        id: u64,
-        /// Its pid inside the sandbox.
-        pid: i32,
-    },
     /// A command could not be started.
     SpawnFailed {
         /// The request's id.

@@ -102,8 +102,7 @@ pub struct SpawnRequest {
 
 #[derive(Default)]
 struct Waiters {
-    spawned: HashMap<u64, oneshot::Sender<Result<i32, String>>>,
-    exited: HashMap<u64, oneshot::Sender<ExitStatus>>,
+    exited: HashMap<u64, oneshot::Sender<Result<ExitStatus, String>>>,
     gone: Option<String>,
 }
 
@@ -260,10 +259,12 @@ impl Sandbox {
             .unwrap_or(true)
     }
 
-    /// Starts a command in the sandbox.
+    /// Starts a command in the sandbox. Returns once the request is sent:
+    /// a command that cannot be started (not found, not executable) is
+    /// reported by [`Process::wait`]. (Not waiting for a "started" reply
+    /// keeps a wake-up of the daemon off the command's critical path.)
     pub async fn spawn(&self, req: SpawnRequest) -> Result<Process, SandboxError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (spawned_tx, spawned_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
         {
             let mut waiters = self
@@ -275,7 +276,6 @@ impl Sandbox {
             if let Some(why) = &waiters.gone {
                 return Err(SandboxError::Gone(why.clone()));
             }
-            waiters.spawned.insert(id, spawned_tx);
             waiters.exited.insert(id, exited_tx);
         }
         let stdin = match req.stdin {
@@ -303,27 +303,21 @@ impl Sandbox {
         drop((stdin, req.stdout, req.stderr));
         if let Err(err) = sent {
             self.forget(id);
+            if self.is_gone() {
+                return Err(SandboxError::Gone(self.gone_reason()));
+            }
             return Err(err.into());
         }
-        match spawned_rx.await {
-            Ok(Ok(pid)) => Ok(Process {
-                id,
-                pid,
-                exited: Some(exited_rx),
-                status: None,
-                sandbox: self.clone(),
-            }),
-            Ok(Err(error)) => {
-                self.forget(id);
-                Err(SandboxError::Spawn(error))
-            }
-            Err(_) => Err(SandboxError::Gone(self.gone_reason())),
-        }
+        Ok(Process {
+            id,
+            exited: Some(exited_rx),
+            status: None,
+            sandbox: self.clone(),
+        })
     }
 
     fn forget(&self, id: u64) {
         if let Ok(mut waiters) = self.inner.shared.waiters.lock() {
-            waiters.spawned.remove(&id);
             waiters.exited.remove(&id);
         }
     }
@@ -559,36 +553,33 @@ async fn release_after_kill(mut child: tokio::process::Child, cgroup: Option<Cgr
 #[derive(Debug)]
 pub struct Process {
     id: u64,
-    pid: i32,
-    exited: Option<oneshot::Receiver<ExitStatus>>,
+    exited: Option<oneshot::Receiver<Result<ExitStatus, String>>>,
     status: Option<ExitStatus>,
     sandbox: Sandbox,
 }
 
 impl Process {
-    /// Its pid inside the sandbox (the pid namespace's numbering).
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Waits for the command's process to exit (its background jobs may
-    /// live on). If the sandbox dies first, reports a SIGKILL.
-    pub async fn wait(&mut self) -> ExitStatus {
+    /// live on). `Err` when it could not be started; if the sandbox dies
+    /// first, reports a SIGKILL.
+    pub async fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
         if let Some(status) = self.status {
-            return status;
+            return Ok(status);
         }
+        let killed = ExitStatus {
+            code: None,
+            signal: Some(libc::SIGKILL),
+        };
         let status = match self.exited.take() {
-            Some(rx) => rx.await.unwrap_or(ExitStatus {
-                code: None,
-                signal: Some(libc::SIGKILL),
-            }),
-            None => ExitStatus {
-                code: None,
-                signal: Some(libc::SIGKILL),
+            Some(rx) => match rx.await {
+                Ok(Ok(status)) => status,
+                Ok(Err(error)) => return Err(SandboxError::Spawn(error)),
+                Err(_) => killed,
             },
+            None => killed,
         };
         self.status = Some(status);
-        status
+        Ok(status)
     }
 
     /// Sends `signal` to the command's whole process group.
@@ -608,7 +599,6 @@ async fn read_replies(shared: Arc<Shared>) {
     if let Ok(mut waiters) = shared.waiters.lock() {
         waiters.gone = Some(reason);
         // Dropping the senders wakes every waiter with an error.
-        waiters.spawned.clear();
         waiters.exited.clear();
     }
 }
@@ -622,20 +612,14 @@ fn dispatch(inner: &Shared, bytes: &[u8]) {
         return;
     };
     match reply {
-        Reply::Spawned { id, pid } => {
-            if let Some(tx) = waiters.spawned.remove(&id) {
-                let _ = tx.send(Ok(pid));
-            }
-        }
         Reply::SpawnFailed { id, error } => {
-            waiters.exited.remove(&id);
-            if let Some(tx) = waiters.spawned.remove(&id) {
+            if let Some(tx) = waiters.exited.remove(&id) {
                 let _ = tx.send(Err(error));
             }
         }
         Reply::Exited { id, code, signal } => {
             if let Some(tx) = waiters.exited.remove(&id) {
-                let _ = tx.send(ExitStatus { code, signal });
+                let _ = tx.send(Ok(ExitStatus { code, signal }));
             }
         }
         Reply::Ready { .. } | Reply::Failed { .. } => {}

@@ -538,16 +538,20 @@ fn serve(ctl: &OwnedFd, namespaced: bool, private_tmp: Option<&Path>) -> i32 {
         };
         match request {
             Request::Spawn { id, argv, cwd, env } => {
-                let reply = match spawn(argv, cwd, env, msg.fds, namespaced, private_tmp) {
+                // Success is not acknowledged: the handle learns of the
+                // command again when it exits.
+                match spawn(argv, cwd, env, msg.fds, namespaced, private_tmp) {
                     Ok(pid) => {
                         by_pid.insert(pid, id);
                         groups.insert(id, Tracked { pgid: pid });
-                        Reply::Spawned { id, pid }
                     }
-                    Err(error) => Reply::SpawnFailed { id, error },
-                };
-                if control::send_blocking(ctl, &reply, &[]).is_err() {
-                    break;
+                    Err(error) => {
+                        if control::send_blocking(ctl, &Reply::SpawnFailed { id, error }, &[])
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                 }
             }
             Request::Signal { id, signal } => {

@@ -257,6 +257,16 @@ impl SandboxExecutor {
                 }
             }
         };
+        // A command that could not be started at all is an `Err`, as on the
+        // host.
+        let status = match status {
+            Ok(status) => status,
+            Err(err) => {
+                guard.process = None;
+                stop.cancel();
+                return Err(io::Error::other(err));
+            }
+        };
         // The shell is gone; its background jobs, if any, are left alone.
         guard.process = None;
         let mut readers = futures::future::join(stdout, stderr);
@@ -292,7 +302,9 @@ impl SandboxExecutor {
 
 /// SIGTERM to the group, up to [`TERM_GRACE`] for the shell to exit, then
 /// SIGKILL to whatever is left of the group.
-async fn terminate(process: &mut flotilla_sandbox::Process) -> ExitStatus {
+async fn terminate(
+    process: &mut flotilla_sandbox::Process,
+) -> Result<ExitStatus, flotilla_sandbox::SandboxError> {
     let _ = process.signal_group(libc::SIGTERM).await;
     let status = tokio::time::timeout(TERM_GRACE, process.wait()).await;
     let _ = process.signal_group(libc::SIGKILL).await;
