@@ -1,12 +1,14 @@
 //! `flotilla-bench`: the foundation benchmark of flotilla.
 //!
-//! Four figures, each with a baseline measured in the same run:
+//! Five figures, each with a baseline measured in the same run:
 //! (a) `turn`: orchestration cost of one agent turn (zero-latency scripted
 //! model, no-op tool, no fsync) vs the bare store floor;
 //! (b) `throughput`: aggregate turns/s of many concurrent sessions with
 //! fsynced commits vs one session alone;
 //! (c) `idle-rss`: the daemon's RSS holding many idle sessions vs holding none;
-//! (d) `recover`: time to resume every session after `kill -9` vs a cold start.
+//! (d) `recover`: time to resume every session after `kill -9` vs a cold start;
+//! (e) `sandbox`: a command in a warm session sandbox vs bare fork/exec and
+//! vs bubblewrap, srt and codex; time to create a session sandbox.
 //!
 //! (a) and (b) run in this process; (c) and (d) drive the real `flotilla`
 //! binary. Figures go to stdout as a table, or as JSON with `--json`. Build
@@ -42,7 +44,7 @@ const DEFAULT_IDLE_SESSIONS: u32 = 1000;
 #[command(
     name = "flotilla-bench",
     version,
-    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery."
+    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery, sandbox cost."
 )]
 struct Cli {
     /// Which benchmark (default: all).

@@ -33,6 +33,8 @@ pub const CREATE_RUNS: usize = 40;
 /// Sandboxes created after an idle pause each.
 pub const IDLE_CREATE_RUNS: usize = 10;
 const WARMUP: usize = 20;
+/// One bwrap run every this many rounds of (a) and (b).
+const BWRAP_EVERY: usize = 4;
 
 fn devnull() -> Result<std::os::fd::OwnedFd> {
     Ok(std::fs::OpenOptions::new()
@@ -41,31 +43,42 @@ fn devnull() -> Result<std::os::fd::OwnedFd> {
         .into())
 }
 
-async fn warm_runs(sandbox: &Sandbox, cwd: &Path, runs: usize) -> Result<Vec<Duration>> {
+/// `runs` timed spawns of `/bin/true` in `sandbox`.
+async fn warm_runs_exact(sandbox: &Sandbox, cwd: &Path, runs: usize) -> Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(runs);
-    for i in 0..WARMUP + runs {
-        let start = Instant::now();
-        let mut process = sandbox
-            .spawn(SpawnRequest {
-                argv: vec!["/bin/true".into()],
-                cwd: cwd.to_path_buf(),
-                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-                stdin: None,
-                stdout: devnull()?,
-                stderr: devnull()?,
-            })
-            .await?;
-        let status = process.wait().await?;
-        let took = start.elapsed();
-        anyhow::ensure!(
-            status.code == Some(0),
-            "/bin/true in the sandbox: {status:?}"
-        );
-        if i >= WARMUP {
-            times.push(took);
-        }
+    for _ in 0..runs {
+        times.push(one_warm_run(sandbox, cwd).await?);
     }
     Ok(times)
+}
+
+async fn one_warm_run(sandbox: &Sandbox, cwd: &Path) -> Result<Duration> {
+    let start = Instant::now();
+    let mut process = sandbox
+        .spawn(SpawnRequest {
+            argv: vec!["/bin/true".into()],
+            cwd: cwd.to_path_buf(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: None,
+            stdout: devnull()?,
+            stderr: devnull()?,
+        })
+        .await?;
+    let status = process.wait().await?;
+    let took = start.elapsed();
+    anyhow::ensure!(
+        status.code == Some(0),
+        "/bin/true in the sandbox: {status:?}"
+    );
+    Ok(took)
+}
+
+/// Warm-up: `runs` untimed spawns.
+async fn warm_runs(sandbox: &Sandbox, cwd: &Path, runs: usize) -> Result<()> {
+    for _ in 0..runs {
+        one_warm_run(sandbox, cwd).await?;
+    }
+    Ok(())
 }
 
 fn spec(ws: &Path) -> SandboxSpec {
@@ -125,22 +138,59 @@ pub async fn run(flotilla: &Path, repo_root: &Path) -> Result<Vec<Figure>> {
         CREATE_RUNS,
     )?;
 
-    let bare = time_command(&["/bin/true".to_string()], WARMUP, COMMAND_RUNS)?;
+    // (a), (b) and (c) interleaved, round by round, so that the machine's
+    // noise (this is a shared VM) falls on all three alike.
+    let (peers, missing) = discover(repo_root);
+    let bwrap_argv = peers
+        .iter()
+        .find(|p| p.name == "bwrap")
+        .map(|p| p.argv(&["/bin/true"]));
     let sandbox = Sandbox::create(spec(ws.path()), &helper).await?;
-    let warm = warm_runs(&sandbox, ws.path(), COMMAND_RUNS).await?;
+    warm_runs(&sandbox, ws.path(), WARMUP).await?;
+    let true_argv = vec!["/bin/true".to_string()];
+    let mut bare = Vec::with_capacity(COMMAND_RUNS);
+    let mut warm = Vec::with_capacity(COMMAND_RUNS);
+    let mut bwrap_times = Vec::new();
+    let mut bwrap_error = None;
+    for round in 0..COMMAND_RUNS {
+        bare.extend(time_command(&true_argv, 0, 1)?);
+        warm.extend(warm_runs_exact(&sandbox, ws.path(), 1).await?);
+        if round % BWRAP_EVERY == 0 && bwrap_error.is_none() {
+            if let Some(argv) = &bwrap_argv {
+                match time_command(argv, 0, 1) {
+                    Ok(t) => bwrap_times.extend(t),
+                    Err(err) => bwrap_error = Some(format!("{err:#}")),
+                }
+            }
+        }
+    }
     sandbox.shutdown().await;
     flotilla_sandbox::drain_prewarmed().await;
 
-    let (peers, missing) = discover(repo_root);
     let mut peer_stats = serde_json::Map::new();
     let mut bwrap = None;
-    for peer in peers.iter().filter(|p| p.name != "bare") {
+    if let Some(argv) = &bwrap_argv {
+        match bwrap_error {
+            None => {
+                let s = Summary::of(&bwrap_times);
+                bwrap = Some(s);
+                peer_stats.insert(
+                    "bwrap".into(),
+                    serde_json::json!({"argv": argv, "summary": s.to_value()}),
+                );
+            }
+            Some(err) => {
+                peer_stats.insert("bwrap".into(), serde_json::json!({"error": err}));
+            }
+        }
+    }
+    for peer in peers
+        .iter()
+        .filter(|p| p.name != "bare" && p.name != "bwrap")
+    {
         match time_command(&peer.argv(&["/bin/true"]), 3, PEER_RUNS) {
             Ok(times) => {
                 let s = Summary::of(&times);
-                if peer.name == "bwrap" {
-                    bwrap = Some(s);
-                }
                 peer_stats.insert(
                     peer.name.to_string(),
                     serde_json::json!({"argv": peer.argv(&["/bin/true"]), "summary": s.to_value()}),
