@@ -6,8 +6,13 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
-command -v python3 >/dev/null || need_apt+=(python3)
+command -v make >/dev/null || need_apt+=(make)
 command -v git >/dev/null || need_apt+=(git)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v unshare >/dev/null || need_apt+=(util-linux)
+# The sandbox escape suite runs its attacks with Debian's python3 (a pyenv
+# shim would not work with the test's HOME).
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"

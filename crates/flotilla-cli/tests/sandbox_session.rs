@@ -303,3 +303,56 @@ async fn a_command_that_cannot_start_is_an_error_and_the_sandbox_goes_on() {
     assert_eq!(r.output.stdout.render(100), "still-here\n");
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_session_with_the_proxy_reaches_only_allowed_hosts() {
+    use flotilla_agent::tools::{ExecutorFactory, ProxySettings, SandboxFactory};
+    use std::io::{Read, Write};
+    let ws = tempfile::tempdir().unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nhost-says",
+            );
+        }
+    });
+    let factory = SandboxFactory {
+        template: spec(ws.path()),
+        helper: helper(),
+        env: env(),
+        proxy: Some(ProxySettings {
+            policy: flotilla_sandbox::proxy::DomainPolicy::new(&["localhost".into()], &[]).unwrap(),
+            socket_dir: sockets.path().to_path_buf(),
+        }),
+    };
+    let session = factory.for_session(ws.path()).await.unwrap();
+    assert!(session.confined);
+    assert!(
+        session.summary.contains("network=proxy"),
+        "{}",
+        session.summary
+    );
+    let r = session
+        .executor
+        .run(request(
+            &format!(
+                "curl -sS --noproxy '' --max-time 10 http://localhost:{port}/; echo; \
+                 curl -sS --max-time 10 https://example.com/ -o /dev/null"
+            ),
+            ws.path(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let out = r.output.stdout.render(10_000);
+    let err = r.output.stderr.render(10_000);
+    assert!(out.starts_with("host-says"), "{out}\n{err}");
+    assert!(err.contains("CONNECT tunnel failed, response 403"), "{err}");
+    assert!(!r.success());
+}
