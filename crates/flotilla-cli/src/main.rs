@@ -277,13 +277,13 @@ fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxF
     } else {
         None
     };
-    Ok(SandboxFactory {
+    Ok(SandboxFactory::new(
         template,
-        helper: flotilla_sandbox::HelperCommand::current_exe()
+        flotilla_sandbox::HelperCommand::current_exe()
             .context("cannot find the flotilla executable for the sandbox helper")?,
-        env: sandbox_base_env(),
+        sandbox_base_env(),
         proxy,
-    })
+    ))
 }
 
 async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {

@@ -623,9 +623,19 @@ fn a_sessions_commands_run_confined_in_its_sandbox() {
             .contains("seccomp"),
         "{ready}"
     );
-    // The sandbox event comes before the first model request.
+    // The sandbox is built at the first command: its event comes between
+    // that command's start and its result.
     let pos = |k: &str| events.iter().position(|e| e["event"]["type"] == k).unwrap();
-    assert!(pos("sandbox_ready") < pos("model_requested"));
+    assert!(pos("tool_started") < pos("sandbox_ready"));
+    assert!(pos("sandbox_ready") < pos("tool_finished"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"]["type"] == "sandbox_ready")
+            .count(),
+        1,
+        "one sandbox for the whole session"
+    );
     let reqs = env.mock.requests();
     let first = &tool_messages(&reqs[1])[0];
     assert!(first.contains("write-refused"), "{first}");

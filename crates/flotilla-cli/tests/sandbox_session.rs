@@ -322,15 +322,15 @@ async fn a_session_with_the_proxy_reaches_only_allowed_hosts() {
             );
         }
     });
-    let factory = SandboxFactory {
-        template: spec(ws.path()),
-        helper: helper(),
-        env: env(),
-        proxy: Some(ProxySettings {
+    let factory = SandboxFactory::new(
+        spec(ws.path()),
+        helper(),
+        env(),
+        Some(ProxySettings {
             policy: flotilla_sandbox::proxy::DomainPolicy::new(&["localhost".into()], &[]).unwrap(),
             socket_dir: sockets.path().to_path_buf(),
         }),
-    };
+    );
     let session = factory.for_session(ws.path()).await.unwrap();
     assert!(session.confined);
     assert!(

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use flotilla_agent::tools::{ExecutorFactory, ToolLimits};
+use flotilla_agent::tools::{
+    CommandExecutor, CommandRequest, CommandResult, ExecutorFactory, ToolLimits,
+};
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
 use flotilla_protocol::{
@@ -315,41 +317,22 @@ impl Supervisor {
             return Ok(());
         }
         let task = tokio::spawn(async move {
-            // The session's sandbox lives as long as this task: dropping the
-            // executor ends it and every process in it.
-            let executor = match me.executors.for_session(&workspace).await {
-                Ok(session_executor) => {
-                    if !session_executor.degraded.is_empty() {
-                        tracing::warn!(session = %sid, degraded = ?session_executor.degraded, "sandbox is degraded");
-                    }
-                    let ready = EventKind::SandboxReady {
-                        confined: session_executor.confined,
-                        summary: session_executor.summary,
-                        degraded: session_executor.degraded,
-                    };
-                    if let Err(e) = me.store.append_one(&sid, ready).await {
-                        tracing::error!(session = %sid, error = %e, "cannot record the sandbox");
-                    }
-                    session_executor.executor
-                }
-                Err(e) => {
-                    tracing::error!(session = %sid, error = %e, "no sandbox for the session");
-                    let _ = me
-                        .store
-                        .append_one(
-                            &sid,
-                            EventKind::StateChanged {
-                                state: SessionState::Failed,
-                                reason: Some(format!("no sandbox for the session's commands: {e}")),
-                            },
-                        )
-                        .await;
-                    if let Ok(mut r) = me.running.lock() {
-                        r.remove(&sid);
-                    }
-                    return;
-                }
-            };
+            // The session's sandbox is built at its first command and lives
+            // as long as this task: dropping the executor ends it and every
+            // process in it. What cannot work at all fails the session now.
+            if let Err(e) = me.executors.preflight().await {
+                tracing::error!(session = %sid, error = %e, "no sandbox for the session");
+                me.fail(&sid, format!("no sandbox for the session's commands: {e}"))
+                    .await;
+                return;
+            }
+            let executor: Arc<dyn CommandExecutor> = Arc::new(LazyExecutor {
+                factory: me.executors.clone(),
+                workspace,
+                store: me.store.clone(),
+                session: sid.clone(),
+                current: tokio::sync::Mutex::new(None),
+            });
             let run = AgentRun {
                 store: me.store.clone(),
                 session: sid.clone(),
@@ -361,27 +344,37 @@ impl Supervisor {
             };
             let outcome = run_agent(run).await;
             match outcome {
-                Ok(exit) => tracing::info!(session = %sid, exit = ?short(&exit), "session ended"),
+                Ok(exit) => {
+                    tracing::info!(session = %sid, exit = ?short(&exit), "session ended");
+                    if let Ok(mut r) = me.running.lock() {
+                        r.remove(&sid);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(session = %sid, error = %e, "session loop failed");
-                    let _ = me
-                        .store
-                        .append_one(
-                            &sid,
-                            EventKind::StateChanged {
-                                state: SessionState::Failed,
-                                reason: Some(format!("internal error: {e}")),
-                            },
-                        )
-                        .await;
+                    me.fail(&sid, format!("internal error: {e}")).await;
                 }
-            }
-            if let Ok(mut r) = me.running.lock() {
-                r.remove(&sid);
             }
         });
         running.insert(id.clone(), Running { cancel, task });
         Ok(())
+    }
+
+    /// Records a failed session and forgets its loop.
+    async fn fail(&self, sid: &SessionId, reason: String) {
+        let _ = self
+            .store
+            .append_one(
+                sid,
+                EventKind::StateChanged {
+                    state: SessionState::Failed,
+                    reason: Some(reason),
+                },
+            )
+            .await;
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(sid);
+        }
     }
 
     /// Stops every loop without recording a cancel: they resume on the next start.
@@ -411,4 +404,56 @@ async fn session_base_url(store: &Store, id: &SessionId) -> Result<Option<String
         EventKind::SessionCreated { base_url, .. } => base_url,
         _ => None,
     }))
+}
+
+/// A session's command executor, built by the factory at the session's first
+/// command (a session that only talks to its model never costs a sandbox),
+/// and built again if it stops being usable (its sandbox's init died). Each
+/// build is recorded as `SandboxReady`.
+struct LazyExecutor {
+    factory: Arc<dyn ExecutorFactory>,
+    workspace: std::path::PathBuf,
+    store: Store,
+    session: SessionId,
+    current: tokio::sync::Mutex<Option<Arc<dyn CommandExecutor>>>,
+}
+
+impl LazyExecutor {
+    async fn executor(&self) -> std::io::Result<Arc<dyn CommandExecutor>> {
+        let mut current = self.current.lock().await;
+        if let Some(executor) = current.as_ref() {
+            if executor.is_usable() {
+                return Ok(executor.clone());
+            }
+        }
+        let built = self
+            .factory
+            .for_session(&self.workspace)
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!("no sandbox for the session's commands: {e}"))
+            })?;
+        if !built.degraded.is_empty() {
+            tracing::warn!(session = %self.session, degraded = ?built.degraded, "sandbox is degraded");
+        }
+        let ready = EventKind::SandboxReady {
+            confined: built.confined,
+            summary: built.summary,
+            degraded: built.degraded,
+        };
+        if let Err(e) = self.store.append_one(&self.session, ready).await {
+            tracing::error!(session = %self.session, error = %e, "cannot record the sandbox");
+        }
+        *current = Some(built.executor.clone());
+        Ok(built.executor)
+    }
+}
+
+impl CommandExecutor for LazyExecutor {
+    fn run<'a>(
+        &'a self,
+        req: CommandRequest,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<CommandResult>> {
+        Box::pin(async move { self.executor().await?.run(req).await })
+    }
 }

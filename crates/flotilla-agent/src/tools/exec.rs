@@ -269,6 +269,12 @@ pub trait CommandExecutor: Send + Sync {
     /// `Err` means the command could not be started at all; a command that
     /// ran and failed is an `Ok` with its exit status.
     fn run<'a>(&'a self, req: CommandRequest) -> BoxFuture<'a, io::Result<CommandResult>>;
+
+    /// Whether it can still run commands (a sandbox whose init died cannot;
+    /// the session then gets a new one).
+    fn is_usable(&self) -> bool {
+        true
+    }
 }
 
 /// Runs commands directly on the host, unconfined: the default until the

@@ -33,13 +33,22 @@ pub struct SessionExecutor {
 
 /// Gives each session its executor (its sandbox), for the session's lifetime.
 pub trait ExecutorFactory: Send + Sync {
-    /// The executor for a session working in `workspace`. `Err` (with a
-    /// message for the user) fails the session: e.g. `sandbox.required` on a
-    /// machine that cannot confine.
+    /// The executor for a session working in `workspace`, built at the
+    /// session's first command. `Err` (with a message for the user) fails
+    /// that command.
     fn for_session<'a>(
         &'a self,
         workspace: &'a Path,
     ) -> BoxFuture<'a, Result<SessionExecutor, String>>;
+
+    /// A cheap check, when a session starts, that executors can be had at
+    /// all: `Err` (a message for the user) fails the session before it runs
+    /// anything, e.g. `sandbox.required` on a machine that cannot confine.
+    /// Sessions build their executor lazily, at their first command, so that
+    /// a thousand sessions waiting on a model hold no sandbox.
+    fn preflight(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Every session runs its commands on the host, unconfined. Only for tests
@@ -64,6 +73,9 @@ impl ExecutorFactory for HostExecutor {
 /// workspace.
 #[derive(Clone, Debug)]
 pub struct SandboxFactory {
+    /// With `template.required`: whether this machine can build a full
+    /// sandbox, found once by building one.
+    pub required_probe: Arc<tokio::sync::OnceCell<Result<(), String>>>,
     /// The spec every session starts from (its workspace is replaced).
     pub template: SandboxSpec,
     /// How to start the sandbox helper.
@@ -84,7 +96,48 @@ pub struct ProxySettings {
     pub socket_dir: PathBuf,
 }
 
+impl SandboxFactory {
+    /// A factory; see the fields.
+    pub fn new(
+        template: SandboxSpec,
+        helper: HelperCommand,
+        env: Vec<(String, String)>,
+        proxy: Option<ProxySettings>,
+    ) -> SandboxFactory {
+        SandboxFactory {
+            required_probe: Arc::new(tokio::sync::OnceCell::new()),
+            template,
+            helper,
+            env,
+            proxy,
+        }
+    }
+}
+
 impl ExecutorFactory for SandboxFactory {
+    fn preflight(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if !self.template.required {
+                return Ok(());
+            }
+            self.required_probe
+                .get_or_init(|| async {
+                    let scratch = tempfile::tempdir()
+                        .map_err(|err| format!("a scratch folder for the sandbox probe: {err}"))?;
+                    let mut spec = self.template.clone();
+                    spec.workspace = scratch.path().to_path_buf();
+                    spec.network = NetworkMode::None;
+                    let sandbox = Sandbox::create(spec, &self.helper)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    sandbox.shutdown().await;
+                    Ok(())
+                })
+                .await
+                .clone()
+        })
+    }
+
     fn for_session<'a>(
         &'a self,
         workspace: &'a Path,
@@ -186,6 +239,10 @@ impl SandboxExecutor {
 impl CommandExecutor for SandboxExecutor {
     fn run<'a>(&'a self, req: CommandRequest) -> BoxFuture<'a, io::Result<CommandResult>> {
         Box::pin(self.run_in_sandbox(req))
+    }
+
+    fn is_usable(&self) -> bool {
+        !self.sandbox.is_gone()
     }
 }
 
