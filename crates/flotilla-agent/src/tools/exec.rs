@@ -262,6 +262,28 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(
     capture.finish()
 }
 
+/// After the command's shell exited: waits up to [`PIPE_EOF_GRACE`] for the
+/// two pipe readers to see end-of-file (background jobs may hold the pipes
+/// open for hours), then stops them and returns what they captured.
+pub(crate) async fn collect_output(
+    stdout: tokio::task::JoinHandle<CapturedStream>,
+    stderr: tokio::task::JoinHandle<CapturedStream>,
+    stop: &CancellationToken,
+) -> CapturedOutput {
+    let mut readers = futures::future::join(stdout, stderr);
+    let (stdout, stderr) = match tokio::time::timeout(PIPE_EOF_GRACE, &mut readers).await {
+        Ok(both) => both,
+        Err(_) => {
+            stop.cancel();
+            readers.await
+        }
+    };
+    CapturedOutput {
+        stdout: stdout.unwrap_or_default(),
+        stderr: stderr.unwrap_or_default(),
+    }
+}
+
 /// Runs commands. Implementations decide where (on the host, in a sandbox).
 pub trait CommandExecutor: Send + Sync {
     /// Runs `req.command` with `/bin/sh -c` and reports what happened.
@@ -417,18 +439,7 @@ async fn run_on_host(req: CommandRequest) -> io::Result<CommandResult> {
     // The shell is gone. Its background jobs, if any, are left alone.
     guard.disarm();
 
-    let mut readers = futures::future::join(stdout, stderr);
-    let (stdout, stderr) = match tokio::time::timeout(PIPE_EOF_GRACE, &mut readers).await {
-        Ok(both) => both,
-        Err(_) => {
-            stop.cancel();
-            readers.await
-        }
-    };
-    let output = CapturedOutput {
-        stdout: stdout.unwrap_or_default(),
-        stderr: stderr.unwrap_or_default(),
-    };
+    let output = collect_output(stdout, stderr, &stop).await;
     Ok(CommandResult {
         exit_code: status.code(),
         signal: status.signal(),

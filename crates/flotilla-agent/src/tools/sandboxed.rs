@@ -16,8 +16,8 @@ use futures::future::BoxFuture;
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{drain, CapturedOutput, CommandExecutor, CommandRequest, CommandResult};
-use super::{HostExecutor, PIPE_EOF_GRACE, TERM_GRACE};
+use super::exec::{collect_output, drain, CommandExecutor, CommandRequest, CommandResult};
+use super::{HostExecutor, TERM_GRACE};
 
 /// An executor for one session, and what it is.
 pub struct SessionExecutor {
@@ -326,18 +326,7 @@ impl SandboxExecutor {
         };
         // The shell is gone; its background jobs, if any, are left alone.
         guard.process = None;
-        let mut readers = futures::future::join(stdout, stderr);
-        let (stdout, stderr) = match tokio::time::timeout(PIPE_EOF_GRACE, &mut readers).await {
-            Ok(both) => both,
-            Err(_) => {
-                stop.cancel();
-                readers.await
-            }
-        };
-        let output = CapturedOutput {
-            stdout: stdout.unwrap_or_default(),
-            stderr: stderr.unwrap_or_default(),
-        };
+        let output = collect_output(stdout, stderr, &stop).await;
         let notes = if status.code == Some(0) || timed_out || cancelled {
             Vec::new()
         } else {
