@@ -68,8 +68,15 @@ impl HelperCommand {
     }
 
     /// The running executable as the helper (it must dispatch
-    /// [`HELPER_ARG`] to [`crate::helper_main`]).
+    /// [`HELPER_ARG`] to [`crate::helper_main`]). Through `/proc/self/exe`,
+    /// which names the very file this process runs even after an upgrade
+    /// replaced it on disk: a long-running daemon keeps building sandboxes
+    /// with its own code.
     pub fn current_exe() -> std::io::Result<HelperCommand> {
+        let link = PathBuf::from("/proc/self/exe");
+        if link.exists() {
+            return Ok(HelperCommand::new(link));
+        }
         Ok(HelperCommand::new(std::env::current_exe()?))
     }
 }
