@@ -718,3 +718,50 @@ fn a_degraded_sandbox_is_recorded_and_required_refuses_it() {
     assert!(why.contains("sandbox.required = true"), "{why} {reason}");
     assert!(!env.ws().join("ran.txt").exists());
 }
+
+fn host_ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_sandbox_that_dies_is_rebuilt_for_the_next_command() {
+    let env = Env::new(Script::single(vec![
+        Step::tool("shell", json!({"command": "exec sleep 309.5"})),
+        Step::tool("shell", json!({"command": "echo rebuilt"})),
+        Step::finish("done"),
+    ]));
+    let id = env.start("survive a dead sandbox");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleeper = loop {
+        if let Some(pid) = host_pids_with_arg("309.5").first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The command's parent is the sandbox's init; the init's, the helper.
+    let init = host_ppid(sleeper);
+    let helper = host_ppid(init);
+    let cmdline = std::fs::read(format!("/proc/{helper}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("__sandbox-init"),
+        "{helper} is not a sandbox helper"
+    );
+    kill9(helper);
+    assert_eq!(env.wait_state(&id, 60), "completed");
+    let events = env.events(&id);
+    assert_gapless(&events);
+    let ready = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "sandbox_ready")
+        .count();
+    assert_eq!(ready, 2, "a new sandbox for the command after the death");
+    let reqs = env.mock.requests();
+    let first = &tool_messages(&reqs[1])[0];
+    assert!(first.contains("SIGKILL"), "{first}");
+    let second = &tool_messages(&reqs[2])[1];
+    assert!(second.contains("rebuilt"), "{second}");
+    assert!(host_pids_with_arg("309.5").is_empty());
+}
