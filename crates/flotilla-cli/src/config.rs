@@ -231,6 +231,18 @@ impl SandboxSection {
         spec
     }
 
+    /// The template with flotilla's own state (data, sockets, config file)
+    /// hidden: no sandbox may see it.
+    pub fn template_hiding(&self, paths: &flotilla_server::Paths) -> flotilla_sandbox::SandboxSpec {
+        let mut spec = self.template();
+        spec.deny_read.extend([
+            paths.data_dir.clone(),
+            paths.run_dir.clone(),
+            paths.config_file.clone(),
+        ]);
+        spec
+    }
+
     /// Whether sessions get the egress proxy.
     pub fn proxy_enabled(&self) -> bool {
         self.network.mode.as_deref() == Some("proxy")

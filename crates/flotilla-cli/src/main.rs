@@ -257,10 +257,7 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
 /// Every session's commands run in a sandbox of their own, built from the
 /// `[sandbox]` config; the daemon's own files are hidden from all of them.
 fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxFactory> {
-    let mut template = cfg.sandbox.template();
-    template.deny_read.push(paths.data_dir.clone());
-    template.deny_read.push(paths.run_dir.clone());
-    template.deny_read.push(paths.config_file.clone());
+    let template = cfg.sandbox.template_hiding(paths);
     let proxy = if cfg.sandbox.proxy_enabled() {
         let socket_dir = paths.run_dir.join("egress");
         std::fs::create_dir_all(&socket_dir)

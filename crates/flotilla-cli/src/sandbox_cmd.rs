@@ -108,7 +108,7 @@ struct RunReport<'a> {
 pub async fn sandbox(paths: &flotilla_server::Paths, args: SandboxArgs) -> Result<ExitCode> {
     let cfg = config::load(&paths.config_file)?;
     let section = &cfg.sandbox;
-    let mut spec = section.template();
+    let mut spec = section.template_hiding(paths);
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
         None => std::env::current_dir().context("cannot read the current folder")?,
@@ -119,10 +119,6 @@ pub async fn sandbox(paths: &flotilla_server::Paths, args: SandboxArgs) -> Resul
         let p = expand_home(&p.to_string_lossy());
         std::path::absolute(&p).unwrap_or(p)
     }));
-    // flotilla's own state is never visible inside.
-    spec.deny_read.push(paths.data_dir.clone());
-    spec.deny_read.push(paths.run_dir.clone());
-    spec.deny_read.push(paths.config_file.clone());
     if args.no_namespaces {
         spec.namespaces = false;
     }

@@ -231,14 +231,18 @@ async fn many_commands_in_one_sandbox_report_their_own_exit_codes() {
 async fn the_environment_is_only_what_was_passed() {
     let ws = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::create(spec(ws.path()), &helper()).await.unwrap();
-    let exec = SandboxExecutor::new(sandbox.clone(), env());
+    // As the daemon does: the base environment comes from this process,
+    // filtered; a secret in it must not get through.
     std::env::set_var("FLOTILLA_TEST_SECRET_TOKEN", "leak-me");
+    std::env::set_var("OPENAI_API_KEY", "sk-leak-me-too");
+    let exec = SandboxExecutor::new(sandbox.clone(), flotilla_agent::tools::sandbox_base_env());
     let r = exec
         .run(request("env", ws.path(), Duration::from_secs(10)))
         .await
         .unwrap();
     let text = r.output.stdout.render(100_000);
     assert!(!text.contains("leak-me"), "{text}");
+    assert!(text.contains("PATH="), "{text}");
     assert!(text.contains("FLOTILLA=1"), "{text}");
     sandbox.shutdown().await;
 }

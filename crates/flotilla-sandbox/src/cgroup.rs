@@ -259,8 +259,8 @@ fn next_name() -> String {
     )
 }
 
-/// A group with `limits`: a spare when one is ready, else a new one. Tops
-/// the spares up afterwards (on this thread: call it from a blocking one).
+/// A group with `limits`: a recycled one when one is ready, else a new one
+/// (blocking).
 pub fn acquire(limits: &SandboxLimits) -> Result<Cgroup, String> {
     let spare = POOL.lock().ok().and_then(|mut pool| {
         let pool = pool.as_mut()?;
@@ -270,27 +270,6 @@ pub fn acquire(limits: &SandboxLimits) -> Result<Cgroup, String> {
     match spare {
         Some(cg) => Ok(cg),
         None => CgroupPlan::detect(limits, next_name())?.create(),
-    }
-}
-
-/// Tops the pool up to its size with groups for `limits` (blocking).
-pub fn refill(limits: &SandboxLimits) {
-    loop {
-        let wanted = POOL
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(|p| p.groups.len() < p.spares))
-            .unwrap_or(false);
-        if !wanted {
-            return;
-        }
-        let Ok(cg) = CgroupPlan::detect(limits, next_name()).and_then(|p| p.create()) else {
-            return;
-        };
-        if let Some(cg) = keep(cg) {
-            cg.remove();
-            return;
-        }
     }
 }
 

@@ -104,9 +104,7 @@ fn helper(spec: SandboxSpec, ctl: OwnedFd) -> i32 {
         );
         false
     };
-    report
-        .phases_us
-        .push(("namespaces".into(), started.elapsed().as_micros() as u64));
+    mark(&mut report, "namespaces", started);
     if !namespaced && spec.required {
         let why = report.degraded.last().cloned().unwrap_or_default();
         return fail(
@@ -130,6 +128,13 @@ fn helper(spec: SandboxSpec, ctl: OwnedFd) -> i32 {
         }
         Err(err) => fail(&ctl, format!("fork of the sandbox init failed: {err}")),
     }
+}
+
+/// Records that setup phase `name` ended now.
+fn mark(report: &mut SandboxReport, name: &str, started: Instant) {
+    report
+        .phases_us
+        .push((name.into(), started.elapsed().as_micros() as u64));
 }
 
 fn wait_for(child: Pid) -> i32 {
@@ -202,9 +207,7 @@ fn init_main(
                 );
             }
         }
-        report
-            .phases_us
-            .push(("mounts".into(), started.elapsed().as_micros() as u64));
+        mark(&mut report, "mounts", started);
         report.namespaces = true;
         let _ = nix::unistd::sethostname("flotilla-sandbox");
         if let Err(err) = loopback_up() {
@@ -255,9 +258,7 @@ fn init_main(
         read = readable;
     }
 
-    report
-        .phases_us
-        .push(("network".into(), started.elapsed().as_micros() as u64));
+    mark(&mut report, "network", started);
     report.rlimits = match set_rlimits(&spec, namespaced) {
         Ok(line) => line,
         Err(err) => return fail(&ctl, format!("setting rlimits: {err}")),
@@ -291,9 +292,7 @@ fn init_main(
         }
     }
 
-    report
-        .phases_us
-        .push(("landlock".into(), started.elapsed().as_micros() as u64));
+    mark(&mut report, "landlock", started);
     // SAFETY: prctl with integer arguments has no memory-safety preconditions.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return fail(
@@ -314,9 +313,7 @@ fn init_main(
         Err(err) => return fail(&ctl, format!("installing the seccomp filter: {err}")),
     }
 
-    report
-        .phases_us
-        .push(("seccomp".into(), started.elapsed().as_micros() as u64));
+    mark(&mut report, "seccomp", started);
 
     if namespaced {
         if let NetworkMode::Proxy { .. } = spec.network {

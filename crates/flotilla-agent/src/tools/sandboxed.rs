@@ -249,12 +249,12 @@ impl CommandExecutor for SandboxExecutor {
 /// SIGKILLs the command's group when dropped while armed (the caller gave up
 /// on the future).
 struct KillOnDrop {
-    process: Option<(Sandbox, flotilla_sandbox::Process)>,
+    process: Option<flotilla_sandbox::Process>,
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some((_sandbox, process)) = self.process.take() {
+        if let Some(process) = self.process.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     let _ = process.signal_group(libc::SIGKILL).await;
@@ -294,10 +294,10 @@ impl SandboxExecutor {
         let stdout = tokio::spawn(drain(Some(out_read), cap, stop.clone()));
         let stderr = tokio::spawn(drain(Some(err_read), cap, stop.clone()));
         let mut guard = KillOnDrop {
-            process: Some((self.sandbox.clone(), process)),
+            process: Some(process),
         };
         let (status, timed_out, cancelled) = {
-            let Some((_, process)) = guard.process.as_mut() else {
+            let Some(process) = guard.process.as_mut() else {
                 return Err(io::Error::other("lost the process handle"));
             };
             let outcome = tokio::select! {
