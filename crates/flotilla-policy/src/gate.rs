@@ -1,0 +1,1 @@
+//! Exec-later gate: TODO (helper)

@@ -1,0 +1,11 @@
+//! Governance of tool calls: permission modes, allow/ask/deny rules in the
+//! Claude Code dialect, layered admin > command line > project > user, the
+//! admin's hard-deny, the exec-later write gate and capability tiers.
+//!
+//! Decisions are pure: [`engine::Engine::decide`] reads nothing but its
+//! arguments. Everything that touches the filesystem (loading layers,
+//! resolving symlinks of a call's paths) happens before, in [`request`] and
+//! [`config`].
+
+pub mod gate;
+pub mod shell;

@@ -1,0 +1,1 @@
+//! Shell command analysis: TODO (helper)
