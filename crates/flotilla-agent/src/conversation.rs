@@ -60,10 +60,27 @@ pub struct Conversation {
     pub cancel_requested: bool,
     /// Last prompt size the model reported.
     pub last_prompt_tokens: u64,
+    /// Who started the session.
+    pub principal: Option<String>,
+    /// The session's command-line policy layer.
+    pub permissions: Option<flotilla_protocol::SessionPermissions>,
+    /// Approvals asked, by call id.
+    pub approvals: std::collections::HashMap<String, ApprovalState>,
+    /// Allow rules added with `approve --always session`.
+    pub session_allow: Vec<String>,
     /// Running estimate of the tokens of the task, summary and recent
     /// messages (everything but the system prompt), kept so a turn does not
     /// rebuild the whole conversation to learn its size.
     pub estimated_tokens: u64,
+}
+
+/// An approval asked for a call, and its answer once given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalState {
+    /// Id of the approval.
+    pub approval_id: String,
+    /// `None` while waiting; `Ok(())` approved; `Err(reason)` refused.
+    pub answer: Option<Result<(), String>>,
 }
 
 impl Conversation {
@@ -87,7 +104,11 @@ impl Conversation {
                 workspace,
                 base_url,
                 limits,
+                principal,
+                permissions,
             } => {
+                self.principal = principal.clone();
+                self.permissions = permissions.clone();
                 self.task = task.clone();
                 self.estimated_tokens +=
                     estimate_tokens(&[ChatMessage::text(Role::User, task.clone())]);
@@ -154,7 +175,51 @@ impl Conversation {
             EventKind::FinalAnswer { text } => self.final_answer = Some(text.clone()),
             EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),
             EventKind::CancelRequested { .. } => self.cancel_requested = true,
+            EventKind::ApprovalRequested {
+                approval_id,
+                call_id,
+                ..
+            } => {
+                self.approvals.insert(
+                    call_id.clone(),
+                    ApprovalState {
+                        approval_id: approval_id.clone(),
+                        answer: None,
+                    },
+                );
+            }
+            EventKind::ApprovalGiven {
+                approval_id,
+                always_rule,
+                always_layer,
+                ..
+            } => {
+                if let Some(a) = self
+                    .approvals
+                    .values_mut()
+                    .find(|a| &a.approval_id == approval_id)
+                {
+                    a.answer = Some(Ok(()));
+                }
+                if let (Some(rule), Some("session")) = (always_rule, always_layer.as_deref()) {
+                    self.session_allow.push(rule.clone());
+                }
+            }
+            EventKind::ApprovalRefused {
+                approval_id,
+                reason,
+                ..
+            } => {
+                if let Some(a) = self
+                    .approvals
+                    .values_mut()
+                    .find(|a| &a.approval_id == approval_id)
+                {
+                    a.answer = Some(Err(reason.clone()));
+                }
+            }
             EventKind::SessionResumed { .. }
+            | EventKind::PolicyDecided { .. }
             | EventKind::SandboxReady { .. }
             | EventKind::ModelRequested { .. }
             | EventKind::ModelFailed { .. } => {}
@@ -264,6 +329,8 @@ mod tests {
                     workspace: "/w".into(),
                     base_url: None,
                     limits: SessionLimits::default(),
+                    principal: None,
+                    permissions: None,
                 },
             ),
             ev(

@@ -45,6 +45,8 @@ impl Harness {
                     workspace: self.ws.path().to_string_lossy().into_owned(),
                     base_url: None,
                     limits,
+                    principal: None,
+                    permissions: None,
                 }],
             )
             .await

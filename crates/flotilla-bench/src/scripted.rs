@@ -163,6 +163,8 @@ pub async fn create_session(
                     wall_time_secs: 24 * 3600,
                     context_window: 1 << 40,
                 },
+                principal: None,
+                permissions: None,
             }],
         )
         .await

@@ -301,6 +301,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,
+        permissions: None,
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client

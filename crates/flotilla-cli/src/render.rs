@@ -132,6 +132,50 @@ pub fn event_line(e: &Event) -> String {
             "context   compacted events up to #{through_seq} (was ~{} tokens)",
             tokens(*tokens_before)
         ),
+        EventKind::PolicyDecided {
+            call_id,
+            decision,
+            reason,
+            rule,
+            layer,
+        } => {
+            let by = match (rule, layer) {
+                (Some(r), Some(l)) => format!(" [{l}: {r}]"),
+                (None, Some(l)) => format!(" [{l}]"),
+                (Some(r), None) => format!(" [{r}]"),
+                (None, None) => String::new(),
+            };
+            format!("policy    {call_id} {}: {}{by}", decision.as_str(), clip(reason, 300))
+        }
+        EventKind::ApprovalRequested {
+            approval_id,
+            summary,
+            reason,
+            ..
+        } => format!(
+            "approval  {approval_id} WAITING {}: {} (flotilla approve {approval_id} / flotilla deny {approval_id} --reason ...)",
+            clip(summary, 200),
+            clip(reason, 200)
+        ),
+        EventKind::ApprovalGiven {
+            approval_id,
+            by,
+            always_rule,
+            always_layer,
+        } => match (always_rule, always_layer) {
+            (Some(r), Some(l)) => {
+                format!("approval  {approval_id} approved by {by}; always {r} ({l})")
+            }
+            _ => format!("approval  {approval_id} approved by {by}"),
+        },
+        EventKind::ApprovalRefused {
+            approval_id,
+            by,
+            reason,
+        } => format!(
+            "approval  {approval_id} denied by {by}: {}",
+            clip(reason, 300)
+        ),
         EventKind::SandboxReady {
             confined,
             summary,

@@ -138,9 +138,11 @@ impl Supervisor {
     }
 
     /// Validates a request, records the session and starts its loop.
+    /// `principal` is who asks, as the daemon authenticated them.
     pub async fn create(
         self: &Arc<Self>,
         req: CreateSessionRequest,
+        principal: &str,
     ) -> Result<SessionInfo, FleetError> {
         let bad = |m: String| Err(FleetError::BadRequest(m));
         if req.task.trim().is_empty() {
@@ -197,6 +199,8 @@ impl Supervisor {
                     workspace: workspace.to_string_lossy().into_owned(),
                     base_url: req.base_url,
                     limits,
+                    principal: Some(principal.to_owned()),
+                    permissions: req.permissions.filter(|p| !p.is_empty()),
                 }],
             )
             .await?;

@@ -27,6 +27,9 @@ pub struct CreateSessionRequest {
     /// The model's context window in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,
+    /// The command-line policy layer: mode and rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<crate::SessionPermissions>,
 }
 
 /// One session as listed by `GET /v1/sessions` and `GET /v1/sessions/{id}`.

@@ -180,6 +180,55 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+/// What policy said about a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyVerdict {
+    /// The call runs.
+    Allow,
+    /// A person must approve it first.
+    Ask,
+    /// It does not run; the model is told why.
+    Deny,
+}
+
+impl PolicyVerdict {
+    /// `allow`, `ask` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyVerdict::Allow => "allow",
+            PolicyVerdict::Ask => "ask",
+            PolicyVerdict::Deny => "deny",
+        }
+    }
+}
+
+/// The command-line policy layer of a session: what `flotilla run --mode
+/// --allow --ask --deny` gave. Rules are in the Claude Code dialect.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPermissions {
+    /// plan, ask, accept-edits, auto or bypass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Allow rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Ask rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ask: Vec<String>,
+    /// Deny rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+impl SessionPermissions {
+    /// Nothing given.
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none() && self.allow.is_empty() && self.ask.is_empty() && self.deny.is_empty()
+    }
+}
+
 /// Everything that can happen to a session. Each variant is one event kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -197,6 +246,12 @@ pub enum EventKind {
         base_url: Option<String>,
         /// Budgets.
         limits: SessionLimits,
+        /// The principal who started the session (authenticated by the daemon).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        /// The command-line policy layer of the session (`--mode`, `--allow`...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        permissions: Option<SessionPermissions>,
     },
     /// The session moved to a new state.
     StateChanged {
@@ -296,6 +351,58 @@ pub enum EventKind {
         /// Every way the sandbox is weaker than configured, with the cause.
         degraded: Vec<String>,
     },
+    /// Policy decided a proposed call (every call but `finish`).
+    PolicyDecided {
+        /// Id of the call.
+        call_id: String,
+        /// allow, ask or deny.
+        decision: PolicyVerdict,
+        /// Why, in words a person can act on.
+        reason: String,
+        /// The rule that decided, as written (`Shell(git push *)`), if a rule did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        /// The layer of that rule or setting: admin, cli, project, user, session, mode, gate, tier.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<String>,
+    },
+    /// A call waits for a person's answer; the session is `waiting_approval`.
+    ApprovalRequested {
+        /// Id of the approval (what `flotilla approve` takes).
+        approval_id: String,
+        /// Id of the call.
+        call_id: String,
+        /// Tool of the call.
+        tool: String,
+        /// The call in one line (`Shell: git push origin main`).
+        summary: String,
+        /// Why it asks.
+        reason: String,
+        /// The allow rule `--always` would add.
+        suggested_rule: String,
+    },
+    /// A person approved the call.
+    ApprovalGiven {
+        /// Id of the approval.
+        approval_id: String,
+        /// The principal who answered.
+        by: String,
+        /// The allow rule added for later calls, with `--always`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        always_rule: Option<String>,
+        /// Where that rule was written: session, project or user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        always_layer: Option<String>,
+    },
+    /// A person refused the call; the model is told the reason.
+    ApprovalRefused {
+        /// Id of the approval.
+        approval_id: String,
+        /// The principal who answered (or `escalation` after a timeout).
+        by: String,
+        /// The reason, passed to the model.
+        reason: String,
+    },
     /// A cancel was asked for.
     CancelRequested {
         /// Who asked.
@@ -324,6 +431,10 @@ impl EventKind {
             EventKind::ToolInterrupted { .. } => "tool_interrupted",
             EventKind::ContextCompacted { .. } => "context_compacted",
             EventKind::SandboxReady { .. } => "sandbox_ready",
+            EventKind::PolicyDecided { .. } => "policy_decided",
+            EventKind::ApprovalRequested { .. } => "approval_requested",
+            EventKind::ApprovalGiven { .. } => "approval_given",
+            EventKind::ApprovalRefused { .. } => "approval_refused",
             EventKind::CancelRequested { .. } => "cancel_requested",
             EventKind::FinalAnswer { .. } => "final_answer",
         }

@@ -215,7 +215,8 @@ async fn create_session(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<flotilla_protocol::SessionInfo>), ApiFailure> {
-    let info = st.fleet.create(req).await?;
+    // Replaced by the authenticated principal once the daemon authenticates requests.
+    let info = st.fleet.create(req, "local").await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

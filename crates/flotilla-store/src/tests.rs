@@ -7,6 +7,8 @@ fn created(task: &str) -> EventKind {
         workspace: "/w".into(),
         base_url: None,
         limits: flotilla_protocol::SessionLimits::default(),
+        principal: None,
+        permissions: None,
     }
 }
 
