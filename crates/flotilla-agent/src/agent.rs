@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use flotilla_models::{
     ChatMessage, ChatRequest, ChatResponse, ModelClient, RetryPolicy, Role, SuspendAwareClock,
 };
-use flotilla_protocol::{Event, EventKind, SessionId, SessionState, ToolCall};
+use flotilla_protocol::{Event, EventKind, PolicyVerdict, SessionId, SessionState, ToolCall};
 use flotilla_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::conversation::{estimate_tokens, Conversation};
+use crate::conversation::{estimate_tokens, ApprovalState, Conversation};
+use crate::policy::{new_approval_id, ApprovalAnswer, ApprovalAsk, CallPolicy};
 use crate::tools::{self, CommandExecutor, ToolContext, ToolLimits, ToolOutcome};
 
 /// Fraction of the context window at which older turns are compacted.
@@ -88,6 +89,8 @@ pub struct AgentRun {
     /// The daemon restarted: mark tools that started and never finished as
     /// interrupted, and record the resumption, before going on.
     pub resume: bool,
+    /// Governance of tool calls; `None` runs every call (tests, benchmarks).
+    pub policy: Option<Arc<dyn CallPolicy>>,
 }
 
 /// Reads a whole session log.
@@ -111,6 +114,8 @@ struct Loop {
     tool_ctx: ToolContext,
     /// Fires on cancel or when the wall-time budget runs out.
     stop: CancellationToken,
+    /// The tools offered to the model (those policy does not remove).
+    offered: Arc<[flotilla_models::ToolSpec]>,
 }
 
 impl Loop {
@@ -175,6 +180,12 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
         limits: run.settings.tool_limits.clone(),
         cancel: stop.clone(),
     };
+    let offered = offered_tools(run.policy.as_deref());
+    if let Some(policy) = &run.policy {
+        if !conv.session_allow.is_empty() {
+            policy.session_rules_changed(&conv.session_allow);
+        }
+    }
     let mut lp = Loop {
         run,
         conv,
@@ -182,6 +193,7 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
         system_prompt,
         tool_ctx,
         stop: stop.clone(),
+        offered,
     };
     if lp.run.resume {
         let unfinished = lp.conv.unfinished_calls();
@@ -263,7 +275,7 @@ impl Loop {
             let request = ChatRequest {
                 model: self.run.settings.model_name.clone(),
                 messages,
-                tools: tools::shared_tool_specs(),
+                tools: self.offered.clone(),
                 max_tokens: self.run.settings.max_tokens,
             };
             let (response, latency) = match self.call_model(turn, &request).await? {
@@ -392,6 +404,11 @@ impl Loop {
             )));
             return Ok(None);
         }
+        if let Some(policy) = self.run.policy.clone() {
+            if call.name != "finish" && !self.permitted(&policy, call).await? {
+                return Ok(None);
+            }
+        }
         self.push(EventKind::ToolStarted {
             call_id: call.id.clone(),
         });
@@ -419,6 +436,135 @@ impl Loop {
                     duration_ms,
                 });
                 Ok(None)
+            }
+        }
+    }
+
+    /// Puts a call through policy: records the decision, and on ask waits
+    /// for a person. Returns whether the call may run; when it may not, its
+    /// result (the reason) is already pushed.
+    async fn permitted(
+        &mut self,
+        policy: &Arc<dyn CallPolicy>,
+        call: &ToolCall,
+    ) -> Result<bool, AgentError> {
+        let refuse = |output: String| EventKind::ToolFinished {
+            call_id: call.id.clone(),
+            output,
+            is_error: true,
+            duration_ms: 0,
+        };
+        // Resumed with an approval already asked (and maybe answered).
+        if let Some(state) = self.conv.approvals.get(&call.id).cloned() {
+            return match state.answer {
+                Some(Ok(())) => Ok(true),
+                Some(Err(reason)) => {
+                    self.push(refuse(refusal_text(&reason)));
+                    Ok(false)
+                }
+                None => self.wait_for(policy, call, state).await,
+            };
+        }
+        let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
+            .unwrap_or(serde_json::Value::Null);
+        let v = policy.decide(call, &args);
+        self.push(EventKind::PolicyDecided {
+            call_id: call.id.clone(),
+            decision: v.verdict,
+            reason: v.reason.clone(),
+            rule: v.rule.clone(),
+            layer: v.layer.clone(),
+        });
+        match v.verdict {
+            PolicyVerdict::Allow => Ok(true),
+            PolicyVerdict::Deny => {
+                self.push(refuse(format!(
+                    "error: not run, denied by policy: {}. Do not retry the same call;                      find another way or explain in your final answer what you needed.",
+                    v.reason
+                )));
+                Ok(false)
+            }
+            PolicyVerdict::Ask => {
+                let state = ApprovalState {
+                    approval_id: new_approval_id(),
+                    tool: call.name.clone(),
+                    summary: v.summary.clone(),
+                    reason: v.reason.clone(),
+                    suggested_rule: v.suggested_rule.clone(),
+                    answer: None,
+                };
+                self.push(EventKind::ApprovalRequested {
+                    approval_id: state.approval_id.clone(),
+                    call_id: call.id.clone(),
+                    tool: state.tool.clone(),
+                    summary: state.summary.clone(),
+                    reason: state.reason.clone(),
+                    suggested_rule: state.suggested_rule.clone(),
+                });
+                self.push(EventKind::StateChanged {
+                    state: SessionState::WaitingApproval,
+                    reason: Some(format!("{}: {}", state.summary, state.reason)),
+                });
+                self.flush().await?;
+                self.wait_for(policy, call, state).await
+            }
+        }
+    }
+
+    async fn wait_for(
+        &mut self,
+        policy: &Arc<dyn CallPolicy>,
+        call: &ToolCall,
+        state: ApprovalState,
+    ) -> Result<bool, AgentError> {
+        self.flush().await?;
+        let ask = ApprovalAsk {
+            approval_id: state.approval_id,
+            call_id: call.id.clone(),
+            tool: state.tool,
+            summary: state.summary,
+            reason: state.reason,
+            suggested_rule: state.suggested_rule,
+        };
+        let answer = tokio::select! {
+            a = policy.wait_approval(ask) => a,
+            _ = self.stop.cancelled() => {
+                self.push(EventKind::ToolFinished {
+                    call_id: call.id.clone(),
+                    output: "error: not run, the session was stopped while waiting for approval".into(),
+                    is_error: true,
+                    duration_ms: 0,
+                });
+                return Ok(false);
+            }
+        };
+        // The supervisor appended the answer; read it (and any rule it added).
+        let before = self.conv.session_allow.len();
+        let newer = self
+            .run
+            .store
+            .events(&self.run.session, self.conv.last_seq, 10_000)
+            .await?;
+        for e in &newer {
+            self.conv.apply(e);
+        }
+        if self.conv.session_allow.len() != before {
+            policy.session_rules_changed(&self.conv.session_allow);
+        }
+        self.push(EventKind::StateChanged {
+            state: SessionState::Running,
+            reason: None,
+        });
+        match answer {
+            ApprovalAnswer::Approved => Ok(true),
+            ApprovalAnswer::Refused { reason } => {
+                self.push(EventKind::ToolFinished {
+                    call_id: call.id.clone(),
+                    output: refusal_text(&reason),
+                    is_error: true,
+                    duration_ms: 0,
+                });
+                Ok(false)
             }
         }
     }
@@ -527,6 +673,24 @@ impl Loop {
             }
         }
         Ok(())
+    }
+}
+
+fn refusal_text(reason: &str) -> String {
+    format!("error: not run, a person denied this call: {reason}")
+}
+
+/// The built-in tools minus those a bare `deny` rule removes.
+fn offered_tools(policy: Option<&dyn CallPolicy>) -> Arc<[flotilla_models::ToolSpec]> {
+    let all = tools::shared_tool_specs();
+    match policy {
+        Some(p) if all.iter().any(|t| !p.offers_tool(&t.name)) => all
+            .iter()
+            .filter(|t| p.offers_tool(&t.name))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        _ => all,
     }
 }
 

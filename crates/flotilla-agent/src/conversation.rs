@@ -79,6 +79,14 @@ pub struct Conversation {
 pub struct ApprovalState {
     /// Id of the approval.
     pub approval_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The call in one line.
+    pub summary: String,
+    /// Why it asked.
+    pub reason: String,
+    /// The rule `--always` would add.
+    pub suggested_rule: String,
     /// `None` while waiting; `Ok(())` approved; `Err(reason)` refused.
     pub answer: Option<Result<(), String>>,
 }
@@ -178,12 +186,19 @@ impl Conversation {
             EventKind::ApprovalRequested {
                 approval_id,
                 call_id,
-                ..
+                tool,
+                summary,
+                reason,
+                suggested_rule,
             } => {
                 self.approvals.insert(
                     call_id.clone(),
                     ApprovalState {
                         approval_id: approval_id.clone(),
+                        tool: tool.clone(),
+                        summary: summary.clone(),
+                        reason: reason.clone(),
+                        suggested_rule: suggested_rule.clone(),
                         answer: None,
                     },
                 );

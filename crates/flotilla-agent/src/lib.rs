@@ -7,9 +7,11 @@
 
 mod agent;
 mod conversation;
+pub mod policy;
 pub mod tools;
 
 pub use agent::{
     default_system_prompt, load_all, run_agent, AgentError, AgentExit, AgentRun, AgentSettings,
 };
-pub use conversation::{estimate_tokens, interrupted_message, Conversation};
+pub use conversation::{estimate_tokens, interrupted_message, ApprovalState, Conversation};
+pub use policy::{ApprovalAnswer, ApprovalAsk, CallPolicy, Verdict};

@@ -74,6 +74,7 @@ impl Harness {
             },
             cancel,
             resume: false,
+            policy: None,
         }
     }
 }

@@ -163,6 +163,11 @@ impl Daemon {
     /// endpoint `openai_base_url`; its stderr is appended to `home/daemon-stderr.log`.
     pub fn spawn(binary: &Path, home: &Path, openai_base_url: &str) -> Result<Daemon> {
         std::fs::create_dir_all(home)?;
+        // Benchmark sessions run unattended: nothing may wait for approval.
+        let config = home.join("config.toml");
+        if !config.exists() {
+            std::fs::write(&config, "[permissions]\nmode = \"auto\"\n")?;
+        }
         let log = home.join("daemon-stderr.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)

@@ -8,7 +8,9 @@
 //! (c) `idle-rss`: the daemon's RSS holding many idle sessions vs holding none;
 //! (d) `recover`: time to resume every session after `kill -9` vs a cold start;
 //! (e) `sandbox`: a command in a warm session sandbox vs bare fork/exec and
-//! vs bubblewrap, srt and codex; time to create a session sandbox.
+//! vs bubblewrap, srt and codex; time to create a session sandbox;
+//! (f) `policy`: p99 policy decision with 1,000 rules vs evaluating every
+//! Cedar policy (no slicing).
 //!
 //! (a) and (b) run in this process; (c) and (d) drive the real `flotilla`
 //! binary. Figures go to stdout as a table, or as JSON with `--json`. Build
@@ -22,6 +24,7 @@ use clap::{Parser, Subcommand};
 mod daemon;
 mod idle_rss;
 mod peers;
+mod policy;
 mod recover;
 mod report;
 mod sandbox;
@@ -44,7 +47,7 @@ const DEFAULT_IDLE_SESSIONS: u32 = 1000;
 #[command(
     name = "flotilla-bench",
     version,
-    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery, sandbox cost."
+    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery, sandbox cost, policy decisions."
 )]
 struct Cli {
     /// Which benchmark (default: all).
@@ -81,6 +84,8 @@ enum Bench {
     /// bwrap, srt and codex; time to create a sandbox. Run
     /// scripts/install-sandbox-peers.sh first for the peers.
     Sandbox,
+    /// (f) Policy decision latency with 1,000 rules loaded.
+    Policy,
     /// All of the above (the default).
     All,
 }
@@ -126,6 +131,10 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await?,
         );
+    }
+    if wants(Bench::Policy) {
+        progress("(f) policy");
+        figures.push(tokio::task::spawn_blocking(policy::run).await??);
     }
     if wants(Bench::Throughput) {
         progress("(b) throughput");

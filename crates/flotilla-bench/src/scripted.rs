@@ -193,6 +193,7 @@ pub async fn run_session(
         },
         cancel: CancellationToken::new(),
         resume: false,
+        policy: None,
     })
     .await
     .with_context(|| format!("agent loop of {session}"))?;

@@ -33,6 +33,11 @@ pub struct ConfigFile {
     /// The sandbox every session's commands run in.
     #[serde(default)]
     pub sandbox: SandboxSection,
+    /// `[permissions]`: read by `flotilla-policy` itself (with line
+    /// numbers for its errors), so here it is only let through.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub permissions: Option<toml::Value>,
 }
 
 /// `[sandbox]`
@@ -189,6 +194,7 @@ impl ConfigFile {
             openai_base_url: env("OPENAI_BASE_URL"),
             openai_api_key: env("OPENAI_API_KEY"),
             system_prompt: self.system_prompt.clone(),
+            policy: None,
         }
     }
 }

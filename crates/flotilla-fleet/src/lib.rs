@@ -9,9 +9,11 @@
 //! - a loop that dies on an internal error still leaves a terminal state in
 //!   the log when the log can be written at all.
 
+mod governance;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use flotilla_agent::tools::{
     CommandExecutor, CommandRequest, CommandResult, ExecutorFactory, ToolLimits,
@@ -19,8 +21,12 @@ use flotilla_agent::tools::{
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
 use flotilla_protocol::{
-    CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo, SessionLimits, SessionState,
+    ApprovalInfo, CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo,
+    SessionLimits, SessionPermissions, SessionState,
 };
+pub use governance::{build_engine, PolicyConfig, PrincipalLookup};
+use governance::{ApprovalQueue, SessionPolicy};
+use flotilla_agent::ApprovalAnswer;
 use flotilla_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +47,8 @@ pub struct FleetConfig {
     pub openai_api_key: Option<String>,
     /// System prompt override.
     pub system_prompt: Option<String>,
+    /// Policy layers; `None` runs every tool call unchecked (tests only).
+    pub policy: Option<PolicyConfig>,
 }
 
 /// Builds a model client for a session.
@@ -56,6 +64,12 @@ pub enum FleetError {
     /// No such session.
     #[error("no session {0}; `flotilla ps` lists them")]
     NotFound(SessionId),
+    /// No such pending approval.
+    #[error("no pending approval {0}; `flotilla approvals` lists them")]
+    NoApproval(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -74,6 +88,9 @@ pub struct Supervisor {
     factory: ClientFactory,
     clients: Mutex<HashMap<String, Arc<dyn ModelClient>>>,
     running: Mutex<HashMap<SessionId, Running>>,
+    queue: Arc<ApprovalQueue>,
+    policies: Mutex<HashMap<SessionId, Arc<SessionPolicy>>>,
+    principals: OnceLock<PrincipalLookup>,
 }
 
 impl Supervisor {
@@ -106,7 +123,16 @@ impl Supervisor {
             factory,
             clients: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            queue: Arc::new(ApprovalQueue::default()),
+            policies: Mutex::new(HashMap::new()),
+            principals: OnceLock::new(),
         })
+    }
+
+    /// Tells the supervisor how to learn a principal's tiers and MFA (set
+    /// once, by the daemon).
+    pub fn set_principal_lookup(&self, lookup: PrincipalLookup) {
+        let _ = self.principals.set(lookup);
     }
 
     /// The store.
@@ -186,9 +212,15 @@ impl Supervisor {
                     .into(),
             );
         }
-        // Fail before recording anything if the model cannot even be set up.
+        // Fail before recording anything if the model cannot even be set up,
+        // or the policy layers do not load (a bad rule, a mode the admin forbids).
         self.client_for(&spec, req.base_url.as_deref())
             .map_err(FleetError::BadRequest)?;
+        if let Some(policy) = &self.config.policy {
+            let cli = req.permissions.clone().unwrap_or_default();
+            build_engine(policy, &workspace, &cli, &[])
+                .map_err(|e| FleetError::BadRequest(format!("policy: {e}")))?;
+        }
         let id = SessionId::generate();
         self.store
             .append(
@@ -242,6 +274,7 @@ impl Supervisor {
                 if let Some(running) = handle {
                     let _ = running.task.await;
                 }
+                self.forget(id);
             }
             None => {
                 self.store
@@ -280,7 +313,7 @@ impl Supervisor {
             return Err(FleetError::NotFound(id.clone()));
         };
         let spec = ModelSpec::parse(&info.model).map_err(|e| FleetError::BadRequest(e.to_string()));
-        let base_url = session_base_url(&self.store, id).await?;
+        let (base_url, principal, permissions) = session_origin(&self.store, id).await?;
         let client = spec.and_then(|s| {
             self.client_for(&s, base_url.as_deref())
                 .map_err(FleetError::BadRequest)
@@ -299,6 +332,36 @@ impl Supervisor {
                     )
                     .await?;
                 return Ok(());
+            }
+        };
+        let policy = match &self.config.policy {
+            None => None,
+            Some(config) => {
+                let workspace = std::path::PathBuf::from(&info.workspace);
+                let cli = permissions.unwrap_or_default();
+                match build_engine(config, &workspace, &cli, &[]) {
+                    Ok(engine) => {
+                        let p = Arc::new(SessionPolicy {
+                            session: id.clone(),
+                            principal: principal.unwrap_or_else(|| "local".into()),
+                            workspace,
+                            cli,
+                            config: config.clone(),
+                            session_allow: Mutex::new(Vec::new()),
+                            stack: RwLock::new(flotilla_policy::PolicyStack::new(Arc::new(engine))),
+                            lookup: self.principals.get().cloned(),
+                            queue: self.queue.clone(),
+                        });
+                        if let Ok(mut all) = self.policies.lock() {
+                            all.insert(id.clone(), p.clone());
+                        }
+                        Some(p as Arc<dyn flotilla_agent::CallPolicy>)
+                    }
+                    Err(e) => {
+                        self.fail(id, format!("policy: {e}")).await;
+                        return Ok(());
+                    }
+                }
             }
         };
         let cancel = CancellationToken::new();
@@ -345,14 +408,13 @@ impl Supervisor {
                 settings,
                 cancel: loop_cancel,
                 resume,
+                policy,
             };
             let outcome = run_agent(run).await;
             match outcome {
                 Ok(exit) => {
                     tracing::info!(session = %sid, exit = ?short(&exit), "session ended");
-                    if let Ok(mut r) = me.running.lock() {
-                        r.remove(&sid);
-                    }
+                    me.forget(&sid);
                 }
                 Err(e) => {
                     tracing::error!(session = %sid, error = %e, "session loop failed");
@@ -376,8 +438,153 @@ impl Supervisor {
                 },
             )
             .await;
+        self.forget(sid);
+    }
+
+    fn forget(&self, sid: &SessionId) {
         if let Ok(mut r) = self.running.lock() {
             r.remove(sid);
+        }
+        if let Ok(mut p) = self.policies.lock() {
+            p.remove(sid);
+        }
+        self.queue.forget_session(sid);
+    }
+
+    /// The approvals waiting for a person, oldest first.
+    pub fn approvals(&self) -> Vec<ApprovalInfo> {
+        self.queue.list()
+    }
+
+    /// Approves a pending call. With `always` (session, project or user),
+    /// also adds `rule` (default: the suggested one) to that layer's allow
+    /// list. `by` is the principal answering; only the session's principal
+    /// or an admin may.
+    pub async fn approve(
+        &self,
+        approval_id: &str,
+        by: &str,
+        is_admin: bool,
+        always: Option<&str>,
+        rule: Option<&str>,
+    ) -> Result<ApprovalInfo, FleetError> {
+        let info = self.answerable(approval_id, by, is_admin)?;
+        let mut always_rule = None;
+        if let Some(layer) = always {
+            let rule = rule.unwrap_or(&info.suggested_rule).trim().to_owned();
+            flotilla_policy::Rule::parse(&rule)
+                .map_err(|e| FleetError::BadRequest(format!("rule {rule:?}: {e}")))?;
+            let file = match layer {
+                "session" => None,
+                "user" => Some(
+                    self.config
+                        .policy
+                        .as_ref()
+                        .map(|p| p.paths.user.clone())
+                        .ok_or_else(|| FleetError::BadRequest("this daemon has no policy layers".into()))?,
+                ),
+                "project" => {
+                    let ws = self.get(&info.session).await?.workspace;
+                    Some(flotilla_policy::LayerPaths::project(Path::new(&ws)))
+                }
+                other => {
+                    return Err(FleetError::BadRequest(format!(
+                        "--always takes session, project or user, not {other:?}"
+                    )))
+                }
+            };
+            if let Some(file) = &file {
+                flotilla_policy::config::add_allow_rule(file, &rule)
+                    .map_err(|e| FleetError::BadRequest(e.to_string()))?;
+            }
+            always_rule = Some((rule, layer.to_owned()));
+        }
+        let Some(pending) = self.queue.take(approval_id) else {
+            return Err(FleetError::NoApproval(approval_id.to_owned()));
+        };
+        let (always_rule, always_layer) = match always_rule {
+            Some((r, l)) => (Some(r), Some(l)),
+            None => (None, None),
+        };
+        self.store
+            .append_one(
+                &info.session,
+                EventKind::ApprovalGiven {
+                    approval_id: approval_id.to_owned(),
+                    by: by.to_owned(),
+                    always_rule,
+                    always_layer: always_layer.clone(),
+                },
+            )
+            .await?;
+        if matches!(always_layer.as_deref(), Some("user") | Some("project")) {
+            self.reload_policies();
+        }
+        if let Some(tx) = pending.answer {
+            let _ = tx.send(ApprovalAnswer::Approved);
+        }
+        Ok(info)
+    }
+
+    /// Refuses a pending call; the model is told `reason`.
+    pub async fn deny(
+        &self,
+        approval_id: &str,
+        by: &str,
+        is_admin: bool,
+        reason: &str,
+    ) -> Result<ApprovalInfo, FleetError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(FleetError::BadRequest(
+                "say why (--reason TEXT): the agent is told, so it can do something else".into(),
+            ));
+        }
+        let info = self.answerable(approval_id, by, is_admin)?;
+        let Some(pending) = self.queue.take(approval_id) else {
+            return Err(FleetError::NoApproval(approval_id.to_owned()));
+        };
+        self.store
+            .append_one(
+                &info.session,
+                EventKind::ApprovalRefused {
+                    approval_id: approval_id.to_owned(),
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                },
+            )
+            .await?;
+        if let Some(tx) = pending.answer {
+            let _ = tx.send(ApprovalAnswer::Refused {
+                reason: reason.to_owned(),
+            });
+        }
+        Ok(info)
+    }
+
+    fn answerable(&self, approval_id: &str, by: &str, is_admin: bool) -> Result<ApprovalInfo, FleetError> {
+        let info = self
+            .queue
+            .get(approval_id)
+            .ok_or_else(|| FleetError::NoApproval(approval_id.to_owned()))?;
+        if !is_admin && info.principal != by {
+            return Err(FleetError::Forbidden(format!(
+                "approval {approval_id} belongs to a session of {}; only they or an admin may answer it",
+                info.principal
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Rebuilds every running session's policy from its layers.
+    pub fn reload_policies(&self) {
+        let all: Vec<Arc<SessionPolicy>> = self
+            .policies
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        for p in all {
+            p.reload();
         }
     }
 
@@ -402,12 +609,23 @@ fn short(exit: &AgentExit) -> &'static str {
     }
 }
 
-async fn session_base_url(store: &Store, id: &SessionId) -> Result<Option<String>, StoreError> {
+/// Endpoint, principal and command-line policy layer of a session.
+type Origin = (Option<String>, Option<String>, Option<SessionPermissions>);
+
+async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreError> {
     let first = store.events(id, 0, 1).await?;
-    Ok(first.into_iter().find_map(|e| match e.event {
-        EventKind::SessionCreated { base_url, .. } => base_url,
-        _ => None,
-    }))
+    Ok(first
+        .into_iter()
+        .find_map(|e| match e.event {
+            EventKind::SessionCreated {
+                base_url,
+                principal,
+                permissions,
+                ..
+            } => Some((base_url, principal, permissions)),
+            _ => None,
+        })
+        .unwrap_or((None, None, None)))
 }
 
 /// A session's command executor, built by the factory at the session's first

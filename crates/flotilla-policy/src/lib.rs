@@ -9,3 +9,13 @@
 
 pub mod gate;
 pub mod shell;
+pub mod config;
+pub mod engine;
+pub mod mode;
+pub mod request;
+pub mod rule;
+
+pub use config::{ConfigError, LayerPaths, Layers};
+pub use engine::{CallCheck, Decision, Engine, EngineSpec, Item, Layer, PolicyStack, Principal};
+pub use mode::Mode;
+pub use rule::{Action, Rule};

@@ -32,6 +32,56 @@ pub struct CreateSessionRequest {
     pub permissions: Option<crate::SessionPermissions>,
 }
 
+/// A call waiting for a person (`GET /v1/approvals`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    /// Id of the approval.
+    pub approval_id: String,
+    /// The session.
+    pub session: SessionId,
+    /// Who started the session.
+    pub principal: String,
+    /// Id of the call.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// The call in one line.
+    pub summary: String,
+    /// Why it asks.
+    pub reason: String,
+    /// The allow rule `--always` adds unless another is given.
+    pub suggested_rule: String,
+    /// When it was asked, ms since the epoch.
+    pub requested_ms: i64,
+}
+
+/// `GET /v1/approvals`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalList {
+    /// Pending approvals, oldest first.
+    pub approvals: Vec<ApprovalInfo>,
+}
+
+/// `POST /v1/approvals/{id}/approve`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// Also allow such calls from now on, in this layer: session, project or user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always: Option<String>,
+    /// The rule to add with `always` (default: the approval's suggested rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/deny`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequest {
+    /// Why; the model is told.
+    pub reason: String,
+}
+
 /// One session as listed by `GET /v1/sessions` and `GET /v1/sessions/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -138,4 +188,19 @@ impl ApiError {
             },
         }
     }
+}
+
+/// What policy needs to know about a principal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalFacts {
+    /// Name.
+    pub name: String,
+    /// admin, auditor, user.
+    pub roles: Vec<String>,
+    /// Tiers the principal is vetted for.
+    pub vetted: Vec<String>,
+    /// Last successful TOTP login, ms since the epoch.
+    pub mfa_verified_ms: Option<i64>,
+    /// Whether a TOTP secret is enrolled.
+    pub mfa_enrolled: bool,
 }

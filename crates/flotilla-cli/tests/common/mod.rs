@@ -22,9 +22,11 @@ impl Env {
         let home = tempfile::Builder::new().prefix("fh").tempdir().unwrap();
         let ws = tempfile::tempdir().unwrap();
         // Fast retries keep error tests short; Retry-After is still honoured.
+        // Sessions run in `auto` mode unless a test sets up its own policy:
+        // the policy tests (policy_e2e.rs) cover the modes that ask.
         std::fs::write(
             home.path().join("config.toml"),
-            "[retry]\nbase_delay_ms = 10\nmax_delay_ms = 100\n",
+            "[retry]\nbase_delay_ms = 10\nmax_delay_ms = 100\n[permissions]\nmode = \"auto\"\n",
         )
         .unwrap();
         let mock = MockModelServer::start_blocking(script).unwrap();

@@ -1,0 +1,193 @@
+//! Governance of the sessions: each session's policy engine (built from
+//! the layers), and the approvals queue.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use flotilla_agent::{ApprovalAnswer, ApprovalAsk, CallPolicy, Verdict};
+use flotilla_policy::{request, Engine, LayerPaths, Layers, PolicyStack, Principal};
+use flotilla_protocol::{ApprovalInfo, SessionId, SessionPermissions, ToolCall};
+use tokio::sync::oneshot;
+
+/// Where the policy layers are, for every session.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    /// The admin and user files.
+    pub paths: LayerPaths,
+    /// The user's home folder (`~/` in rules, home-anchored gate entries).
+    pub home: Option<PathBuf>,
+}
+
+/// What the daemon knows about a principal, for tier checks.
+pub type PrincipalLookup = Arc<dyn Fn(&str) -> Option<Principal> + Send + Sync>;
+
+pub(crate) struct Pending {
+    pub(crate) info: ApprovalInfo,
+    pub(crate) answer: Option<oneshot::Sender<ApprovalAnswer>>,
+}
+
+/// The approvals waiting for a person, daemon-wide.
+#[derive(Default)]
+pub(crate) struct ApprovalQueue {
+    pub(crate) pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl ApprovalQueue {
+    pub(crate) fn list(&self) -> Vec<ApprovalInfo> {
+        let mut out: Vec<ApprovalInfo> = self
+            .pending
+            .lock()
+            .map(|p| p.values().map(|v| v.info.clone()).collect())
+            .unwrap_or_default();
+        out.sort_by_key(|a| a.requested_ms);
+        out
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<ApprovalInfo> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(id).map(|v| v.info.clone()))
+    }
+
+    pub(crate) fn take(&self, id: &str) -> Option<Pending> {
+        self.pending.lock().ok().and_then(|mut p| p.remove(id))
+    }
+
+    pub(crate) fn forget_session(&self, session: &SessionId) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|_, v| &v.info.session != session);
+        }
+    }
+}
+
+/// Builds a session's engine from its layers.
+pub fn build_engine(
+    config: &PolicyConfig,
+    workspace: &Path,
+    cli: &SessionPermissions,
+    session_allow: &[String],
+) -> Result<Engine, String> {
+    let layers = Layers::load(&config.paths, workspace, cli, session_allow).map_err(|e| e.to_string())?;
+    let spec = layers
+        .spec(workspace, config.home.as_deref())
+        .map_err(|e| e.to_string())?;
+    Engine::new(spec).map_err(|e| format!("policy: {e}"))
+}
+
+/// One session's policy: its engine stack and its way to the approvals queue.
+pub(crate) struct SessionPolicy {
+    pub(crate) session: SessionId,
+    pub(crate) principal: String,
+    pub(crate) workspace: PathBuf,
+    pub(crate) cli: SessionPermissions,
+    pub(crate) config: PolicyConfig,
+    pub(crate) session_allow: Mutex<Vec<String>>,
+    pub(crate) stack: RwLock<PolicyStack>,
+    pub(crate) lookup: Option<PrincipalLookup>,
+    pub(crate) queue: Arc<ApprovalQueue>,
+}
+
+impl SessionPolicy {
+    /// Rebuilds the engine from the layers (after a rule was added). A
+    /// layer that became invalid keeps the previous engine, loudly.
+    pub(crate) fn reload(&self) {
+        let allow = self
+            .session_allow
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        match build_engine(&self.config, &self.workspace, &self.cli, &allow) {
+            Ok(engine) => {
+                if let Ok(mut s) = self.stack.write() {
+                    *s = PolicyStack::new(Arc::new(engine));
+                }
+            }
+            Err(e) => {
+                tracing::error!(session = %self.session, error = %e, "policy layers no longer load; keeping the previous policy")
+            }
+        }
+    }
+
+    fn principal(&self) -> Principal {
+        self.lookup
+            .as_ref()
+            .and_then(|l| l(&self.principal))
+            .unwrap_or_else(|| Principal {
+                name: self.principal.clone(),
+                ..Principal::default()
+            })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CallPolicy for SessionPolicy {
+    fn decide(&self, call: &ToolCall, args: &serde_json::Value) -> Verdict {
+        let check = request::check_tool_call(
+            &call.name,
+            args,
+            &self.workspace,
+            self.config.home.as_deref(),
+        );
+        let stack = match self.stack.read() {
+            Ok(s) => s.clone(),
+            Err(_) => PolicyStack::default(),
+        };
+        let d = stack.decide(&check, &self.principal(), now_ms());
+        Verdict {
+            verdict: d.verdict,
+            reason: d.reason,
+            rule: d.rule,
+            layer: d.layer,
+            summary: check.summary,
+            suggested_rule: d.item.unwrap_or_else(|| call.name.clone()),
+        }
+    }
+
+    fn offers_tool(&self, tool: &str) -> bool {
+        self.stack.read().map(|s| s.offers_tool(tool)).unwrap_or(true)
+    }
+
+    fn wait_approval(&self, ask: ApprovalAsk) -> futures::future::BoxFuture<'static, ApprovalAnswer> {
+        let (tx, rx) = oneshot::channel();
+        let info = ApprovalInfo {
+            approval_id: ask.approval_id.clone(),
+            session: self.session.clone(),
+            principal: self.principal.clone(),
+            call_id: ask.call_id,
+            tool: ask.tool,
+            summary: ask.summary,
+            reason: ask.reason,
+            suggested_rule: ask.suggested_rule,
+            requested_ms: now_ms(),
+        };
+        if let Ok(mut p) = self.queue.pending.lock() {
+            p.insert(
+                ask.approval_id,
+                Pending {
+                    info,
+                    answer: Some(tx),
+                },
+            );
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or(ApprovalAnswer::Refused {
+                reason: "the approval was withdrawn".into(),
+            })
+        })
+    }
+
+    fn session_rules_changed(&self, session_allow: &[String]) {
+        if let Ok(mut a) = self.session_allow.lock() {
+            *a = session_allow.to_vec();
+        }
+        self.reload();
+    }
+}

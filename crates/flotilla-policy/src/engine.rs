@@ -1,0 +1,1078 @@
+//! The decision engine: rules compiled to Cedar policies, evaluated per call.
+//!
+//! How the dialect maps onto Cedar (see ARCHITECTURE.md):
+//! - `deny` and the admin's `hard_deny` rules are `forbid` policies; `ask`
+//!   and `allow` rules are `permit` policies. Each policy's id indexes a
+//!   table that says its effect (hard-deny, deny, ask, allow, tier), layer
+//!   and text.
+//! - One Cedar evaluation returns every satisfied policy of the kind that
+//!   won (all satisfied `forbid`s, else all satisfied `permit`s). flotilla
+//!   then orders them: hard-deny, tier, deny, ask, allow; no match at all
+//!   falls to the permission mode.
+//! - The principal carries its vetted tiers; `context.mfa_fresh` says
+//!   whether its last TOTP login is within the admin's window. Tier rules
+//!   are `forbid` policies over those two.
+//! - Shell rules are `resource.command like "..."`; path rules are
+//!   `resource in Glob::"N"`: path globs are matched by `globset` (exact
+//!   `*`/`**` semantics that `like` lacks) and the globs a path matches
+//!   become the resource's parents. Domain rules compare `resource.domain`.
+//!
+//! Policies are indexed (sliced) by action and by what their condition
+//! fixes: the first word of a shell pattern, the glob, the exact domain.
+//! A call is evaluated against the slices that can match it only, which is
+//! what keeps a decision in microseconds with thousands of rules; the
+//! `unsliced` mode evaluates everything and exists to check that both agree.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression,
+};
+use flotilla_protocol::PolicyVerdict;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::gate::ExecLaterGate;
+use crate::mode::Mode;
+use crate::rule::{command_first_word, command_pattern, Action, Rule, Specifier};
+
+/// What a rule does when it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Effect {
+    /// The admin's `hard_deny`: nothing overrides it.
+    HardDeny,
+    /// `deny`.
+    Deny,
+    /// `ask`.
+    Ask,
+    /// `allow`.
+    Allow,
+}
+
+impl Effect {
+    /// `hard_deny`, `deny`, `ask` or `allow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::HardDeny => "hard_deny",
+            Effect::Deny => "deny",
+            Effect::Ask => "ask",
+            Effect::Allow => "allow",
+        }
+    }
+}
+
+/// Where a rule or setting comes from, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    /// `/etc/flotilla/managed.toml` or `$FLOTILLA_HOME/managed.toml`.
+    Admin,
+    /// `flotilla run --mode --allow ...`.
+    Cli,
+    /// `approve --always session`: this session only.
+    Session,
+    /// `.flotilla/config.toml` in the workspace.
+    Project,
+    /// The user's `config.toml`.
+    User,
+}
+
+impl Layer {
+    /// `admin`, `cli`, `session`, `project` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Admin => "admin",
+            Layer::Cli => "cli",
+            Layer::Session => "session",
+            Layer::Project => "project",
+            Layer::User => "user",
+        }
+    }
+}
+
+/// Where a rule was written, for messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The file, when the rule came from one.
+    pub file: Option<PathBuf>,
+    /// Its line, from 1.
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}", file.display()),
+            (Some(file), None) => write!(f, "{}", file.display()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One rule of one layer.
+#[derive(Clone, Debug)]
+pub struct RuleEntry {
+    /// What it does.
+    pub effect: Effect,
+    /// The rule.
+    pub rule: Rule,
+    /// Its layer.
+    pub layer: Layer,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// An admin rule that puts calls into a capability tier.
+#[derive(Clone, Debug)]
+pub struct TierEntry {
+    /// The tier (`high-autonomy`, `cyber`, `bio`, or the admin's own).
+    pub tier: String,
+    /// The calls in the tier.
+    pub rule: Rule,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// Everything an engine is built from (see [`crate::config`] for how layers
+/// produce it).
+#[derive(Clone, Debug, Default)]
+pub struct EngineSpec {
+    /// The session's workspace (absolute, canonical).
+    pub workspace: PathBuf,
+    /// The user's home folder, for `~/` in rules and the gate.
+    pub home: Option<PathBuf>,
+    /// The effective mode.
+    pub mode: Mode,
+    /// The layer that set the mode.
+    pub mode_layer: Option<Layer>,
+    /// Every rule in force.
+    pub rules: Vec<RuleEntry>,
+    /// Tier assignments.
+    pub tiers: Vec<TierEntry>,
+    /// The admin's raw Cedar policies (source text, origin).
+    pub raw_cedar: Vec<(String, Origin)>,
+    /// The admin's extra exec-later globs.
+    pub exec_later_extra: Vec<String>,
+    /// How long a TOTP login counts, in milliseconds.
+    pub mfa_window_ms: i64,
+    /// Rules present but not in force (a project's `allow` it may not
+    /// widen with), with why: shown by `policy check`.
+    pub inactive: Vec<String>,
+}
+
+/// Why an engine cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A rule compiled to something Cedar refused (a flotilla bug, or a
+    /// raw admin policy that does not parse).
+    #[error("Cedar policy {origin}: {message}")]
+    Cedar {
+        /// Where the policy came from.
+        origin: String,
+        /// Cedar's message.
+        message: String,
+    },
+    /// An exec-later glob is wrong.
+    #[error(transparent)]
+    Gate(#[from] crate::gate::GateError),
+    /// A path glob could not be compiled.
+    #[error("path pattern {0:?}: {1}")]
+    Glob(String, String),
+}
+
+/// One thing a call does, checked on its own: a shell command (each part
+/// of a compound one), a path read or written, a domain reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The action.
+    pub action: Action,
+    /// The command text (shell), else empty.
+    pub command: String,
+    /// The absolute path (file tools, shell redirections), else empty.
+    pub path: String,
+    /// The host (Fetch), else empty.
+    pub domain: String,
+    /// Implied by another item (a shell redirection's target, the whole
+    /// text of a compound command): deny, ask and the gate apply to it, but
+    /// it needs no allow of its own.
+    pub implied: bool,
+}
+
+/// A tool call as policy sees it (built by [`crate::request`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallCheck {
+    /// The flotilla tool (`shell`, `write_file`...).
+    pub tool: String,
+    /// What it does, item by item.
+    pub items: Vec<Item>,
+    /// Set when the call cannot be fully analysed (why): it asks.
+    pub opaque: Option<String>,
+    /// The call in one line, for approvals.
+    pub summary: String,
+}
+
+/// Who makes the call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// Name.
+    pub name: String,
+    /// Tiers the principal is vetted for.
+    pub vetted: Vec<String>,
+    /// Last TOTP login, ms since the epoch.
+    pub mfa_verified_ms: Option<i64>,
+}
+
+/// A decision, with what decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// allow, ask or deny.
+    pub verdict: PolicyVerdict,
+    /// Why, in words a person can act on.
+    pub reason: String,
+    /// The rule that decided, as written.
+    pub rule: Option<String>,
+    /// Its layer, or `mode`, `gate`, `tier`.
+    pub layer: Option<String>,
+    /// The item that decided (`Shell(git push)`): what an approval is for,
+    /// and what `--always` would allow.
+    pub item: Option<String>,
+}
+
+impl Decision {
+    fn new(verdict: PolicyVerdict, reason: String, rule: Option<String>, layer: &str) -> Self {
+        Decision {
+            verdict,
+            reason,
+            rule,
+            layer: Some(layer.to_owned()),
+            item: None,
+        }
+    }
+
+    fn severity(&self) -> u8 {
+        match self.verdict {
+            PolicyVerdict::Allow => 0,
+            PolicyVerdict::Ask => 1,
+            PolicyVerdict::Deny => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Meta {
+    Rule(usize),
+    TierUnvetted(usize),
+    TierMfa(usize),
+    Raw { index: usize, ask: bool, forbid: bool },
+}
+
+/// A compiled policy: decides calls of one session.
+pub struct Engine {
+    spec: EngineSpec,
+    gate: ExecLaterGate,
+    authorizer: Authorizer,
+    /// Policy sets by slice key.
+    slices: HashMap<String, PolicySet>,
+    /// Every policy in one set (the `unsliced` check and the benchmark baseline).
+    all: PolicySet,
+    meta: HashMap<String, Meta>,
+    globs: GlobSet,
+    call_type: EntityTypeName,
+    glob_type: EntityTypeName,
+    principal_type: EntityTypeName,
+    action_type: EntityTypeName,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("mode", &self.spec.mode)
+            .field("rules", &self.spec.rules.len())
+            .field("slices", &self.slices.len())
+            .finish()
+    }
+}
+
+fn type_name(s: &str) -> Result<EntityTypeName, EngineError> {
+    EntityTypeName::from_str(s).map_err(|e| EngineError::Cedar {
+        origin: "entity type".into(),
+        message: e.to_string(),
+    })
+}
+
+/// A Cedar string literal.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A Cedar `like` pattern: the rule's `*` are wildcards, anything else is literal.
+fn like_lit(s: &str) -> String {
+    // Backslashes and quotes are escaped as in any string; a literal `*`
+    // cannot be written in the dialect, so every `*` stays a wildcard.
+    lit(s)
+}
+
+/// Anchors a rule's path pattern: `/abs`, `//abs` (Claude Code's absolute
+/// form), `~/x` under home, anything else under the workspace.
+pub fn anchor_pattern(pattern: &str, workspace: &Path, home: Option<&Path>) -> String {
+    let clean = |p: &str| p.trim_start_matches("./").to_owned();
+    if let Some(rest) = pattern.strip_prefix("//") {
+        return format!("/{rest}");
+    }
+    if pattern.starts_with('/') {
+        return pattern.to_owned();
+    }
+    if let Some(rest) = pattern.strip_prefix("~/") {
+        if let Some(h) = home {
+            return format!("{}/{}", h.display().to_string().trim_end_matches('/'), rest);
+        }
+    }
+    format!(
+        "{}/{}",
+        workspace.display().to_string().trim_end_matches('/'),
+        clean(pattern)
+    )
+}
+
+struct Compiler {
+    slices: HashMap<String, Vec<(String, String)>>,
+    meta: HashMap<String, Meta>,
+    glob_patterns: Vec<String>,
+    glob_index: HashMap<String, usize>,
+}
+
+impl Compiler {
+    /// Slice key and Cedar condition for a rule.
+    fn condition(&mut self, rule: &Rule, spec: &EngineSpec) -> (String, Option<String>) {
+        let action = rule.action.name();
+        match &rule.spec {
+            None => (format!("{action}|"), None),
+            Some(Specifier::Command(p)) => {
+                let (like, bare) = command_pattern(p);
+                let mut cond = format!("resource.command like {}", like_lit(&like));
+                if let Some(b) = bare {
+                    cond = format!("({cond} || resource.command == {})", lit(&b));
+                }
+                let key = match command_first_word(p) {
+                    Some(w) => format!("{action}|w:{w}"),
+                    None => format!("{action}|"),
+                };
+                (key, Some(cond))
+            }
+            Some(Specifier::Path(p)) => {
+                let anchored = anchor_pattern(p, &spec.workspace, spec.home.as_deref());
+                let i = match self.glob_index.get(&anchored) {
+                    Some(i) => *i,
+                    None => {
+                        let i = self.glob_patterns.len();
+                        self.glob_patterns.push(anchored.clone());
+                        self.glob_index.insert(anchored, i);
+                        i
+                    }
+                };
+                (
+                    format!("{action}|g:{i}"),
+                    Some(format!("resource in Glob::\"{i}\"")),
+                )
+            }
+            Some(Specifier::Domain(d)) => match d.strip_prefix("*.") {
+                Some(base) => (
+                    format!("{action}|"),
+                    Some(format!(
+                        "resource.domain like {}",
+                        like_lit(&format!("*.{base}"))
+                    )),
+                ),
+                None => (
+                    format!("{action}|d:{d}"),
+                    Some(format!("resource.domain == {}", lit(d))),
+                ),
+            },
+        }
+    }
+
+    fn add(&mut self, key: String, id: String, src: String, meta: Meta) {
+        self.meta.insert(id.clone(), meta);
+        self.slices.entry(key).or_default().push((id, src));
+    }
+}
+
+impl Engine {
+    /// Compiles `spec`.
+    pub fn new(spec: EngineSpec) -> Result<Engine, EngineError> {
+        let gate = ExecLaterGate::new(&spec.exec_later_extra)?;
+        let mut c = Compiler {
+            slices: HashMap::new(),
+            meta: HashMap::new(),
+            glob_patterns: Vec::new(),
+            glob_index: HashMap::new(),
+        };
+        for (i, entry) in spec.rules.iter().enumerate() {
+            let (key, cond) = c.condition(&entry.rule, &spec);
+            let head = match entry.effect {
+                Effect::HardDeny | Effect::Deny => "forbid",
+                Effect::Ask | Effect::Allow => "permit",
+            };
+            let src = format!(
+                "{head}(principal, action == Action::{}, resource){};",
+                lit(entry.rule.action.name()),
+                cond.map(|c| format!(" when {{ {c} }}")).unwrap_or_default()
+            );
+            c.add(key, format!("r{i}"), src, Meta::Rule(i));
+        }
+        for (i, t) in spec.tiers.iter().enumerate() {
+            let (key, cond) = c.condition(&t.rule, &spec);
+            let cond = cond.map(|c| format!("{c} && ")).unwrap_or_default();
+            let tier = lit(&t.tier);
+            let head = format!(
+                "forbid(principal, action == Action::{}, resource)",
+                lit(t.rule.action.name())
+            );
+            c.add(
+                key.clone(),
+                format!("t{i}v"),
+                format!("{head} when {{ {cond}!principal.vetted.contains({tier}) }};"),
+                Meta::TierUnvetted(i),
+            );
+            c.add(
+                key,
+                format!("t{i}m"),
+                format!(
+                    "{head} when {{ {cond}principal.vetted.contains({tier}) && !context.mfa_fresh }};"
+                ),
+                Meta::TierMfa(i),
+            );
+        }
+        let mut slices = HashMap::new();
+        let mut all = PolicySet::new();
+        for (key, policies) in c.slices {
+            let mut set = PolicySet::new();
+            for (id, src) in policies {
+                let policy = Policy::parse(Some(PolicyId::new(&id)), &src).map_err(|e| {
+                    EngineError::Cedar {
+                        origin: format!("compiled from rule {id}: {src}"),
+                        message: e.to_string(),
+                    }
+                })?;
+                set.add(policy.clone()).map_err(|e| EngineError::Cedar {
+                    origin: id.clone(),
+                    message: e.to_string(),
+                })?;
+                all.add(policy).map_err(|e| EngineError::Cedar {
+                    origin: id.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            slices.insert(key, set);
+        }
+        // The admin's own Cedar: evaluated for every item.
+        let mut raw = PolicySet::new();
+        for (index, (src, origin)) in spec.raw_cedar.iter().enumerate() {
+            let parsed = PolicySet::from_str(src).map_err(|e| EngineError::Cedar {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+            for (n, policy) in parsed.policies().enumerate() {
+                let id = format!("x{index}_{n}");
+                let ask = policy.annotation("ask").is_some();
+                let forbid = policy.effect() == cedar_policy::Effect::Forbid;
+                let policy = policy.new_id(PolicyId::new(&id));
+                c.meta.insert(id.clone(), Meta::Raw { index, ask, forbid });
+                raw.add(policy.clone()).map_err(|e| EngineError::Cedar {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
+                all.add(policy).map_err(|e| EngineError::Cedar {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        if raw.policies().next().is_some() {
+            slices.insert("raw".into(), raw);
+        }
+        let mut globs = GlobSetBuilder::new();
+        for g in &c.glob_patterns {
+            globs.add(
+                GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| EngineError::Glob(g.clone(), e.to_string()))?,
+            );
+        }
+        let globs = globs
+            .build()
+            .map_err(|e| EngineError::Glob("(set)".into(), e.to_string()))?;
+        Ok(Engine {
+            spec,
+            gate,
+            authorizer: Authorizer::new(),
+            slices,
+            all,
+            meta: c.meta,
+            globs,
+            call_type: type_name("Call")?,
+            glob_type: type_name("Glob")?,
+            principal_type: type_name("Principal")?,
+            action_type: type_name("Action")?,
+        })
+    }
+
+    /// The spec the engine was built from.
+    pub fn spec(&self) -> &EngineSpec {
+        &self.spec
+    }
+
+    /// The effective permission mode.
+    pub fn mode(&self) -> Mode {
+        self.spec.mode
+    }
+
+    /// How many Cedar policies are loaded.
+    pub fn policy_count(&self) -> usize {
+        self.all.policies().count()
+    }
+
+    /// Whether the model may be offered the flotilla tool `tool`: a bare
+    /// tool name in any `deny` or `hard_deny` removes it.
+    pub fn offers_tool(&self, tool: &str) -> bool {
+        let Some(action) = crate::request::tool_action(tool) else {
+            return true;
+        };
+        let covered = action.with_ancestors();
+        !self.spec.rules.iter().any(|r| {
+            matches!(r.effect, Effect::Deny | Effect::HardDeny)
+                && r.rule.is_bare()
+                && covered.contains(&r.rule.action)
+        })
+    }
+
+    /// Decides a call. Pure: reads nothing but its arguments.
+    pub fn decide(&self, call: &CallCheck, principal: &Principal, now_ms: i64) -> Decision {
+        self.decide_with(call, principal, now_ms, true)
+    }
+
+    /// [`Engine::decide`] evaluating every policy instead of the slices
+    /// that can match: the same answer, slower. For tests and benchmarks.
+    pub fn decide_unsliced(&self, call: &CallCheck, principal: &Principal, now_ms: i64) -> Decision {
+        self.decide_with(call, principal, now_ms, false)
+    }
+
+    fn decide_with(
+        &self,
+        call: &CallCheck,
+        principal: &Principal,
+        now_ms: i64,
+        sliced: bool,
+    ) -> Decision {
+        let mfa_fresh = principal
+            .mfa_verified_ms
+            .is_some_and(|t| now_ms >= t && now_ms - t <= self.spec.mfa_window_ms);
+        let mut worst: Option<Decision> = None;
+        let mut fold = |d: Decision| {
+            if worst.as_ref().is_none_or(|w| d.severity() > w.severity()) {
+                worst = Some(d);
+            }
+        };
+        for item in &call.items {
+            let mut d = self.decide_item(item, principal, mfa_fresh, sliced);
+            if let Some(d) = d.take() {
+                fold(d);
+            }
+        }
+        if let Some(why) = &call.opaque {
+            if self.spec.mode != Mode::Bypass {
+                fold(Decision::new(
+                    PolicyVerdict::Ask,
+                    format!("flotilla cannot tell everything this command runs ({why})"),
+                    None,
+                    "mode",
+                ));
+            }
+        }
+        worst.unwrap_or_else(|| {
+            Decision::new(
+                PolicyVerdict::Allow,
+                format!("{} is allowed", call.tool),
+                None,
+                "mode",
+            )
+        })
+    }
+
+    /// The decision for one item; `None` when an implied item has nothing
+    /// against it.
+    fn decide_item(
+        &self,
+        item: &Item,
+        principal: &Principal,
+        mfa_fresh: bool,
+        sliced: bool,
+    ) -> Option<Decision> {
+        let matched = match self.evaluate(item, principal, mfa_fresh, sliced) {
+            Ok(m) => m,
+            Err(e) => {
+                // Fail closed: a policy that could not be evaluated denies.
+                let mut d = Decision::new(
+                    PolicyVerdict::Deny,
+                    format!("policy evaluation failed, so the call is refused: {e}"),
+                    None,
+                    "admin",
+                );
+                d.item = Some(suggested_rule(item, &self.spec.workspace));
+                return Some(d);
+            }
+        };
+        let mut d = self.rank(item, &matched);
+        if let Some(d) = d.as_mut() {
+            d.item = Some(suggested_rule(item, &self.spec.workspace));
+        }
+        d
+    }
+
+    fn rank(&self, item: &Item, matched: &[Meta]) -> Option<Decision> {
+        let rule_of = |want: Effect| {
+            matched.iter().find_map(|m| match m {
+                Meta::Rule(i) if self.spec.rules[*i].effect == want => Some(&self.spec.rules[*i]),
+                _ => None,
+            })
+        };
+        let at = |e: &RuleEntry| {
+            let o = e.origin.to_string();
+            if o.is_empty() {
+                String::new()
+            } else {
+                format!(" ({o})")
+            }
+        };
+        if let Some(e) = rule_of(Effect::HardDeny) {
+            return Some(Decision::new(
+                PolicyVerdict::Deny,
+                format!(
+                    "the administrator forbids this: hard_deny rule `{}`{}; no mode, rule or approval can allow it",
+                    e.rule, at(e)
+                ),
+                Some(e.rule.text.clone()),
+                "admin",
+            ));
+        }
+        for m in matched {
+            if let Meta::Raw {
+                index,
+                forbid: true,
+                ..
+            } = m
+            {
+                return Some(Decision::new(
+                    PolicyVerdict::Deny,
+                    format!(
+                        "the administrator forbids this: Cedar policy {}",
+                        self.spec.raw_cedar[*index].1
+                    ),
+                    Some(format!("cedar#{index}")),
+                    "admin",
+                ));
+            }
+        }
+        for m in matched {
+            let (i, missing) = match m {
+                Meta::TierUnvetted(i) => (*i, "vetting"),
+                Meta::TierMfa(i) => (*i, "mfa"),
+                _ => continue,
+            };
+            let t = &self.spec.tiers[i];
+            let reason = if missing == "vetting" {
+                format!(
+                    "`{}` is in capability tier `{}`, and this session's principal is not vetted for it: an admin runs `flotilla principal vet NAME --tier {}`",
+                    t.rule, t.tier, t.tier
+                )
+            } else {
+                format!(
+                    "`{}` is in capability tier `{}`, which needs a TOTP login within the last {}: run `flotilla login --totp CODE`",
+                    t.rule,
+                    t.tier,
+                    human_ms(self.spec.mfa_window_ms)
+                )
+            };
+            return Some(Decision::new(
+                PolicyVerdict::Deny,
+                reason,
+                Some(t.rule.text.clone()),
+                "tier",
+            ));
+        }
+        let mode = self.spec.mode;
+        if mode == Mode::Plan && !item.action.is_read_only() {
+            return Some(Decision::new(
+                PolicyVerdict::Deny,
+                format!(
+                    "plan mode is read-only: {} is not run; present the plan instead",
+                    item.action
+                ),
+                None,
+                "mode",
+            ));
+        }
+        if let Some(e) = rule_of(Effect::Deny) {
+            return Some(Decision::new(
+                PolicyVerdict::Deny,
+                format!("denied by rule `{}`{}", e.rule, at(e)),
+                Some(e.rule.text.clone()),
+                e.layer.as_str(),
+            ));
+        }
+        if mode == Mode::Bypass {
+            return Some(Decision::new(
+                PolicyVerdict::Allow,
+                "bypass mode (permitted by the administrator)".into(),
+                None,
+                "mode",
+            ));
+        }
+        if item.action.is_edit() && !item.path.is_empty() {
+            let path = Path::new(&item.path);
+            if let Some(hit) = self.gate.check(path, self.spec.home.as_deref()) {
+                return Some(Decision::new(
+                    PolicyVerdict::Ask,
+                    format!(
+                        "writing {} changes a file that executes later ({}: {}); such writes always ask",
+                        hit.path.display(),
+                        hit.category,
+                        hit.entry
+                    ),
+                    Some(hit.entry),
+                    "gate",
+                ));
+            }
+        }
+        if let Some(e) = rule_of(Effect::Ask) {
+            return Some(Decision::new(
+                PolicyVerdict::Ask,
+                format!("rule `{}`{} asks", e.rule, at(e)),
+                Some(e.rule.text.clone()),
+                e.layer.as_str(),
+            ));
+        }
+        for m in matched {
+            if let Meta::Raw {
+                index, ask: true, ..
+            } = m
+            {
+                return Some(Decision::new(
+                    PolicyVerdict::Ask,
+                    format!("the administrator's Cedar policy {} asks", self.spec.raw_cedar[*index].1),
+                    Some(format!("cedar#{index}")),
+                    "admin",
+                ));
+            }
+        }
+        if item.implied {
+            return None;
+        }
+        if let Some(e) = rule_of(Effect::Allow) {
+            return Some(Decision::new(
+                PolicyVerdict::Allow,
+                format!("allowed by rule `{}`{}", e.rule, at(e)),
+                Some(e.rule.text.clone()),
+                e.layer.as_str(),
+            ));
+        }
+        for m in matched {
+            if let Meta::Raw {
+                index,
+                ask: false,
+                forbid: false,
+            } = m
+            {
+                return Some(Decision::new(
+                    PolicyVerdict::Allow,
+                    format!("allowed by the administrator's Cedar policy {}", self.spec.raw_cedar[*index].1),
+                    Some(format!("cedar#{index}")),
+                    "admin",
+                ));
+            }
+        }
+        Some(self.mode_default(item))
+    }
+
+    fn mode_default(&self, item: &Item) -> Decision {
+        let mode = self.spec.mode;
+        let allow = |why: String| Decision::new(PolicyVerdict::Allow, why, None, "mode");
+        let ask = |why: String| Decision::new(PolicyVerdict::Ask, why, None, "mode");
+        if item.action.is_read_only() {
+            return allow(format!("reads run in {mode} mode"));
+        }
+        match mode {
+            Mode::Auto | Mode::Bypass => allow(format!("{mode} mode runs what no rule denies or asks")),
+            Mode::AcceptEdits if item.action.is_edit() => {
+                if Path::new(&item.path).starts_with(&self.spec.workspace) {
+                    allow("accept-edits mode: edits inside the workspace run".into())
+                } else {
+                    ask(format!(
+                        "accept-edits mode: {} is outside the workspace",
+                        item.path
+                    ))
+                }
+            }
+            _ => ask(format!(
+                "{mode} mode: {} asks unless a rule allows it (e.g. `{}`)",
+                item.action,
+                suggested_rule(item, &self.spec.workspace)
+            )),
+        }
+    }
+
+    /// The satisfied policies for one item.
+    fn evaluate(
+        &self,
+        item: &Item,
+        principal: &Principal,
+        mfa_fresh: bool,
+        sliced: bool,
+    ) -> Result<Vec<Meta>, String> {
+        let glob_hits: Vec<usize> = if item.path.is_empty() {
+            Vec::new()
+        } else {
+            self.globs.matches(&item.path)
+        };
+        let resource_uid =
+            EntityUid::from_type_name_and_id(self.call_type.clone(), EntityId::new("call"));
+        let principal_uid = EntityUid::from_type_name_and_id(
+            self.principal_type.clone(),
+            EntityId::new(&principal.name),
+        );
+        let parents: HashSet<EntityUid> = glob_hits
+            .iter()
+            .map(|i| {
+                EntityUid::from_type_name_and_id(self.glob_type.clone(), EntityId::new(i.to_string()))
+            })
+            .collect();
+        let resource = Entity::new(
+            resource_uid.clone(),
+            HashMap::from([
+                (
+                    "command".to_owned(),
+                    RestrictedExpression::new_string(item.command.clone()),
+                ),
+                (
+                    "path".to_owned(),
+                    RestrictedExpression::new_string(item.path.clone()),
+                ),
+                (
+                    "domain".to_owned(),
+                    RestrictedExpression::new_string(item.domain.clone()),
+                ),
+                (
+                    "workspace".to_owned(),
+                    RestrictedExpression::new_string(self.spec.workspace.display().to_string()),
+                ),
+            ]),
+            parents,
+        )
+        .map_err(|e| e.to_string())?;
+        let who = Entity::new(
+            principal_uid.clone(),
+            HashMap::from([(
+                "vetted".to_owned(),
+                RestrictedExpression::new_set(
+                    principal
+                        .vetted
+                        .iter()
+                        .map(|t| RestrictedExpression::new_string(t.clone())),
+                ),
+            )]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities([resource, who], None).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            ("mfa_fresh".to_owned(), RestrictedExpression::new_bool(mfa_fresh)),
+            (
+                "mode".to_owned(),
+                RestrictedExpression::new_string(self.spec.mode.as_str().to_owned()),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        let mut matched = Vec::new();
+        for action in item.action.with_ancestors() {
+            let action_uid = EntityUid::from_type_name_and_id(
+                self.action_type.clone(),
+                EntityId::new(action.name()),
+            );
+            let request = Request::new(
+                principal_uid.clone(),
+                action_uid,
+                resource_uid.clone(),
+                context.clone(),
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            let mut run = |set: &PolicySet| -> Result<(), String> {
+                let response = self.authorizer.is_authorized(&request, set, &entities);
+                if let Some(e) = response.diagnostics().errors().next() {
+                    return Err(e.to_string());
+                }
+                let _ = response.decision() == CedarDecision::Allow;
+                for id in response.diagnostics().reason() {
+                    if let Some(m) = self.meta.get(id.to_string().as_str()) {
+                        matched.push(m.clone());
+                    }
+                }
+                Ok(())
+            };
+            if !sliced {
+                run(&self.all)?;
+                continue;
+            }
+            let name = action.name();
+            let mut keys = vec![format!("{name}|")];
+            if let Some(word) = item.command.split_whitespace().next() {
+                keys.push(format!("{name}|w:{word}"));
+            }
+            for i in &glob_hits {
+                keys.push(format!("{name}|g:{i}"));
+            }
+            if !item.domain.is_empty() {
+                keys.push(format!("{name}|d:{}", item.domain));
+            }
+            keys.push("raw".to_owned());
+            for key in keys {
+                if let Some(set) = self.slices.get(&key) {
+                    run(set)?;
+                }
+            }
+        }
+        // Unsliced evaluation meets the raw policies once per action too;
+        // duplicates change nothing in `rank`.
+        Ok(matched)
+    }
+}
+
+/// Whether `rule` applies to `input` (a command, path or domain), decided
+/// through Cedar like any call: `policy test` runs inline examples with it.
+pub fn rule_matches(rule: &Rule, input: &str, workspace: &Path, home: Option<&Path>) -> bool {
+    let spec = EngineSpec {
+        workspace: workspace.to_path_buf(),
+        home: home.map(Path::to_path_buf),
+        mode: Mode::Auto,
+        rules: vec![RuleEntry {
+            effect: Effect::Deny,
+            rule: rule.clone(),
+            layer: Layer::User,
+            origin: Origin::default(),
+        }],
+        mfa_window_ms: crate::config::DEFAULT_MFA_WINDOW_MS,
+        ..EngineSpec::default()
+    };
+    let Ok(engine) = Engine::new(spec) else {
+        return false;
+    };
+    let Ok(check) = crate::request::check_dialect(rule.action.name(), input, workspace, home) else {
+        return false;
+    };
+    engine.decide(&check, &Principal::default(), 0).rule.as_deref() == Some(rule.text.as_str())
+}
+
+/// The allow rule `--always` would add for an item.
+pub fn suggested_rule(item: &Item, workspace: &Path) -> String {
+    if !item.command.is_empty() {
+        return format!("{}({})", item.action, item.command);
+    }
+    if !item.path.is_empty() {
+        let p = Path::new(&item.path);
+        return match p.strip_prefix(workspace) {
+            Ok(rel) => format!("{}(./{})", item.action, rel.display()),
+            Err(_) => format!("{}(/{})", item.action, item.path.trim_start_matches('/')),
+        };
+    }
+    if !item.domain.is_empty() {
+        return format!("{}(domain:{})", item.action, item.domain);
+    }
+    item.action.to_string()
+}
+
+fn human_ms(ms: i64) -> String {
+    let s = ms / 1000;
+    if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A child agent's effective policy: the intersection of its own and every
+/// ancestor's. A call runs only if every engine allows it; the strictest
+/// answer wins, so a child can never gain a mode, a rule or a tier its
+/// parent lacks.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyStack {
+    engines: Vec<std::sync::Arc<Engine>>,
+}
+
+impl PolicyStack {
+    /// A stack of one engine.
+    pub fn new(engine: std::sync::Arc<Engine>) -> PolicyStack {
+        PolicyStack {
+            engines: vec![engine],
+        }
+    }
+
+    /// The intersection of `self` (the parent) and `child`.
+    pub fn intersect(&self, child: &PolicyStack) -> PolicyStack {
+        let mut engines = self.engines.clone();
+        engines.extend(child.engines.iter().cloned());
+        PolicyStack { engines }
+    }
+
+    /// The engines, parent first.
+    pub fn engines(&self) -> &[std::sync::Arc<Engine>] {
+        &self.engines
+    }
+
+    /// The strictest mode of the stack.
+    pub fn mode(&self) -> Mode {
+        self.engines
+            .iter()
+            .map(|e| e.mode())
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Whether every engine offers `tool` to the model.
+    pub fn offers_tool(&self, tool: &str) -> bool {
+        self.engines.iter().all(|e| e.offers_tool(tool))
+    }
+
+    /// The strictest decision of the stack (an empty stack denies).
+    pub fn decide(&self, call: &CallCheck, principal: &Principal, now_ms: i64) -> Decision {
+        let mut out: Option<Decision> = None;
+        for e in &self.engines {
+            let d = e.decide(call, principal, now_ms);
+            if out.as_ref().is_none_or(|o| d.severity() > o.severity()) {
+                out = Some(d);
+            }
+        }
+        out.unwrap_or_else(|| {
+            Decision::new(
+                PolicyVerdict::Deny,
+                "no policy is loaded, so nothing runs".into(),
+                None,
+                "mode",
+            )
+        })
+    }
+}
