@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use flotilla_policy::config::{LoadedLayer, Layers};
+use flotilla_policy::config::{Layers, LoadedLayer};
 use flotilla_policy::engine::{CallCheck, Engine, Layer, Principal};
 use flotilla_policy::request;
 use flotilla_protocol::SessionPermissions;
@@ -25,8 +25,26 @@ const CALLS: usize = 2000;
 const ROUNDS: usize = 5;
 
 const COMMANDS: [&str; 20] = [
-    "git", "npm", "cargo", "make", "docker", "kubectl", "python3", "pip", "go", "node", "yarn",
-    "pnpm", "terraform", "aws", "gcloud", "curl", "wget", "ssh", "rsync", "psql",
+    "git",
+    "npm",
+    "cargo",
+    "make",
+    "docker",
+    "kubectl",
+    "python3",
+    "pip",
+    "go",
+    "node",
+    "yarn",
+    "pnpm",
+    "terraform",
+    "aws",
+    "gcloud",
+    "curl",
+    "wget",
+    "ssh",
+    "rsync",
+    "psql",
 ];
 const SUBS: [&str; 5] = ["build", "test", "run", "push", "deploy"];
 
@@ -60,7 +78,7 @@ fn rules_toml() -> (String, String) {
         user.push((effect(n + 2), format!("Write(/srv/app{i}/**)")));
         n += 3;
     }
-    // 120 domains, 50 MCP tools, 10 leading-wildcard shell rules.
+    // 120 domains, 50 MCP tools, 15 leading-wildcard shell rules.
     for i in 0..120 {
         user.push((effect(n), format!("Fetch(domain:host{i}.example.com)")));
         n += 1;
@@ -69,9 +87,8 @@ fn rules_toml() -> (String, String) {
         user.push((effect(n), format!("mcp__server{}__tool{i}", i % 5)));
         n += 1;
     }
-    for i in 0..10 {
+    for i in 0..15 {
         user.push(("deny", format!("Shell(*--dangerous-{i}*)")));
-        n += 1;
     }
     let mut toml = String::from("[permissions]\nmode = \"auto\"\n");
     for eff in ["allow", "ask", "deny"] {
@@ -99,12 +116,28 @@ fn calls(ws: &std::path::Path) -> Result<Vec<CallCheck>> {
         let sub = SUBS[(i / 3) % SUBS.len()];
         let (tool, input) = match i % 8 {
             0 => ("Shell", format!("{cmd} {sub} --flag{} x", i % 7)),
-            1 => ("Shell", format!("{cmd} {sub} && {} test | tee out.log", COMMANDS[(i + 3) % 20])),
-            2 => ("Shell", format!("cd src && {cmd} {sub} target{} > build.log 2>&1", i % 5)),
+            1 => (
+                "Shell",
+                format!(
+                    "{cmd} {sub} && {} test | tee out.log",
+                    COMMANDS[(i + 3) % 20]
+                ),
+            ),
+            2 => (
+                "Shell",
+                format!("cd src && {cmd} {sub} target{} > build.log 2>&1", i % 5),
+            ),
             3 => ("Edit", format!("src/mod{}/lib{}.rs", i % 120, i % 9)),
             4 => ("Read", format!("data/set{}/part{}.csv", i % 110, i % 4)),
             5 => ("Fetch", format!("host{}.example.com", i % 140)),
-            6 => ("Write", if i % 16 == 6 { ".github/workflows/ci.yml".into() } else { format!("/srv/app{}/conf", i % 100) }),
+            6 => (
+                "Write",
+                if i % 16 == 6 {
+                    ".github/workflows/ci.yml".into()
+                } else {
+                    format!("/srv/app{}/conf", i % 100)
+                },
+            ),
             _ => ("Shell", format!("nmap -sS 10.0.0.{}", i % 250)),
         };
         out.push(request::check_dialect(tool, &input, ws, None).map_err(anyhow::Error::msg)?);
@@ -144,6 +177,10 @@ pub fn run() -> Result<Figure> {
     };
     let spec = layers.spec(&ws, None).context("layers")?;
     let rule_count = spec.rules.len() + spec.tiers.len();
+    anyhow::ensure!(
+        rule_count == RULES,
+        "the benchmark loads {rule_count} rules, not {RULES}"
+    );
     let built = Instant::now();
     let engine = Engine::new(spec).context("compiling the rules")?;
     let compile_ms = built.elapsed().as_secs_f64() * 1e3;
@@ -158,8 +195,14 @@ pub fn run() -> Result<Figure> {
     // Both must agree on every call before either is timed.
     let mut verdicts = [0usize; 3];
     for c in &calls {
-        let (a, b) = (engine.decide(c, &who, 0), engine.decide_unsliced(c, &who, 0));
-        anyhow::ensure!(a == b, "sliced and unsliced disagree on {c:?}: {a:?} vs {b:?}");
+        let (a, b) = (
+            engine.decide(c, &who, 0),
+            engine.decide_unsliced(c, &who, 0),
+        );
+        anyhow::ensure!(
+            a == b,
+            "sliced and unsliced disagree on {c:?}: {a:?} vs {b:?}"
+        );
         verdicts[a.verdict as usize] += 1;
     }
     let _warm = time(&engine, &calls[..200], &who, true);

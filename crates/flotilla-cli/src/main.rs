@@ -2,6 +2,8 @@
 
 mod client;
 mod config;
+mod policy_cmd;
+mod principal_cmd;
 mod render;
 mod sandbox_cmd;
 
@@ -15,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use client::{connect_or_start, Client};
 use flotilla_agent::tools::{sandbox_base_env, ProxySettings, SandboxFactory};
+use flotilla_fleet::FleetConfig;
 use flotilla_protocol::{
     CreateSessionRequest, DaemonStatus, Event, EventPage, SessionId, SessionInfo, SessionList,
     SessionState,
@@ -62,6 +65,30 @@ enum Command {
     /// or check which sandbox layers this machine supports (`--check`).
     #[command(after_help = sandbox_cmd::SANDBOX_HELP)]
     Sandbox(sandbox_cmd::SandboxArgs),
+    /// Check and test permission rules (`policy check`, `policy test`).
+    #[command(after_help = policy_cmd::POLICY_HELP)]
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
+    /// List the tool calls waiting for a person's approval.
+    Approvals(policy_cmd::ApprovalsArgs),
+    /// Approve a waiting call (`--always LAYER` also allows such calls from now on).
+    Approve(policy_cmd::ApproveArgs),
+    /// Deny a waiting call; the agent is told the reason.
+    Deny(policy_cmd::DenyArgs),
+    /// Manage principals: who may use the daemon, their roles, vetted
+    /// tiers, API tokens and TOTP MFA.
+    #[command(after_help = principal_cmd::PRINCIPAL_HELP)]
+    Principal {
+        #[command(subcommand)]
+        command: principal_cmd::PrincipalCommand,
+    },
+    /// Prove your second factor: the current code of your authenticator app
+    /// (enroll first with `flotilla principal mfa-enroll`).
+    Login(principal_cmd::LoginArgs),
+    /// Who the daemon takes you for: name, uid, roles, vetted tiers, MFA.
+    Whoami(principal_cmd::JsonArgs),
     /// Manage the daemon.
     Daemon {
         #[command(subcommand)]
@@ -103,6 +130,19 @@ struct RunArgs {
     /// Seconds of (awake) wall time before the session gives up.
     #[arg(long)]
     wall_time: Option<u64>,
+    /// Permission mode: plan, ask (default), accept-edits, auto, bypass
+    /// (bypass only where the admin permits it).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Allow rule for this session, e.g. 'Shell(npm run test:*)' (repeatable).
+    #[arg(long)]
+    allow: Vec<String>,
+    /// Ask rule for this session (repeatable).
+    #[arg(long)]
+    ask: Vec<String>,
+    /// Deny rule for this session, e.g. 'Shell(git push *)' (repeatable).
+    #[arg(long)]
+    deny: Vec<String>,
     /// The model's context window in tokens (compaction starts at 75%).
     #[arg(long)]
     context_window: Option<u64>,
@@ -216,6 +256,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sandbox(args) => sandbox_cmd::sandbox(&paths, args).await,
         Command::Daemon { command } => daemon(paths, command).await,
+        Command::Principal { command } => principal_cmd::principal(&paths, command).await,
+        Command::Login(args) => principal_cmd::login(&paths, args).await,
+        Command::Whoami(args) => principal_cmd::whoami(&paths, args).await,
+        Command::Policy { command } => policy_cmd::policy(&paths, command),
+        Command::Approvals(args) => policy_cmd::approvals(&paths, args).await,
+        Command::Approve(args) => policy_cmd::approve(&paths, args).await,
+        Command::Deny(args) => policy_cmd::deny(&paths, args).await,
     }
 }
 
@@ -240,10 +287,14 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
     let executor = Arc::new(session_sandboxes(&paths, &cfg)?);
     // A session's sandbox gets a helper (and cgroup) prepared ahead of time.
     tokio::task::spawn_blocking(|| flotilla_sandbox::enable_prewarm(1)).await?;
+    let policy = policy_cmd::policy_config(&paths);
     let served = flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
-        fleet: cfg.fleet_config(),
+        fleet: FleetConfig {
+            policy: Some(policy),
+            ..cfg.fleet_config()
+        },
         durability,
         executor,
         factory: None,
@@ -301,7 +352,12 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,
-        permissions: None,
+        permissions: Some(flotilla_protocol::SessionPermissions {
+            mode: args.mode,
+            allow: args.allow,
+            ask: args.ask,
+            deny: args.deny,
+        }),
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use flotilla_fleet::PolicyConfig;
 use flotilla_policy::{config::run_examples, request, Engine, LayerPaths, Layers, Principal};
-use flotilla_protocol::{ApprovalInfo, ApprovalList, ApproveRequest, DenyRequest, SessionPermissions};
+use flotilla_protocol::{
+    ApprovalInfo, ApprovalList, ApproveRequest, DenyRequest, SessionPermissions,
+};
 use flotilla_server::Paths;
 use hyper::Method;
 
@@ -163,7 +165,11 @@ pub fn policy(paths: &Paths, command: PolicyCommand) -> Result<ExitCode> {
                 if check.items.iter().filter(|i| !i.implied).count() > 1 {
                     println!("  parts checked:");
                     for i in check.items.iter().filter(|i| !i.implied) {
-                        let what = if i.command.is_empty() { &i.path } else { &i.command };
+                        let what = if i.command.is_empty() {
+                            &i.path
+                        } else {
+                            &i.command
+                        };
                         println!("    {} {what}", i.action);
                     }
                 }
@@ -196,8 +202,15 @@ pub fn policy(paths: &Paths, command: PolicyCommand) -> Result<ExitCode> {
                 );
             } else {
                 for f in &failures {
-                    let want = if f.expected_match { "should match" } else { "should not match" };
-                    println!("FAIL {}: rule `{}` {want} {:?}", f.location, f.rule, f.input);
+                    let want = if f.expected_match {
+                        "should match"
+                    } else {
+                        "should not match"
+                    };
+                    println!(
+                        "FAIL {}: rule `{}` {want} {:?}",
+                        f.location, f.rule, f.input
+                    );
                 }
                 println!("{ran} example(s), {} failure(s)", failures.len());
             }
@@ -298,7 +311,10 @@ pub async fn approve(paths: &Paths, args: ApproveArgs) -> Result<ExitCode> {
     } else {
         println!("approved {}: {}", info.approval_id, info.summary);
         if let Some(layer) = args.always {
-            println!("  and from now on ({layer} layer): {}", req.rule.unwrap_or(info.suggested_rule));
+            println!(
+                "  and from now on ({layer} layer): {}",
+                req.rule.unwrap_or(info.suggested_rule)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

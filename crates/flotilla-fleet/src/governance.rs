@@ -69,7 +69,8 @@ pub fn build_engine(
     cli: &SessionPermissions,
     session_allow: &[String],
 ) -> Result<Engine, String> {
-    let layers = Layers::load(&config.paths, workspace, cli, session_allow).map_err(|e| e.to_string())?;
+    let layers =
+        Layers::load(&config.paths, workspace, cli, session_allow).map_err(|e| e.to_string())?;
     let spec = layers
         .spec(workspace, config.home.as_deref())
         .map_err(|e| e.to_string())?;
@@ -152,10 +153,16 @@ impl CallPolicy for SessionPolicy {
     }
 
     fn offers_tool(&self, tool: &str) -> bool {
-        self.stack.read().map(|s| s.offers_tool(tool)).unwrap_or(true)
+        self.stack
+            .read()
+            .map(|s| s.offers_tool(tool))
+            .unwrap_or(true)
     }
 
-    fn wait_approval(&self, ask: ApprovalAsk) -> futures::future::BoxFuture<'static, ApprovalAnswer> {
+    fn wait_approval(
+        &self,
+        ask: ApprovalAsk,
+    ) -> futures::future::BoxFuture<'static, ApprovalAnswer> {
         let (tx, rx) = oneshot::channel();
         let info = ApprovalInfo {
             approval_id: ask.approval_id.clone(),

@@ -18,16 +18,16 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use flotilla_agent::tools::{
     CommandExecutor, CommandRequest, CommandResult, ExecutorFactory, ToolLimits,
 };
+use flotilla_agent::ApprovalAnswer;
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
 use flotilla_protocol::{
     ApprovalInfo, CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo,
     SessionLimits, SessionPermissions, SessionState,
 };
+use flotilla_store::{Store, StoreError};
 pub use governance::{build_engine, PolicyConfig, PrincipalLookup};
 use governance::{ApprovalQueue, SessionPolicy};
-use flotilla_agent::ApprovalAnswer;
-use flotilla_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the supervisor (from config files and the environment).
@@ -481,7 +481,9 @@ impl Supervisor {
                         .policy
                         .as_ref()
                         .map(|p| p.paths.user.clone())
-                        .ok_or_else(|| FleetError::BadRequest("this daemon has no policy layers".into()))?,
+                        .ok_or_else(|| {
+                            FleetError::BadRequest("this daemon has no policy layers".into())
+                        })?,
                 ),
                 "project" => {
                     let ws = self.get(&info.session).await?.workspace;
@@ -562,7 +564,12 @@ impl Supervisor {
         Ok(info)
     }
 
-    fn answerable(&self, approval_id: &str, by: &str, is_admin: bool) -> Result<ApprovalInfo, FleetError> {
+    fn answerable(
+        &self,
+        approval_id: &str,
+        by: &str,
+        is_admin: bool,
+    ) -> Result<ApprovalInfo, FleetError> {
         let info = self
             .queue
             .get(approval_id)

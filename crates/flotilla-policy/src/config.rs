@@ -151,7 +151,11 @@ impl LoadedLayer {
     }
 
     /// Parses a layer from its text.
-    pub fn parse(layer: Layer, file: Option<&Path>, source: &str) -> Result<LoadedLayer, ConfigError> {
+    pub fn parse(
+        layer: Layer,
+        file: Option<&Path>,
+        source: &str,
+    ) -> Result<LoadedLayer, ConfigError> {
         let name = file
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| "(config)".into());
@@ -230,7 +234,8 @@ impl LoadedLayer {
                         .map(|f| f.display().to_string())
                         .unwrap_or_else(|| "command line".into()),
                     message: format!("`{key}` may only be set by the administrator"),
-                    hint: "move it to /etc/flotilla/managed.toml (or $FLOTILLA_HOME/managed.toml)".into(),
+                    hint: "move it to /etc/flotilla/managed.toml (or $FLOTILLA_HOME/managed.toml)"
+                        .into(),
                 });
             }
         }
@@ -422,9 +427,7 @@ impl Layers {
                 });
             }
         }
-        Ok(allowed.unwrap_or_else(|| {
-            vec![Mode::Plan, Mode::Ask, Mode::AcceptEdits, Mode::Auto]
-        }))
+        Ok(allowed.unwrap_or_else(|| vec![Mode::Plan, Mode::Ask, Mode::AcceptEdits, Mode::Auto]))
     }
 
     /// Builds the engine spec for `workspace`.
@@ -497,7 +500,8 @@ impl Layers {
                     return Err(ConfigError {
                         location: a.location(t.tier.span()),
                         message: format!("tier name {:?} is not valid", t.tier.get_ref()),
-                        hint: "use lowercase letters, digits and dashes: high-autonomy, cyber, bio".into(),
+                        hint: "use lowercase letters, digits and dashes: high-autonomy, cyber, bio"
+                            .into(),
                     });
                 }
                 for r in &t.rules {
@@ -575,7 +579,11 @@ pub struct ExampleFailure {
 
 /// Runs the `match` / `not_match` examples of every `[[permissions.rules]]`
 /// of `layers`. Returns how many ran and the failures.
-pub fn run_examples(layers: &Layers, workspace: &Path, home: Option<&Path>) -> Result<(usize, Vec<ExampleFailure>), ConfigError> {
+pub fn run_examples(
+    layers: &Layers,
+    workspace: &Path,
+    home: Option<&Path>,
+) -> Result<(usize, Vec<ExampleFailure>), ConfigError> {
     let mut ran = 0;
     let mut failures = Vec::new();
     for layer in layers.all() {
@@ -616,25 +624,43 @@ pub fn add_allow_rule(file: &Path, rule: &str) -> Result<(), ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(fail(format!("cannot read: {e}"), "check its permissions")),
     };
-    let mut doc: toml_edit::DocumentMut = source
-        .parse()
-        .map_err(|e| fail(format!("not valid TOML: {e}"), "fix the file, then approve again"))?;
+    let mut doc: toml_edit::DocumentMut = source.parse().map_err(|e| {
+        fail(
+            format!("not valid TOML: {e}"),
+            "fix the file, then approve again",
+        )
+    })?;
     let perms = doc
         .entry("permissions")
         .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
         .as_table_mut()
-        .ok_or_else(|| fail("`permissions` is not a table".into(), "make it a [permissions] table"))?;
+        .ok_or_else(|| {
+            fail(
+                "`permissions` is not a table".into(),
+                "make it a [permissions] table",
+            )
+        })?;
     let allow = perms
         .entry("allow")
         .or_insert_with(|| toml_edit::value(toml_edit::Array::new()))
         .as_array_mut()
-        .ok_or_else(|| fail("`permissions.allow` is not a list".into(), "make it a list of rules"))?;
+        .ok_or_else(|| {
+            fail(
+                "`permissions.allow` is not a list".into(),
+                "make it a list of rules",
+            )
+        })?;
     if allow.iter().any(|v| v.as_str() == Some(rule)) {
         return Ok(());
     }
     allow.push(rule);
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the folder: {e}"), "check permissions"))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            fail(
+                format!("cannot create the folder: {e}"),
+                "check permissions",
+            )
+        })?;
     }
     let tmp = file.with_extension("toml.tmp");
     std::fs::write(&tmp, doc.to_string())

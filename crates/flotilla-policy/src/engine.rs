@@ -264,7 +264,11 @@ enum Meta {
     Rule(usize),
     TierUnvetted(usize),
     TierMfa(usize),
-    Raw { index: usize, ask: bool, forbid: bool },
+    Raw {
+        index: usize,
+        ask: bool,
+        forbid: bool,
+    },
 }
 
 /// A compiled policy: decides calls of one session.
@@ -566,7 +570,12 @@ impl Engine {
 
     /// [`Engine::decide`] evaluating every policy instead of the slices
     /// that can match: the same answer, slower. For tests and benchmarks.
-    pub fn decide_unsliced(&self, call: &CallCheck, principal: &Principal, now_ms: i64) -> Decision {
+    pub fn decide_unsliced(
+        &self,
+        call: &CallCheck,
+        principal: &Principal,
+        now_ms: i64,
+    ) -> Decision {
         self.decide_with(call, principal, now_ms, false)
     }
 
@@ -772,7 +781,10 @@ impl Engine {
             {
                 return Some(Decision::new(
                     PolicyVerdict::Ask,
-                    format!("the administrator's Cedar policy {} asks", self.spec.raw_cedar[*index].1),
+                    format!(
+                        "the administrator's Cedar policy {} asks",
+                        self.spec.raw_cedar[*index].1
+                    ),
                     Some(format!("cedar#{index}")),
                     "admin",
                 ));
@@ -798,7 +810,10 @@ impl Engine {
             {
                 return Some(Decision::new(
                     PolicyVerdict::Allow,
-                    format!("allowed by the administrator's Cedar policy {}", self.spec.raw_cedar[*index].1),
+                    format!(
+                        "allowed by the administrator's Cedar policy {}",
+                        self.spec.raw_cedar[*index].1
+                    ),
                     Some(format!("cedar#{index}")),
                     "admin",
                 ));
@@ -815,7 +830,9 @@ impl Engine {
             return allow(format!("reads run in {mode} mode"));
         }
         match mode {
-            Mode::Auto | Mode::Bypass => allow(format!("{mode} mode runs what no rule denies or asks")),
+            Mode::Auto | Mode::Bypass => {
+                allow(format!("{mode} mode runs what no rule denies or asks"))
+            }
             Mode::AcceptEdits if item.action.is_edit() => {
                 if Path::new(&item.path).starts_with(&self.spec.workspace) {
                     allow("accept-edits mode: edits inside the workspace run".into())
@@ -856,7 +873,10 @@ impl Engine {
         let parents: HashSet<EntityUid> = glob_hits
             .iter()
             .map(|i| {
-                EntityUid::from_type_name_and_id(self.glob_type.clone(), EntityId::new(i.to_string()))
+                EntityUid::from_type_name_and_id(
+                    self.glob_type.clone(),
+                    EntityId::new(i.to_string()),
+                )
             })
             .collect();
         let resource = Entity::new(
@@ -898,7 +918,10 @@ impl Engine {
         .map_err(|e| e.to_string())?;
         let entities = Entities::from_entities([resource, who], None).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
-            ("mfa_fresh".to_owned(), RestrictedExpression::new_bool(mfa_fresh)),
+            (
+                "mfa_fresh".to_owned(),
+                RestrictedExpression::new_bool(mfa_fresh),
+            ),
             (
                 "mode".to_owned(),
                 RestrictedExpression::new_string(self.spec.mode.as_str().to_owned()),
@@ -979,10 +1002,15 @@ pub fn rule_matches(rule: &Rule, input: &str, workspace: &Path, home: Option<&Pa
     let Ok(engine) = Engine::new(spec) else {
         return false;
     };
-    let Ok(check) = crate::request::check_dialect(rule.action.name(), input, workspace, home) else {
+    let Ok(check) = crate::request::check_dialect(rule.action.name(), input, workspace, home)
+    else {
         return false;
     };
-    engine.decide(&check, &Principal::default(), 0).rule.as_deref() == Some(rule.text.as_str())
+    engine
+        .decide(&check, &Principal::default(), 0)
+        .rule
+        .as_deref()
+        == Some(rule.text.as_str())
 }
 
 /// The allow rule `--always` would add for an item.

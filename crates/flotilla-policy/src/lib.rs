@@ -7,13 +7,13 @@
 //! resolving symlinks of a call's paths) happens before, in [`request`] and
 //! [`config`].
 
-pub mod gate;
-pub mod shell;
 pub mod config;
 pub mod engine;
+pub mod gate;
 pub mod mode;
 pub mod request;
 pub mod rule;
+pub mod shell;
 
 pub use config::{ConfigError, LayerPaths, Layers};
 pub use engine::{CallCheck, Decision, Engine, EngineSpec, Item, Layer, PolicyStack, Principal};

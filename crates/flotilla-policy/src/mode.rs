@@ -19,7 +19,13 @@ pub enum Mode {
 }
 
 /// Every mode, strictest first.
-pub const ALL_MODES: [Mode; 5] = [Mode::Plan, Mode::Ask, Mode::AcceptEdits, Mode::Auto, Mode::Bypass];
+pub const ALL_MODES: [Mode; 5] = [
+    Mode::Plan,
+    Mode::Ask,
+    Mode::AcceptEdits,
+    Mode::Auto,
+    Mode::Bypass,
+];
 
 impl Mode {
     /// `plan`, `ask`, `accept-edits`, `auto` or `bypass`.

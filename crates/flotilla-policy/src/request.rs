@@ -45,7 +45,13 @@ fn lexical(base: &Path, path: &str, home: Option<&Path>) -> PathBuf {
 
 /// Items for a path: the path as written and as resolved, when they differ
 /// (a deny on either form denies; an allow must cover both).
-fn path_items(action: Action, base: &Path, path: &str, home: Option<&Path>, implied: bool) -> Vec<Item> {
+fn path_items(
+    action: Action,
+    base: &Path,
+    path: &str,
+    home: Option<&Path>,
+    implied: bool,
+) -> Vec<Item> {
     let written = lexical(base, path, home);
     let resolved = resolve(base, path, home);
     let mut out = vec![Item {
@@ -97,7 +103,12 @@ pub fn check_tool_call(
             check.tool = tool.to_owned();
             check
         }
-        Action::Read | Action::Edit | Action::Write | Action::List | Action::Glob | Action::Grep => {
+        Action::Read
+        | Action::Edit
+        | Action::Write
+        | Action::List
+        | Action::Glob
+        | Action::Grep => {
             let path = str_arg(args, "path").unwrap_or(".");
             let items = path_items(action.clone(), workspace, path, home, false);
             CallCheck {

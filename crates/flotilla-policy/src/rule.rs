@@ -90,15 +90,14 @@ impl Action {
             "Edit" | "MultiEdit" => Action::Edit,
             "Write" => Action::Write,
             "Fetch" | "WebFetch" => Action::Fetch,
-            other if other.starts_with("mcp__") && other.len() > 5 => {
-                if other[5..]
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
-                    Action::Mcp(other.to_owned())
-                } else {
-                    return None;
-                }
+            other
+                if other.len() > 5
+                    && other.starts_with("mcp__")
+                    && other[5..]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                Action::Mcp(other.to_owned())
             }
             _ => return None,
         })
@@ -170,7 +169,10 @@ impl Rule {
                         "end the rule with `)`, e.g. `Shell(npm test)`",
                     ));
                 }
-                (&trimmed[..open], Some(&trimmed[open + 1..trimmed.len() - 1]))
+                (
+                    &trimmed[..open],
+                    Some(&trimmed[open + 1..trimmed.len() - 1]),
+                )
             }
         };
         let action = Action::parse(name.trim()).ok_or_else(|| {
@@ -378,7 +380,10 @@ mod tests {
         assert!(command_matches("npm run test:*", "npm run test:unit"));
         assert!(!command_matches("npm run test:*", "npm install"));
         assert!(command_matches("git push *", "git push"));
-        assert!(command_matches("git push *", "git push --force origin main"));
+        assert!(command_matches(
+            "git push *",
+            "git push --force origin main"
+        ));
         assert!(!command_matches("git push *", "git pushx"));
         assert!(command_matches("rm -rf /*", "rm -rf /"));
         assert!(command_matches("*--force*", "git push --force"));

@@ -50,13 +50,14 @@ pub struct SimpleCommand {
 /// Everything the policy needs from a shell command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShellAnalysis {
-    /// Every simple command, each before the commands found inside it: those
-    /// in `&&`, `||`, `;`, `&`, pipelines, `!`, subshells, brace groups,
-    /// `$(...)`, backticks, process substitutions, `if`/`while`/`until`/
-    /// `for`/`case` bodies and conditions, function bodies, and (flagged
-    /// `nested`) the inner commands of wrappers and scripts. A wrapper itself
-    /// is listed too: `timeout 5 rm -rf x` gives `timeout 5 rm -rf x` and
-    /// (nested) `rm -rf x`.
+    /// Every simple command in the order bash runs them (the commands of a
+    /// word's `$(...)` before the command itself; a wrapper before its inner
+    /// command): those in `&&`, `||`, `;`, `&`, pipelines, `!`, subshells,
+    /// brace groups, `$(...)`, backticks, process substitutions, `if`/
+    /// `while`/`until`/`for`/`case` bodies and conditions, function bodies,
+    /// and (flagged `nested`) the inner commands of wrappers and scripts. A
+    /// wrapper itself is listed too: `timeout 5 rm -rf x` gives
+    /// `timeout 5 rm -rf x` and (nested) `rm -rf x`.
     pub commands: Vec<SimpleCommand>,
     /// Files this command line creates or changes, as written (not
     /// resolved), without duplicates: targets of output redirections (`>`,
@@ -124,11 +125,11 @@ fn nesting_bound(s: &str) -> usize {
 fn parse(source: &str) -> Result<ast::Program, ShellParseError> {
     // brush-parser 0.4 loops forever, growing memory, when the input ends on
     // the line of a here-document operator whose tag is empty (`cat << '' `).
-    // Ending the input with a newline takes it past that line; the second
-    // one survives a trailing backslash-newline continuation.
+    // A final newline ends that line; a second one survives a trailing
+    // backslash, which would join the first to the line.
     let padded = format!("{source}\n\n");
     let mut parser = Parser::new(std::io::Cursor::new(padded.as_bytes()), &options());
-    // It also unwraps in places; a panic means the input cannot be analyzed.
+    // It also unwraps in places: a panic means the input cannot be analyzed.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parser.parse_program()))
         .map_err(|_| error("the parser failed on this input".into()))?
         .map_err(|e| error(e.to_string()))
@@ -163,20 +164,9 @@ struct Ctx {
 
 impl Ctx {
     fn deeper(self, nested: bool) -> Self {
-        let nested = self.nested || nested;
-        Ctx {
-            depth: self.depth + 1,
-            nested,
-        }
+        let (depth, nested) = (self.depth + 1, self.nested || nested);
+        Ctx { depth, nested }
     }
-}
-
-/// Commands hidden in words and redirections of a simple command, walked
-/// after the command itself so that it is listed first.
-enum Found<'a> {
-    Script(String),
-    List(&'a ast::CompoundList),
-    Unknown,
 }
 
 /// What a command runs besides itself. `Script(None)`: not a literal.
@@ -195,12 +185,9 @@ struct Walker {
 
 impl Walker {
     fn script(&mut self, source: &str, ctx: Ctx) {
-        match (ctx.depth <= MAX_DEPTH)
-            .then(|| parse(source).ok())
-            .flatten()
-        {
-            Some(program) => self.program(&program, ctx),
-            None => self.out.opaque = true,
+        match (ctx.depth <= MAX_DEPTH).then(|| parse(source)) {
+            Some(Ok(program)) => self.program(&program, ctx),
+            _ => self.out.opaque = true,
         }
     }
 
@@ -224,7 +211,6 @@ impl Walker {
     }
 
     fn command(&mut self, command: &ast::Command, ctx: Ctx) {
-        let mut found = Vec::new();
         let redirects = match command {
             ast::Command::Simple(simple) => return self.simple(simple, ctx),
             ast::Command::Compound(compound, redirects) => {
@@ -236,62 +222,49 @@ impl Walker {
                 &function.body.1
             }
             ast::Command::ExtendedTest(test, redirects) => {
-                test_words(&test.expr, ctx.depth, &mut found);
+                self.test(&test.expr, ctx);
                 redirects
             }
         };
         for redirect in redirects.iter().flat_map(|r| &r.0) {
-            self.redirect(redirect, ctx.depth, &mut found, &mut Vec::new());
+            self.redirect(redirect, ctx, &mut Vec::new());
         }
-        self.found(found, ctx);
-    }
-
-    /// Walks the substitutions of `words` at once.
-    fn words<'w>(&mut self, words: impl IntoIterator<Item = &'w ast::Word>, ctx: Ctx) {
-        let mut found = Vec::new();
-        for w in words {
-            word_arg(&w.value, ctx.depth, &mut found);
-        }
-        self.found(found, ctx);
     }
 
     fn compound(&mut self, compound: &ast::CompoundCommand, ctx: Ctx) {
         use ast::CompoundCommand as C;
-        let mut found = Vec::new();
         match compound {
-            C::Arithmetic(a) => scan_text(&a.expr.value, ctx.depth, &mut found),
+            C::Arithmetic(a) => self.expanded(&a.expr.value, ctx),
             C::ArithmeticForClause(f) => {
-                for part in [&f.initializer, &f.condition, &f.updater]
+                let parts = [&f.initializer, &f.condition, &f.updater];
+                parts
                     .into_iter()
                     .flatten()
-                {
-                    scan_text(&part.value, ctx.depth, &mut found);
-                }
-                self.found(std::mem::take(&mut found), ctx);
+                    .for_each(|p| self.expanded(&p.value, ctx));
                 self.list(&f.body.list, ctx);
             }
             C::BraceGroup(ast::BraceGroupCommand { list, .. })
             | C::Subshell(ast::SubshellCommand { list, .. }) => self.list(list, ctx),
             C::ForClause(f) => {
-                self.words(f.values.iter().flatten(), ctx);
+                for value in f.values.iter().flatten() {
+                    self.word(&value.value, ctx);
+                }
                 self.list(&f.body.list, ctx);
             }
             C::CaseClause(c) => {
-                self.words([&c.value], ctx);
+                self.word(&c.value.value, ctx);
                 for item in &c.cases {
-                    self.words(&item.patterns, ctx);
-                    if let Some(cmd) = &item.cmd {
-                        self.list(cmd, ctx);
+                    for pattern in &item.patterns {
+                        self.word(&pattern.value, ctx);
                     }
+                    item.cmd.iter().for_each(|cmd| self.list(cmd, ctx));
                 }
             }
             C::IfClause(i) => {
                 self.list(&i.condition, ctx);
                 self.list(&i.then, ctx);
                 for clause in i.elses.iter().flatten() {
-                    if let Some(condition) = &clause.condition {
-                        self.list(condition, ctx);
-                    }
+                    clause.condition.iter().for_each(|c| self.list(c, ctx));
                     self.list(&clause.body, ctx);
                 }
             }
@@ -301,121 +274,102 @@ impl Walker {
             }
             C::Coprocess(c) => self.command(&c.body, ctx),
         }
-        self.found(found, ctx);
+    }
+
+    fn test(&mut self, expr: &ast::ExtendedTestExpr, ctx: Ctx) {
+        use ast::ExtendedTestExpr as E;
+        match expr {
+            E::And(a, b) | E::Or(a, b) => {
+                self.test(a, ctx);
+                self.test(b, ctx);
+            }
+            E::Not(a) | E::Parenthesized(a) => self.test(a, ctx),
+            E::UnaryTest(_, w) => {
+                self.word(&w.value, ctx);
+            }
+            E::BinaryTest(_, a, b) => {
+                self.word(&a.value, ctx);
+                self.word(&b.value, ctx);
+            }
+        }
     }
 
     fn simple(&mut self, simple: &ast::SimpleCommand, ctx: Ctx) {
-        let (mut found, mut stdin, mut words) = (Vec::new(), Vec::new(), Vec::new());
-        for item in simple.prefix.iter().flat_map(|p| &p.0) {
-            if let ast::CommandPrefixOrSuffixItem::AssignmentWord(assignment, _) = item {
+        use ast::CommandPrefixOrSuffixItem as I;
+        let (mut words, mut stdin) = (Vec::new(), Vec::new());
+        let name = simple.word_or_name.clone().map(I::Word);
+        let prefix = simple.prefix.iter().flat_map(|p| &p.0);
+        let leading = prefix.clone().count();
+        let suffix = simple.suffix.iter().flat_map(|s| &s.0);
+        for (i, item) in prefix.chain(&name).chain(suffix).enumerate() {
+            let leading = i < leading;
+            match item {
+                I::IoRedirect(r) => self.redirect(r, ctx, &mut stdin),
                 // Leading assignments are not words, but their values expand.
-                let values: Vec<&ast::Word> = match &assignment.value {
-                    ast::AssignmentValue::Scalar(w) => vec![w],
-                    ast::AssignmentValue::Array(items) => items
-                        .iter()
-                        .flat_map(|(k, v)| k.iter().chain([v]))
-                        .collect(),
-                };
-                for value in values {
-                    word_arg(&value.value, ctx.depth, &mut found);
+                I::AssignmentWord(assignment, _) if leading => match &assignment.value {
+                    ast::AssignmentValue::Scalar(w) => drop(self.word(&w.value, ctx)),
+                    ast::AssignmentValue::Array(items) => {
+                        for w in items.iter().flat_map(|(k, v)| k.iter().chain([v])) {
+                            self.word(&w.value, ctx);
+                        }
+                    }
+                },
+                I::Word(w) | I::AssignmentWord(_, w) => words.push(self.word(&w.value, ctx)),
+                I::ProcessSubstitution(kind, sub) => {
+                    words.push(Arg::new(format!("{kind}{sub}"), true));
+                    self.list(&sub.list, ctx);
                 }
-            } else {
-                self.item(item, ctx.depth, &mut words, &mut found, &mut stdin);
             }
-        }
-        if let Some(name) = &simple.word_or_name {
-            words.push(word_arg(&name.value, ctx.depth, &mut found));
-        }
-        for item in simple.suffix.iter().flat_map(|s| &s.0) {
-            self.item(item, ctx.depth, &mut words, &mut found, &mut stdin);
         }
         self.examine(&words, &stdin, ctx);
-        self.found(found, ctx);
     }
 
-    fn item<'a>(
-        &mut self,
-        item: &'a ast::CommandPrefixOrSuffixItem,
-        depth: usize,
-        words: &mut Vec<Arg>,
-        found: &mut Vec<Found<'a>>,
-        stdin: &mut Vec<String>,
-    ) {
-        use ast::CommandPrefixOrSuffixItem as I;
-        match item {
-            I::IoRedirect(r) => self.redirect(r, depth, found, stdin),
-            I::Word(w) | I::AssignmentWord(_, w) => words.push(word_arg(&w.value, depth, found)),
-            I::ProcessSubstitution(kind, sub) => {
-                words.push(Arg {
-                    text: format!("{kind}{sub}"),
-                    dynamic: true,
-                });
-                found.push(Found::List(&sub.list));
-            }
-        }
-    }
-
-    fn redirect<'a>(
-        &mut self,
-        redirect: &'a ast::IoRedirect,
-        depth: usize,
-        found: &mut Vec<Found<'a>>,
-        stdin: &mut Vec<String>,
-    ) {
-        use ast::{IoFileRedirectKind as K, IoFileRedirectTarget as T};
-        match redirect {
-            ast::IoRedirect::File(_, kind, T::Filename(w)) => {
-                let target = word_arg(&w.value, depth, found);
-                if matches!(kind, K::Write | K::Append | K::Clobber | K::ReadAndWrite) {
-                    self.write(&target.text);
-                }
-            }
-            ast::IoRedirect::File(_, kind, T::Duplicate(w)) => {
-                let target = word_arg(&w.value, depth, found);
+    /// Notes what a redirection writes, and keeps what it feeds to standard
+    /// input in `stdin`.
+    fn redirect(&mut self, redirect: &ast::IoRedirect, ctx: Ctx, stdin: &mut Vec<String>) {
+        use ast::{IoFileRedirectKind as K, IoFileRedirectTarget as T, IoRedirect as R};
+        let (target, writes) = match redirect {
+            R::File(_, kind, T::Filename(w)) => (
+                w,
+                matches!(kind, K::Write | K::Append | K::Clobber | K::ReadAndWrite),
+            ),
+            R::File(_, kind, T::Duplicate(w)) => {
+                let target = self.word(&w.value, ctx);
                 // `>& FILE` sends stdout and stderr to FILE; `>&2` and `>&-` name fds.
                 let fd = target.text.trim_end_matches('-');
-                let is_fd = !target.dynamic && fd.bytes().all(|b| b.is_ascii_digit());
-                if matches!(kind, K::DuplicateOutput) && !is_fd {
+                let fd = !target.dynamic && fd.bytes().all(|b| b.is_ascii_digit());
+                if matches!(kind, K::DuplicateOutput) && !fd {
                     self.write(&target.text);
                 }
+                return;
             }
-            ast::IoRedirect::File(_, _, T::ProcessSubstitution(_, sub)) => {
-                found.push(Found::List(&sub.list));
-            }
-            ast::IoRedirect::File(_, _, T::Fd(_)) => {}
-            ast::IoRedirect::HereDocument(fd, doc) => {
-                if doc.requires_expansion {
-                    match word::parse_heredoc(&doc.doc.value, &options()) {
-                        Ok(pieces) => {
-                            unquote(&doc.doc.value, &pieces, depth, &mut String::new(), found);
-                        }
-                        Err(_) => found.push(Found::Unknown),
-                    }
-                }
-                if fd.is_none_or(|fd| fd == 0) {
-                    stdin.push(doc.doc.value.clone());
-                }
-            }
-            ast::IoRedirect::HereString(fd, w) => {
-                let text = word_arg(&w.value, depth, found);
+            R::File(_, _, T::ProcessSubstitution(_, sub)) => return self.list(&sub.list, ctx),
+            R::File(_, _, T::Fd(_)) => return,
+            R::OutputAndError(w, _) => (w, true),
+            R::HereString(fd, w) => {
+                let text = self.word(&w.value, ctx);
                 if fd.is_none_or(|fd| fd == 0) && !text.dynamic {
                     stdin.push(text.text);
                 }
+                return;
             }
-            ast::IoRedirect::OutputAndError(w, _) => {
-                let target = word_arg(&w.value, depth, found);
-                self.write(&target.text);
+            R::HereDocument(fd, doc) => {
+                let body = &doc.doc.value;
+                if doc.requires_expansion {
+                    match word::parse_heredoc(body, &options()) {
+                        Ok(pieces) => drop(self.unquote(body, &pieces, ctx, &mut String::new())),
+                        Err(_) => self.out.opaque = true,
+                    }
+                }
+                if fd.is_none_or(|fd| fd == 0) {
+                    stdin.push(body.clone());
+                }
+                return;
             }
-        }
-    }
-
-    fn found(&mut self, found: Vec<Found<'_>>, ctx: Ctx) {
-        for f in found {
-            match f {
-                Found::Script(source) => self.script(&source, ctx.deeper(false)),
-                Found::List(list) => self.list(list, ctx),
-                Found::Unknown => self.out.opaque = true,
-            }
+        };
+        let target = self.word(&target.value, ctx);
+        if writes {
+            self.write(&target.text);
         }
     }
 
@@ -425,12 +379,13 @@ impl Walker {
             return;
         };
         let texts: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
-        let text = texts.join(" ");
-        self.out.commands.push(SimpleCommand {
+        let (text, nested) = (texts.join(" "), ctx.nested);
+        let command = SimpleCommand {
             words: texts,
             text,
-            nested: ctx.nested,
-        });
+            nested,
+        };
+        self.out.commands.push(command);
         if first.dynamic {
             self.out.opaque = true;
             return;
@@ -456,107 +411,84 @@ impl Walker {
     }
 
     fn write(&mut self, path: &str) {
-        let sink = matches!(
-            path,
-            "/dev/null" | "/dev/stdout" | "/dev/stderr" | "/dev/tty"
-        ) || path.starts_with("/dev/fd/");
+        let sinks = ["/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"];
+        let sink = sinks.contains(&path) || path.starts_with("/dev/fd/");
         if !path.is_empty() && !sink && !self.out.writes.iter().any(|w| w == path) {
             self.out.writes.push(path.to_owned());
         }
     }
-}
 
-fn test_words<'a>(expr: &'a ast::ExtendedTestExpr, depth: usize, found: &mut Vec<Found<'a>>) {
-    use ast::ExtendedTestExpr as E;
-    match expr {
-        E::And(a, b) | E::Or(a, b) => {
-            test_words(a, depth, found);
-            test_words(b, depth, found);
-        }
-        E::Not(a) | E::Parenthesized(a) => test_words(a, depth, found),
-        E::UnaryTest(_, w) => {
-            word_arg(&w.value, depth, found);
-        }
-        E::BinaryTest(_, a, b) => {
-            word_arg(&a.value, depth, found);
-            word_arg(&b.value, depth, found);
+    /// Quote removal of one source word, walking the substitutions inside.
+    fn word(&mut self, raw: &str, ctx: Ctx) -> Arg {
+        let mut text = String::new();
+        let dynamic = match word::parse(raw, &options()) {
+            Ok(pieces) => self.unquote(raw, &pieces, ctx, &mut text),
+            Err(_) => {
+                self.out.opaque = true;
+                true
+            }
+        };
+        Arg::new(if dynamic { raw.to_owned() } else { text }, dynamic)
+    }
+
+    /// Walks the substitutions in text that is expanded like a word.
+    fn expanded(&mut self, text: &str, ctx: Ctx) {
+        if text.contains(['$', '`']) {
+            self.word(text, ctx);
         }
     }
-}
 
-/// Quote removal of one source word; the substitutions inside go to `found`.
-fn word_arg(raw: &str, depth: usize, found: &mut Vec<Found<'_>>) -> Arg {
-    let mut text = String::new();
-    let dynamic = match word::parse(raw, &options()) {
-        Ok(pieces) => unquote(raw, &pieces, depth, &mut text, found),
-        Err(_) => {
-            found.push(Found::Unknown);
-            true
-        }
-    };
-    Arg {
-        text: if dynamic { raw.to_owned() } else { text },
-        dynamic,
-    }
-}
-
-/// Appends the static text of `pieces` (whose indices point into `raw`) to
-/// `out`; returns whether any piece is an expansion.
-fn unquote(
-    raw: &str,
-    pieces: &[WordPieceWithSource],
-    depth: usize,
-    out: &mut String,
-    found: &mut Vec<Found<'_>>,
-) -> bool {
-    let mut dynamic = false;
-    for p in pieces {
-        let source = raw.get(p.start_index..p.end_index).unwrap_or_default();
-        match &p.piece {
-            WordPiece::Text(s) | WordPiece::SingleQuotedText(s) => out.push_str(s),
-            WordPiece::AnsiCQuotedText(s) => out.push_str(&ansi_c(s)),
-            WordPiece::DoubleQuotedSequence(inner)
-            | WordPiece::GettextDoubleQuotedSequence(inner) => {
-                dynamic |= unquote(raw, inner, depth, out, found);
-            }
-            WordPiece::TildeExpansion(_) => out.push_str(source),
-            // A backslash-newline is a line continuation: it vanishes.
-            WordPiece::EscapeSequence(s) => {
-                out.push_str(s.get(1..).unwrap_or_default().trim_start_matches('\n'))
-            }
-            WordPiece::ParameterExpansion(_) => {
-                dynamic = true;
-                // `${x:-$(cmd)}` runs cmd, so the braces are looked into.
-                let body = source.strip_prefix("${").and_then(|t| t.strip_suffix('}'));
-                scan_text(body.unwrap_or_default(), depth + 1, found);
-            }
-            WordPiece::CommandSubstitution(s) => {
-                dynamic = true;
-                found.push(Found::Script(s.clone()));
-            }
-            WordPiece::BackquotedCommandSubstitution(s) => {
-                dynamic = true;
-                found.push(Found::Script(unescape_backquoted(s)));
-            }
-            WordPiece::ArithmeticExpression(e) => {
-                dynamic = true;
-                scan_text(&e.value, depth + 1, found);
+    /// Appends the static text of `pieces` (whose indices point into `raw`)
+    /// to `out`, walking substitutions; returns whether any piece expands.
+    fn unquote(
+        &mut self,
+        raw: &str,
+        pieces: &[WordPieceWithSource],
+        ctx: Ctx,
+        out: &mut String,
+    ) -> bool {
+        let mut dynamic = false;
+        for piece in pieces {
+            let range = piece.start_index..piece.end_index;
+            let source = raw.get(range).unwrap_or_default();
+            match &piece.piece {
+                WordPiece::Text(s) | WordPiece::SingleQuotedText(s) => out.push_str(s),
+                WordPiece::AnsiCQuotedText(s) => out.push_str(&ansi_c(s)),
+                WordPiece::DoubleQuotedSequence(inner)
+                | WordPiece::GettextDoubleQuotedSequence(inner) => {
+                    dynamic |= self.unquote(raw, inner, ctx, out);
+                }
+                WordPiece::TildeExpansion(_) => out.push_str(source),
+                // A backslash-newline joins lines: both vanish.
+                WordPiece::EscapeSequence(s) => {
+                    out.push_str(s.get(1..).filter(|c| *c != "\n").unwrap_or_default());
+                }
+                WordPiece::ParameterExpansion(_) => {
+                    dynamic = true;
+                    // `${x:-$(cmd)}` runs cmd, so the braces are looked into.
+                    let body = source.strip_prefix("${").and_then(|t| t.strip_suffix('}'));
+                    let deeper = ctx.deeper(false);
+                    match body {
+                        Some(_) if deeper.depth > MAX_DEPTH => self.out.opaque = true,
+                        Some(body) => self.expanded(body, deeper),
+                        None => {}
+                    }
+                }
+                WordPiece::CommandSubstitution(s) => {
+                    dynamic = true;
+                    self.script(s, ctx.deeper(false));
+                }
+                WordPiece::BackquotedCommandSubstitution(s) => {
+                    dynamic = true;
+                    self.script(&unescape_backquoted(s), ctx.deeper(false));
+                }
+                WordPiece::ArithmeticExpression(e) => {
+                    dynamic = true;
+                    self.expanded(&e.value, ctx);
+                }
             }
         }
-    }
-    dynamic
-}
-
-/// Collects the substitutions in text that is expanded like a word.
-fn scan_text(text: &str, depth: usize, found: &mut Vec<Found<'_>>) {
-    if !text.contains(['$', '`']) {
-        return;
-    }
-    match word::parse(text, &options()) {
-        Ok(pieces) if depth <= MAX_DEPTH => {
-            unquote(text, &pieces, depth, &mut String::new(), found);
-        }
-        _ => found.push(Found::Unknown),
+        dynamic
     }
 }
 
@@ -577,134 +509,111 @@ fn unescape_backquoted(s: &str) -> String {
     out
 }
 
-/// Decodes the body of `$'...'` as bash does.
+/// Decodes the body of `$'...'` as bash does (but for `\cX`).
 fn ansi_c(s: &str) -> String {
-    const SIMPLE: &[(char, char)] = &[
-        ('a', '\x07'),
-        ('b', '\x08'),
-        ('e', '\x1b'),
-        ('E', '\x1b'),
-        ('f', '\x0c'),
-        ('n', '\n'),
-        ('r', '\r'),
-        ('t', '\t'),
-        ('v', '\x0b'),
-        ('\\', '\\'),
-        ('\'', '\''),
-        ('"', '"'),
-        ('?', '?'),
-    ];
+    const FROM: &str = "abeEfnrtv\\'\"?";
+    const TO: &str = "\x07\x08\x1b\x1b\x0c\n\r\t\x0b\\'\"?";
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('\\') {
         out.push_str(&rest[..pos]);
         let escape = &rest[pos + 1..];
-        let Some(e) = escape.chars().next() else {
-            out.push('\\');
-            return out;
-        };
-        let (radix, max, skip) = match e {
-            'x' => (16, 2, 1),
-            'u' => (16, 4, 1),
-            'U' => (16, 8, 1),
-            '0'..='7' => (8, 3, 0),
+        let (radix, skip, max) = match escape.chars().next() {
+            Some('x') => (16, 1, 2),
+            Some('u') => (16, 1, 4),
+            Some('U') => (16, 1, 8),
+            Some('0'..='7') => (8, 0, 3),
             _ => (10, 0, 0),
         };
-        let digits = escape.get(skip..).unwrap_or_default();
-        let len = digits
-            .chars()
-            .take(max)
-            .take_while(|c| c.is_digit(radix))
-            .count();
+        let digits = &escape[skip..];
+        let len = digits.chars().take(max);
+        let len = len.take_while(|c| c.is_digit(radix)).count();
         let number = u32::from_str_radix(&digits[..len], radix).ok();
         if let Some(ch) = number.and_then(char::from_u32) {
             out.push(ch);
             rest = &digits[len..];
             continue;
         }
-        rest = &escape[e.len_utf8()..];
-        if let Some((_, ch)) = SIMPLE.iter().find(|(k, _)| *k == e) {
-            out.push(*ch);
-        } else if let (Some(ctl), 'c') = (rest.chars().next(), e) {
-            out.push(char::from(ctl as u8 & 0x1f));
-            rest = &rest[ctl.len_utf8()..];
-        } else {
-            out.push('\\');
-            out.push(e);
+        let mut chars = escape.chars();
+        let e = chars.next();
+        match e.and_then(|e| FROM.find(e)).and_then(|i| TO.get(i..=i)) {
+            Some(decoded) => out.push_str(decoded),
+            None => out.extend(std::iter::once('\\').chain(e)),
         }
+        rest = chars.as_str();
     }
-    out.push_str(rest);
-    out
+    out + rest
 }
 
-/// getopt-style syntax of a command's options: short options taking a value,
-/// short options whose value can only be attached (`-i.bak`), long options
-/// taking a value (space separated), and whether options may follow operands
-/// (GNU argument permutation).
-struct Spec(&'static str, &'static str, &'static str, bool);
-
-const FLAGS: Spec = Spec("", "", "", false);
-
-/// Options and operands of a command's arguments. `rest` is everything from
-/// the first operand on when options do not permute, or after `--`.
+/// Options and operands of a command's arguments, getopt style.
 struct Scanned<'a> {
     opts: Vec<(String, Option<&'a str>)>,
     operands: Vec<&'a Arg>,
+    /// Everything from the first operand on (options that do not permute),
+    /// or after `--`.
     rest: &'a [Arg],
 }
 
 impl<'a> Scanned<'a> {
-    /// Whether any of the space-separated option names was given.
-    fn has(&self, names: &str) -> bool {
-        !self.values_or_flags(names).is_empty()
-    }
-
-    fn values_or_flags(&self, names: &str) -> Vec<Option<&'a str>> {
+    /// The values of the options named (space separated) that were given.
+    fn get(&self, names: &str) -> Vec<Option<&'a str>> {
         let names: Vec<&str> = names.split(' ').collect();
-        self.opts
+        let given = self
+            .opts
             .iter()
-            .filter(|(n, _)| names.contains(&n.as_str()))
-            .map(|(_, v)| *v)
-            .collect()
+            .filter(|(n, _)| names.contains(&n.as_str()));
+        given.map(|(_, v)| *v).collect()
     }
 
-    /// The values of the space-separated options, in order.
+    fn has(&self, names: &str) -> bool {
+        !self.get(names).is_empty()
+    }
+
     fn values(&self, names: &str) -> Vec<&'a str> {
-        self.values_or_flags(names).into_iter().flatten().collect()
+        self.get(names).into_iter().flatten().collect()
     }
 }
 
-fn scan<'a>(args: &'a [Arg], Spec(arg, opt, long, permute): &Spec) -> Scanned<'a> {
-    let (mut opts, mut operands) = (Vec::new(), Vec::new());
-    let mut i = 0;
+/// Splits `args` into options and operands. `short` lists the short options
+/// taking a value in getopt syntax (`"o:i::"`: `-o` takes one, `-i` an
+/// optional attached one), `long` the long ones taking a value; without
+/// `permute`, options end at the first operand.
+fn scan<'a>(args: &'a [Arg], short: &str, long: &str, permute: bool) -> Scanned<'a> {
+    // How many `:` follow the option's letter.
+    let colons = |after: &str| after.len() - after.trim_start_matches(':').len();
+    let kind = |ch: char| short.split_once(ch).map_or(0, |(_, after)| colons(after));
+    let (mut opts, mut operands, mut i) = (Vec::new(), Vec::new(), 0);
     while let Some(a) = args.get(i).map(|a| a.text.as_str()) {
         let next = args.get(i + 1).map(|n| n.text.as_str());
         i += 1;
         if a == "--" {
             break;
         } else if let Some(body) = a.strip_prefix("--") {
-            let (name, value) = body
-                .split_once('=')
-                .map_or((body, None), |(n, v)| (n, Some(v)));
-            let takes = value.is_none() && long.split(' ').any(|l| l == name);
-            i += usize::from(takes);
-            opts.push((format!("--{name}"), if takes { next } else { value }));
+            let (name, mut value) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (body, None),
+            };
+            if value.is_none() && long.split(' ').any(|l| l == name) {
+                (value, i) = (next, i + 1);
+            }
+            opts.push((format!("--{name}"), value));
         } else if let Some(body) = a.strip_prefix('-').filter(|b| !b.is_empty()) {
             for (pos, ch) in body.char_indices() {
                 let attached = Some(&body[pos + ch.len_utf8()..]).filter(|v| !v.is_empty());
-                let value = if arg.contains(ch) && attached.is_none() {
-                    i += 1;
-                    next
-                } else {
-                    attached
+                let value = match kind(ch) {
+                    0 => None,
+                    1 if attached.is_none() => {
+                        i += 1;
+                        next
+                    }
+                    _ => attached,
                 };
-                let takes = arg.contains(ch) || opt.contains(ch);
-                opts.push((format!("-{ch}"), value.filter(|_| takes)));
-                if takes {
+                opts.push((format!("-{ch}"), value));
+                if kind(ch) > 0 {
                     break;
                 }
             }
-        } else if *permute {
+        } else if permute {
             operands.push(&args[i - 1]);
         } else {
             i -= 1;
@@ -720,101 +629,104 @@ fn scan<'a>(args: &'a [Arg], Spec(arg, opt, long, permute): &Spec) -> Scanned<'a
     }
 }
 
-/// Drops leading `NAME=value` words, which `env` and `sudo` accept.
-fn skip_assignments(args: &[Arg]) -> &[Arg] {
-    let is_assignment = |a: &Arg| {
-        a.text.split_once('=').is_some_and(|(name, _)| {
-            name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    };
-    &args[args.iter().take_while(|a| is_assignment(a)).count()..]
-}
-
 /// The words joined as one script, or `None` when one is not a literal.
 fn join(args: &[Arg]) -> Option<String> {
     let literal = args.iter().all(|a| !a.dynamic);
-    literal.then(|| {
-        args.iter()
-            .map(|a| a.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
-}
-
-fn argv(args: &[Arg]) -> Inner<'_> {
-    if args.is_empty() {
-        Inner::Nothing
-    } else {
-        Inner::Argv(args)
-    }
+    let texts: Vec<&str> = args.iter().map(|a| a.text.as_str()).collect();
+    literal.then(|| texts.join(" "))
 }
 
 /// The command or script that `name args...` runs besides itself.
 fn inner_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
-    let skip = |spec: Spec, n: usize| argv(scan(args, &spec).rest.get(n..).unwrap_or_default());
+    // A wrapper's option syntax, the operands before its command, and the
+    // options with which it runs nothing (`sudo -l`, `command -v NAME`).
+    let (short, long, skip, idle) = match name {
+        "sudo" | "doas" => {
+            let idle = "-e -l -v -V --edit --list --validate --version";
+            (
+                "u:g:C:D:p:r:t:T:U:R:",
+                "user group chdir prompt role type",
+                0,
+                idle,
+            )
+        }
+        "env" => ("u:C:S:", "unset chdir split-string", 0, ""),
+        "timeout" => ("s:k:", "signal kill-after", 1, ""),
+        "nice" => ("n:", "adjustment", 0, ""),
+        "nohup" | "setsid" | "builtin" | "busybox" => ("", "", 0, ""),
+        "time" => ("f:o:", "format output", 0, ""),
+        "exec" => ("a:", "", 0, ""),
+        "xargs" => (
+            "a:d:E:I:L:n:P:s:e::i::l::",
+            "arg-file delimiter max-procs",
+            0,
+            "",
+        ),
+        "stdbuf" => ("i:o:e:", "input output error", 0, ""),
+        "chroot" => ("", "userspec groups", 1, ""),
+        "command" => ("", "", 0, "-v -V"),
+        "ionice" => ("c:n:p:P:u:", "", 0, "-p -P -u"),
+        "watch" => ("n:q:", "interval equexit", 0, ""),
+        _ => return script_of(name, args),
+    };
+    let s = scan(args, short, long, false);
+    let rest = s.rest.get(skip..).unwrap_or_default();
+    let rest = &rest[rest.iter().take_while(|a| is_assignment(&a.text)).count()..];
+    let split = s.values("-S --split-string");
+    if name == "env" && !split.is_empty() {
+        Inner::Script(join(rest).map(|r| format!("{} {r}", split.join(" "))))
+    } else if name == "watch" && !s.has("-x --exec") && !rest.is_empty() {
+        // watch hands its arguments, joined, to `sh -c`.
+        Inner::Script(join(rest))
+    } else if s.has(idle) || rest.is_empty() {
+        Inner::Nothing
+    } else {
+        Inner::Argv(rest)
+    }
+}
+
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The scripts and commands run by interpreters and `find -exec`.
+fn script_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
     let literal = |a: &Arg| (!a.dynamic).then(|| a.text.clone());
     match name {
-        "sudo" | "doas" => {
-            let s = scan(
-                args,
-                &Spec("ugCDprtTUR", "", "user group chdir prompt role type", false),
-            );
-            if s.has("-e --edit -l --list -v --validate -V --version") {
-                return Inner::Nothing;
-            }
-            argv(skip_assignments(s.rest))
-        }
-        "env" => {
-            let s = scan(args, &Spec("uCS", "", "unset chdir split-string", false));
-            let rest = skip_assignments(s.rest);
-            match s.values("-S --split-string").first() {
-                Some(split) => Inner::Script(join(rest).map(|r| format!("{split} {r}"))),
-                None => argv(rest),
-            }
-        }
-        "timeout" => skip(Spec("sk", "", "signal kill-after", false), 1),
-        "nice" => skip(Spec("n", "", "adjustment", false), 0),
-        "nohup" | "setsid" | "builtin" => skip(FLAGS, 0),
-        "busybox" => argv(args),
-        "time" => skip(Spec("fo", "", "format output", false), 0),
-        "exec" => skip(Spec("a", "", "", false), 0),
-        "xargs" => {
-            let long = "arg-file delimiter max-args max-procs max-chars";
-            skip(Spec("adEILnPs", "eil", long, false), 0)
-        }
-        "stdbuf" => skip(Spec("ioe", "", "input output error", false), 0),
-        "chroot" => skip(Spec("", "", "userspec groups", false), 1),
-        "command" | "ionice" => {
-            let s = scan(
-                args,
-                &if name == "ionice" {
-                    Spec("cnpPu", "", "", false)
-                } else {
-                    FLAGS
-                },
-            );
-            // `command -v` only looks the name up; `ionice -p PID` acts on running processes.
-            if s.has("-v -V -p -P -u --pid --pgid --uid") {
-                return Inner::Nothing;
-            }
-            argv(s.rest)
-        }
-        "watch" => {
-            let s = scan(args, &Spec("nq", "", "interval equexit", false));
-            match s.has("-x --exec") {
-                true => argv(s.rest),
-                // watch hands its arguments, joined, to `sh -c`.
-                false if !s.rest.is_empty() => Inner::Script(join(s.rest)),
-                false => Inner::Nothing,
-            }
-        }
-        "find" => {
-            let exec = |a: &Arg| {
-                ["-exec", "-execdir", "-ok", "-okdir"]
-                    .iter()
-                    .any(|o| a.is(o))
+        "bash" | "sh" | "zsh" | "dash" | "ksh" | "ash" | "mksh" => {
+            // `+o NAME` unsets what `-o NAME` sets, with the same syntax.
+            let minus = |a: &Arg| match a.text.strip_prefix('+') {
+                Some(o) if o.chars().all(char::is_alphabetic) => Arg::new(format!("-{o}"), false),
+                _ => a.clone(),
             };
+            let args: Vec<Arg> = args.iter().map(minus).collect();
+            let s = scan(&args, "o:O:", "rcfile init-file", false);
+            match (s.has("-c"), s.rest.first()) {
+                (false, _) if s.has("-s") => Inner::Stdin,
+                (true, Some(script)) => Inner::Script(literal(script)),
+                (false, None) => Inner::Stdin,
+                _ => Inner::Nothing,
+            }
+        }
+        "eval" if !args.is_empty() => Inner::Script(join(args)),
+        "su" => {
+            let long = "command session-command group supp-group shell";
+            let s = scan(args, "c:g:G:s:w:", long, true);
+            let script = s.values("-c --command --session-command");
+            let script = script.first().map(|s| (*s).to_owned());
+            script.map_or(Inner::Nothing, |s| Inner::Script(Some(s)))
+        }
+        "trap" => match args {
+            [action, _, ..] if !action.text.starts_with('-') => Inner::Script(literal(action)),
+            _ => Inner::Nothing,
+        },
+        "source" | "." => Inner::Script(None),
+        "find" => {
+            let execs = ["-exec", "-execdir", "-ok", "-okdir"];
+            let exec = |a: &Arg| execs.iter().any(|o| a.is(o));
             let mut argvs = Vec::new();
             let mut i = 0;
             while i < args.len() {
@@ -828,37 +740,6 @@ fn inner_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
             }
             Inner::Argvs(argvs)
         }
-        "su" => {
-            let long = "command session-command group supp-group shell";
-            let s = scan(args, &Spec("cgGsw", "", long, true));
-            let script = s
-                .values("-c --command --session-command")
-                .first()
-                .map(|s| (*s).to_owned());
-            script.map_or(Inner::Nothing, |s| Inner::Script(Some(s)))
-        }
-        "bash" | "sh" | "zsh" | "dash" | "ksh" | "ash" | "mksh" => {
-            // `+o NAME` unsets what `-o NAME` sets: same syntax.
-            let minus = |a: &Arg| match a.text.strip_prefix('+') {
-                Some(o) if o.chars().all(char::is_alphabetic) => Arg::new(format!("-{o}"), false),
-                _ => a.clone(),
-            };
-            let args: Vec<Arg> = args.iter().map(minus).collect();
-            let s = scan(&args, &Spec("oO", "", "rcfile init-file", false));
-            let command = s.has("-c");
-            match s.rest.first() {
-                _ if s.has("-s") && !command => Inner::Stdin,
-                Some(script) if command => Inner::Script(literal(script)),
-                None if !command => Inner::Stdin,
-                _ => Inner::Nothing,
-            }
-        }
-        "eval" if !args.is_empty() => Inner::Script(join(args)),
-        "trap" => match args {
-            [action, _, ..] if !action.text.starts_with('-') => Inner::Script(literal(action)),
-            _ => Inner::Nothing,
-        },
-        "source" | "." => Inner::Script(None),
         _ => Inner::Nothing,
     }
 }
@@ -866,12 +747,18 @@ fn inner_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
 /// The files that `name args...` creates or changes; see [`ShellAnalysis::writes`].
 fn writes_of(name: &str, args: &[Arg]) -> Vec<String> {
     let texts = |v: &[&Arg]| v.iter().map(|a| a.text.clone()).collect::<Vec<_>>();
-    let owned = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<Vec<_>>();
-    let permuted = |arg, long| scan(args, &Spec(arg, "", long, true));
+    let values = |short: &str, long: &str, names: &str| {
+        let given = scan(args, short, long, true).values(names);
+        let files = given.into_iter().filter(|v| *v != "-");
+        files.map(str::to_owned).collect()
+    };
     match name {
-        "tee" => texts(&permuted("", "").operands),
+        "tee" => texts(&scan(args, "", "", true).operands),
+        "touch" | "truncate" => {
+            texts(&scan(args, "d:t:r:s:", "date reference size", true).operands)
+        }
         "mv" | "cp" | "ln" | "install" => {
-            let s = permuted("tSmgo", "target-directory suffix mode owner group");
+            let s = scan(args, "t:S:m:g:o:", "target-directory suffix", true);
             let last = &s.operands[s.operands.len().saturating_sub(1)..];
             if let Some(dir) = s.values("-t --target-directory").last() {
                 vec![(*dir).to_owned()]
@@ -879,41 +766,30 @@ fn writes_of(name: &str, args: &[Arg]) -> Vec<String> {
                 texts(&s.operands)
             } else if s.operands.len() >= 2 || s.has("-T --no-target-directory") {
                 texts(last)
-            } else if name == "ln" {
-                // `ln -s /a/b` creates `b` in the current directory.
-                let base = last
-                    .iter()
-                    .filter_map(|a| a.text.trim_end_matches('/').rsplit('/').next());
-                owned(base.collect())
             } else {
                 Vec::new()
             }
         }
-        "touch" | "truncate" => texts(&permuted("dtrs", "date reference size").operands),
-        "dd" => owned(
-            args.iter()
-                .filter_map(|a| a.text.strip_prefix("of="))
-                .collect(),
-        ),
+        "dd" => {
+            let files = args.iter().filter_map(|a| a.text.strip_prefix("of="));
+            files.map(str::to_owned).collect()
+        }
         "sed" | "perl" => {
-            let (s, inline) = match name {
-                "sed" => (
-                    scan(args, &Spec("efl", "i", "expression file", true)),
+            let (s, script) = if name == "sed" {
+                (
+                    scan(args, "e:f:l:i::", "expression file", true),
                     "-e -f --expression --file",
-                ),
+                )
+            } else {
                 // perl stops at its script or first file.
-                _ => (scan(args, &Spec("eEIMm", "il0xCdD", "", false)), "-e -E"),
+                (
+                    scan(args, "e:E:I:M:m:i::l::0::x::C::d::D::", "", false),
+                    "-e -E",
+                )
             };
             // BSD `sed -i '' EXPR FILE` passes an empty backup suffix.
-            let mut files: Vec<&Arg> = s
-                .operands
-                .iter()
-                .copied()
-                .filter(|a| !a.text.is_empty())
-                .collect();
-            if !s.has(inline) && !files.is_empty() {
-                files.remove(0);
-            }
+            let files = s.operands.iter().filter(|a| !a.text.is_empty());
+            let files: Vec<&Arg> = files.skip(usize::from(!s.has(script))).copied().collect();
             if s.has("-i --in-place") {
                 texts(&files)
             } else {
@@ -922,10 +798,8 @@ fn writes_of(name: &str, args: &[Arg]) -> Vec<String> {
         }
         "chmod" | "chown" | "chgrp" => {
             // Modes like `-x` look like options: only known flags are skipped.
-            let flag = |t: &str| {
-                t.starts_with("--")
-                    || (t.len() > 1 && t[1..].chars().all(|c| "cfvRhHLP".contains(c)))
-            };
+            let flag =
+                |t: &str| t.starts_with("--") || t[1..].chars().all(|c| "cfvRhHLP".contains(c));
             let end = args.iter().position(|a| a.is("--")).unwrap_or(args.len());
             let (options, after) = args.split_at(end);
             let reference = options.iter().any(|a| a.text.starts_with("--reference"));
@@ -936,34 +810,27 @@ fn writes_of(name: &str, args: &[Arg]) -> Vec<String> {
             texts(operands.get(usize::from(!reference)..).unwrap_or_default())
         }
         "git" => git_config_write(args).into_iter().collect(),
-        "crontab" if !scan(args, &Spec("u", "", "", true)).has("-l -V") => vec!["crontab".into()],
+        "crontab" if !scan(args, "u:", "", true).has("-l -V") => vec!["crontab".into()],
         "rsync" => {
-            let long = "rsh rsync-path filter exclude include exclude-from include-from files-from \
-                temp-dir compare-dest copy-dest link-dest partial-dir backup-dir suffix chmod chown \
-                log-file password-file port timeout bwlimit max-size min-size out-format info debug";
-            let s = permuted("efTBM", long);
-            match s.operands.len() {
-                0 | 1 => Vec::new(),
-                n => texts(&s.operands[n - 1..]),
-            }
+            // The destination is the last operand; option values after it would hide it.
+            let s = scan(args, "e:f:", "rsh filter exclude include", true);
+            let n = s.operands.len();
+            texts(if n >= 2 { &s.operands[n - 1..] } else { &[] })
         }
         "curl" => {
-            let long = "output cookie-jar dump-header data data-raw data-binary data-urlencode \
-                header request user user-agent cookie form referer config max-time proxy \
-                connect-timeout upload-file write-out range retry cert key cacert url";
-            let s = permuted("AbcCdDeEFHKmoPQrtTuUwxXyYz", long);
-            let files = s.values("-o --output -c --cookie-jar -D --dump-header");
-            owned(files.into_iter().filter(|v| *v != "-").collect())
+            let short = "A:b:c:C:d:D:e:E:F:H:K:m:o:P:Q:r:t:T:u:U:w:x:X:y:Y:z:";
+            let long = "output cookie-jar dump-header";
+            values(short, long, "-o --output -c --cookie-jar -D --dump-header")
         }
         "wget" => {
-            let s = permuted(
-                "oaeiBOtTwQPUlARDIX",
-                "output-document output-file append-output",
-            );
-            let files = s.values("-O --output-document -o --output-file -a --append-output");
-            owned(files.into_iter().filter(|v| *v != "-").collect())
+            let long = "output-document output-file append-output";
+            let names = "-O --output-document -o --output-file -a --append-output";
+            values("o:a:e:i:B:O:t:T:w:Q:P:U:l:A:R:D:I:X:", long, names)
         }
-        "time" => owned(scan(args, &Spec("fo", "", "format output", false)).values("-o --output")),
+        "time" => {
+            let given = scan(args, "f:o:", "format output", false).values("-o --output");
+            given.into_iter().map(str::to_owned).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -986,12 +853,12 @@ fn git_config_write(args: &[Arg]) -> Option<String> {
     if !args.get(i)?.is("config") {
         return None;
     }
-    let spec = Spec("f", "", "file blob default type comment value", true);
-    let s = scan(args.get(i + 1..).unwrap_or_default(), &spec);
-    let reads =
-        "--get --get-all --get-regexp --get-urlmatch --get-color --get-colorbool --list -l --blob";
-    let changes =
-        "--unset --unset-all --add --replace-all --rename-section --remove-section --edit -e";
+    let rest = args.get(i + 1..).unwrap_or_default();
+    let s = scan(rest, "f:", "file blob default type comment value", true);
+    let reads = "--get --get-all --get-regexp --get-urlmatch --get-color --get-colorbool \
+        --list -l --blob";
+    let changes = "--unset --unset-all --add --replace-all --rename-section --remove-section \
+        --edit -e";
     let writes = match s.operands.first().map(|a| a.text.as_str()) {
         _ if s.has(reads) => false,
         Some("get" | "list") => false,

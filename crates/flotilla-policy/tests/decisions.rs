@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flotilla_policy::config::{LoadedLayer, Layers};
+use flotilla_policy::config::{Layers, LoadedLayer};
 use flotilla_policy::engine::{Engine, Layer, Principal};
 use flotilla_policy::{request, PolicyStack};
 use flotilla_protocol::{PolicyVerdict, SessionPermissions};
@@ -61,7 +61,10 @@ fn engine(w: &World, s: &Setup) -> Result<Engine, String> {
             "{}\n",
             s.user.replace(
                 "[permissions]",
-                &format!("[permissions]\ntrusted_projects = [{:?}]", w.ws.display().to_string())
+                &format!(
+                    "[permissions]\ntrusted_projects = [{:?}]",
+                    w.ws.display().to_string()
+                )
             )
         )
     } else {
@@ -78,7 +81,9 @@ fn engine(w: &World, s: &Setup) -> Result<Engine, String> {
         project: layer(Layer::Project, s.project),
         user: layer(Layer::User, &user),
     };
-    let spec = layers.spec(&w.ws, Some(&w.home)).map_err(|e| e.to_string())?;
+    let spec = layers
+        .spec(&w.ws, Some(&w.home))
+        .map_err(|e| e.to_string())?;
     Engine::new(spec).map_err(|e| e.to_string())
 }
 
@@ -125,7 +130,13 @@ struct Row {
     principal: Principal,
 }
 
-fn row(name: &'static str, setup: Setup, tool: &'static str, input: &'static str, want: PolicyVerdict) -> Row {
+fn row(
+    name: &'static str,
+    setup: Setup,
+    tool: &'static str,
+    input: &'static str,
+    want: PolicyVerdict,
+) -> Row {
     Row {
         name,
         setup,
@@ -350,7 +361,13 @@ fn decision_table() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -358,28 +375,52 @@ fn reasons_say_what_is_missing() {
     let w = world();
     let e = engine(&w, &admin(ADMIN_TIERS, "auto")).unwrap();
     let check = request::check_dialect("Shell", "nmap x", &w.ws, None).unwrap();
-    let p = Principal { name: "bob".into(), ..Principal::default() };
-    assert!(e.decide(&check, &p, NOW).reason.contains("flotilla principal vet"));
-    let p = Principal { name: "bob".into(), vetted: vec!["cyber".into()], mfa_verified_ms: None };
-    assert!(e.decide(&check, &p, NOW).reason.contains("flotilla login --totp"));
+    let p = Principal {
+        name: "bob".into(),
+        ..Principal::default()
+    };
+    assert!(e
+        .decide(&check, &p, NOW)
+        .reason
+        .contains("flotilla principal vet"));
+    let p = Principal {
+        name: "bob".into(),
+        vetted: vec!["cyber".into()],
+        mfa_verified_ms: None,
+    };
+    assert!(e
+        .decide(&check, &p, NOW)
+        .reason
+        .contains("flotilla login --totp"));
     let e = engine(&w, &admin(ADMIN_HARD, "auto")).unwrap();
     let check = request::check_dialect("Shell", "rm -rf /", &w.ws, None).unwrap();
     let d = e.decide(&check, &p, NOW);
     assert_eq!(d.rule.as_deref(), Some("Shell(rm -rf /*)"));
-    assert!(d.reason.contains("no mode, rule or approval"), "{}", d.reason);
+    assert!(
+        d.reason.contains("no mode, rule or approval"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
 fn bypass_and_modes_need_the_admin() {
     let w = world();
     let err = engine(&w, &mode("bypass")).unwrap_err();
-    assert!(err.contains("bypass") && err.contains("allowed_modes"), "{err}");
+    assert!(
+        err.contains("bypass") && err.contains("allowed_modes"),
+        "{err}"
+    );
     let only = "[permissions]\nallowed_modes = [\"plan\", \"ask\"]";
     let err = engine(&w, &admin(only, "auto")).unwrap_err();
     assert!(err.contains("not allowed by the administrator"), "{err}");
     assert!(engine(&w, &admin(only, "plan")).is_ok());
     // The user file cannot sneak a mode past the admin either.
-    let s = Setup { admin: only, user: "[permissions]\nmode = \"auto\"", ..Setup::default() };
+    let s = Setup {
+        admin: only,
+        user: "[permissions]\nmode = \"auto\"",
+        ..Setup::default()
+    };
     assert!(engine(&w, &s).is_err());
 }
 
@@ -392,15 +433,26 @@ fn bare_deny_removes_the_tool() {
     assert!(!e.offers_tool("write_file"), "Write is a kind of Edit");
     assert!(e.offers_tool("read_file"));
     let e = engine(&w, &rules("auto", &[], &[], &["Shell(rm *)"])).unwrap();
-    assert!(e.offers_tool("shell"), "a deny with a specifier keeps the tool");
+    assert!(
+        e.offers_tool("shell"),
+        "a deny with a specifier keeps the tool"
+    );
     let e = engine(&w, &admin("[permissions]\nhard_deny = [\"Read\"]", "auto")).unwrap();
     assert!(!e.offers_tool("grep"), "Grep is a kind of Read");
 }
 
 #[test]
 fn admin_only_keys_are_refused_elsewhere_with_file_and_line() {
-    let err = LoadedLayer::parse(Layer::Project, Some(Path::new("p.toml")), "[permissions]\nhard_deny = [\"Shell\"]").unwrap_err();
-    assert!(err.to_string().contains("only be set by the administrator"), "{err}");
+    let err = LoadedLayer::parse(
+        Layer::Project,
+        Some(Path::new("p.toml")),
+        "[permissions]\nhard_deny = [\"Shell\"]",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("only be set by the administrator"),
+        "{err}"
+    );
     let err = LoadedLayer::parse(
         Layer::User,
         Some(Path::new("u.toml")),
@@ -411,18 +463,34 @@ fn admin_only_keys_are_refused_elsewhere_with_file_and_line() {
     .unwrap_err();
     assert_eq!(err.location, "u.toml:5");
     assert!(err.hint.contains("Shell"), "{}", err.hint);
-    let err = LoadedLayer::parse(Layer::User, Some(Path::new("u.toml")), "[permissions]\nmode = \"yolo\"\n")
-        .unwrap();
-    let err = Layers { user: err, ..Layers::default() }.spec(Path::new("/w"), None).unwrap_err();
+    let err = LoadedLayer::parse(
+        Layer::User,
+        Some(Path::new("u.toml")),
+        "[permissions]\nmode = \"yolo\"\n",
+    )
+    .unwrap();
+    let err = Layers {
+        user: err,
+        ..Layers::default()
+    }
+    .spec(Path::new("/w"), None)
+    .unwrap_err();
     assert_eq!(err.location, "u.toml:2");
-    let err = LoadedLayer::parse(Layer::User, Some(Path::new("u.toml")), "[permissions]\nallow = \"Shell\"\n").unwrap_err();
+    let err = LoadedLayer::parse(
+        Layer::User,
+        Some(Path::new("u.toml")),
+        "[permissions]\nallow = \"Shell\"\n",
+    )
+    .unwrap_err();
     assert!(err.location.starts_with("u.toml:"), "{err}");
 }
 
 #[test]
 fn intersection_only_narrows() {
     let w = world();
-    let parent = PolicyStack::new(std::sync::Arc::new(engine(&w, &rules("auto", &[], &[], &["Shell(curl *)"])).unwrap()));
+    let parent = PolicyStack::new(std::sync::Arc::new(
+        engine(&w, &rules("auto", &[], &[], &["Shell(curl *)"])).unwrap(),
+    ));
     let child_auto_allows_curl = PolicyStack::new(std::sync::Arc::new(
         engine(&w, &rules("auto", &["Shell(curl *)"], &[], &[])).unwrap(),
     ));
@@ -431,15 +499,29 @@ fn intersection_only_narrows() {
     let curl = request::check_dialect("Shell", "curl x", &w.ws, None).unwrap();
     let ls = request::check_dialect("Shell", "ls", &w.ws, None).unwrap();
     let both = parent.intersect(&child_auto_allows_curl);
-    assert_eq!(both.decide(&curl, &p, NOW).verdict, DENY, "a child cannot allow what the parent denies");
+    assert_eq!(
+        both.decide(&curl, &p, NOW).verdict,
+        DENY,
+        "a child cannot allow what the parent denies"
+    );
     let both = parent.intersect(&child_ask);
-    assert_eq!(both.decide(&ls, &p, NOW).verdict, ASK, "the stricter mode wins");
+    assert_eq!(
+        both.decide(&ls, &p, NOW).verdict,
+        ASK,
+        "the stricter mode wins"
+    );
     assert_eq!(both.mode(), flotilla_policy::Mode::Ask);
     assert_eq!(parent.decide(&ls, &p, NOW).verdict, ALLOW);
     // Tiers: a child vetted nowhere new gains nothing.
-    let tiers = PolicyStack::new(std::sync::Arc::new(engine(&w, &admin(ADMIN_TIERS, "auto")).unwrap()));
+    let tiers = PolicyStack::new(std::sync::Arc::new(
+        engine(&w, &admin(ADMIN_TIERS, "auto")).unwrap(),
+    ));
     let nmap = request::check_dialect("Shell", "nmap x", &w.ws, None).unwrap();
     let stack = parent.intersect(&tiers);
     assert_eq!(stack.decide(&nmap, &p, NOW).verdict, DENY);
-    assert!(!parent.intersect(&PolicyStack::new(std::sync::Arc::new(engine(&w, &rules("auto", &[], &[], &["Shell"])).unwrap()))).offers_tool("shell"));
+    assert!(!parent
+        .intersect(&PolicyStack::new(std::sync::Arc::new(
+            engine(&w, &rules("auto", &[], &[], &["Shell"])).unwrap()
+        )))
+        .offers_tool("shell"));
 }

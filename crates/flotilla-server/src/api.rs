@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{request::Parts, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +34,8 @@ pub struct AppState {
     pub status: Arc<DaemonStatus>,
     /// Fires when the daemon stops: ends SSE streams so shutdown completes.
     pub shutdown: CancellationToken,
+    /// Who may use the daemon; authenticates every request.
+    pub principals: crate::principals::Principals,
 }
 
 /// An error response: status plus JSON body.
@@ -59,6 +60,10 @@ impl From<FleetError> for ApiFailure {
             FleetError::NotFound(_) => {
                 ApiFailure::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            FleetError::NoApproval(_) => {
+                ApiFailure::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            FleetError::Forbidden(m) => ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", m),
             FleetError::Store(s) => s.into(),
         }
     }
@@ -124,9 +129,12 @@ fn parse_id(raw: &str) -> Result<SessionId, ApiFailure> {
         .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
-/// The router. `token`: when set, every request needs `Authorization: Bearer TOKEN`.
-pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
-    let app = Router::new()
+/// The router. Every request but `GET /v1/health` is authenticated
+/// (`principals::authenticate`): serve it with
+/// `into_make_service_with_connect_info::<principals::Peer>()`.
+pub fn router(state: AppState) -> Router {
+    let principals = state.principals.clone();
+    Router::new()
         .route("/v1/health", get(health))
         .route("/v1/daemon", get(daemon_status))
         .route("/v1/daemon/stop", post(daemon_stop))
@@ -135,35 +143,15 @@ pub fn router(state: AppState, token: Option<Arc<str>>) -> Router {
         .route("/v1/sessions/{id}/cancel", post(cancel_session))
         .route("/v1/sessions/{id}/events", get(list_events))
         .route("/v1/sessions/{id}/stream", get(stream_events))
+        .merge(crate::principals::routes())
+        .merge(crate::approvals::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    match token {
-        Some(token) => app.layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let token = token.clone();
-                async move { check_bearer(&token, req, next).await }
-            },
-        )),
-        None => app,
-    }
-}
-
-async fn check_bearer(token: &str, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong; it is in the daemon's run folder (file `token`)").into_response(),
-        None => ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", "TCP clients need `Authorization: Bearer TOKEN`; the token is in the daemon's run folder (file `token`)").into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            principals,
+            crate::principals::authenticate,
+        ))
 }
 
 async fn not_found() -> ApiFailure {
@@ -213,10 +201,10 @@ async fn daemon_stop(State(st): State<AppState>) -> (StatusCode, Json<serde_json
 
 async fn create_session(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::principals::Caller>,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<flotilla_protocol::SessionInfo>), ApiFailure> {
-    // Replaced by the authenticated principal once the daemon authenticates requests.
-    let info = st.fleet.create(req, "local").await?;
+    let info = st.fleet.create(req, &caller.name).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{router, AppState};
 use crate::paths::{Paths, MAX_SOCKET_PATH};
+use crate::principals::{Peer, Principals};
 
 /// Everything `serve` needs.
 pub struct ServeOptions {
@@ -176,6 +177,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     }
     let _lock = acquire_lock(&paths)?;
     private_dir(&paths.data_dir)?;
+    let principals = Principals::open_for_daemon(&paths).map_err(|e| DaemonError::Io {
+        what: "cannot open the principal directory",
+        path: Principals::db_path(&paths).display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     // We hold the lock, so a socket file here was left by a daemon that died.
     match std::fs::remove_file(&paths.socket) {
         Ok(()) => {
@@ -191,6 +197,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         },
     )?;
     let fleet = Supervisor::new(store.clone(), opts.fleet, opts.executor, opts.factory);
+    // Tier checks read a principal's vetting and last MFA at each call.
+    let directory = principals.clone();
+    fleet.set_principal_lookup(Arc::new(move |name: &str| {
+        directory.facts(name).map(|f| flotilla_policy::Principal {
+            name: f.name,
+            vetted: f.vetted,
+            mfa_verified_ms: f.mfa_verified_ms,
+        })
+    }));
     let unix = UnixListener::bind(&paths.socket).map_err(io("cannot listen on", &paths.socket))?;
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(io("cannot restrict", &paths.socket))?;
@@ -230,6 +245,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         fleet: fleet.clone(),
         status: Arc::new(status),
         shutdown: shutdown.clone(),
+        principals: principals.clone(),
     };
 
     // Serve first, resume second: clients get answers while sessions come back.
@@ -264,20 +280,21 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         signals.cancel();
     });
 
-    let unix_app = router(state.clone(), None);
+    let unix_app = router(state.clone());
     let stop = shutdown.clone();
     let unix_server = tokio::spawn(async move {
-        axum::serve(unix, unix_app)
+        axum::serve(unix, unix_app.into_make_service_with_connect_info::<Peer>())
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
     let tcp_server = match tcp {
         Some(listener) => {
-            let token: Arc<str> = load_or_create_token(&paths)?.into();
-            let app = router(state.clone(), Some(token));
+            // The daemon's token authenticates as the owner.
+            principals.set_daemon_token(&load_or_create_token(&paths)?);
+            let app = router(state.clone());
             let stop = shutdown.clone();
             Some(tokio::spawn(async move {
-                axum::serve(listener, app)
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             }))

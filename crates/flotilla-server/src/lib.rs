@@ -2,8 +2,11 @@
 //! token), SSE event streams, and the daemon's life cycle.
 
 pub mod api;
+pub mod approvals;
 pub mod daemon;
 pub mod paths;
+pub mod principals;
 
 pub use daemon::{acquire_lock, serve, DaemonError, DaemonLock, ServeOptions};
 pub use paths::Paths;
+pub use principals::{Caller, Principals};
