@@ -40,8 +40,15 @@ if [ -z "$model" ]; then
   model=openai:scripted-demo
 fi
 
-echo "==> flotilla run --workspace $work/hello --model $model"
+# Unattended, so nothing may wait for approval: edits in the workspace run
+# (accept-edits) and the one command the task needs is allowed by a rule;
+# anything else the model tried would be refused or would wait.
+echo "==> flotilla policy check: what the session may do"
+"$bin/flotilla" policy check -w "$work/hello" --mode accept-edits --allow 'Shell(python3 hello.py)' \
+  --tool Shell --input 'python3 hello.py' || true
+echo "==> flotilla run --workspace $work/hello --model $model --mode accept-edits --allow 'Shell(python3 hello.py)'"
 "$bin/flotilla" run --workspace "$work/hello" --model "$model" \
+  --mode accept-edits --allow 'Shell(python3 hello.py)' \
   "Make greet() use an f-string and end the greeting with an exclamation mark, then run the script."
 echo
 echo "==> flotilla ps"

@@ -5,14 +5,14 @@
 //! [`analyze`] parses the line with `brush-parser` (a real bash grammar),
 //! walks the whole tree, and re-parses the scripts other commands run.
 //!
-//! Wrappers whose inner command is listed too (flagged
-//! [`SimpleCommand::nested`]): `sudo`, `doas`, `env`, `timeout`, `nice`,
+//! Wrappers whose inner command is listed too, flagged
+//! [`SimpleCommand::nested`]: `sudo`, `doas`, `env`, `timeout`, `nice`,
 //! `nohup`, `time`, `command`, `builtin`, `exec`, `xargs`, `stdbuf`,
-//! `ionice`, `chroot`, `setsid`, `busybox`, `watch -x`, and `find` with
-//! `-exec`/`-execdir`/`-ok`/`-okdir`. Scripts parsed recursively (their
-//! commands nested too): `bash`/`sh`/`zsh`/`dash`/`ksh`/`ash`/`mksh` `-c`,
-//! `eval`, `su -c`, `trap`, `watch`, `env -S`. Commands run on another host
-//! (`ssh host cmd`) are not looked into.
+//! `ionice`, `chroot`, `setsid`, `busybox`, `watch -x`, `find -exec`
+//! (`-execdir`, `-ok`, `-okdir`). Scripts parsed recursively, their commands
+//! nested too: `bash`/`sh`/`zsh`/`dash`/`ksh`/`ash`/`mksh` `-c`, `eval`,
+//! `su -c`, `trap`, `watch`, `env -S`. Remote commands (`ssh host cmd`) are
+//! not looked into.
 
 use brush_parser::ast;
 use brush_parser::word::{self, WordPiece, WordPieceWithSource};
@@ -67,7 +67,7 @@ pub struct ShellAnalysis {
     /// `tee FILE...`, `mv`/`cp`/`ln`/`install` (last operand, or `-t DIR`),
     /// `touch`, `truncate`, `dd of=`, `sed -i`, `perl -i`, `chmod`/`chown`/
     /// `chgrp` operands, the `rsync` destination, `curl -o`/`-c`/`-D`,
-    /// `wget -O`/`-o`/`-a`, `time -o`, `git config` setting a value
+    /// `wget -O`/`-o`/`-a`, `git config` setting a value
     /// (`.git/config`, `~/.gitconfig` with `--global`, `/etc/gitconfig` with
     /// `--system`, the `--file`; `DIR/.git/config` after `git -C DIR`) and
     /// `crontab` other than `-l` (the string `crontab`).
@@ -128,15 +128,14 @@ fn parse(source: &str) -> Result<ast::Program, ShellParseError> {
     // A final newline ends that line; a second one survives a trailing
     // backslash, which would join the first to the line.
     let padded = format!("{source}\n\n");
-    let mut parser = Parser::new(std::io::Cursor::new(padded.as_bytes()), &options());
+    let mut parser = Parser::new(
+        std::io::Cursor::new(padded.as_bytes()),
+        &ParserOptions::default(),
+    );
     // It also unwraps in places: a panic means the input cannot be analyzed.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parser.parse_program()))
         .map_err(|_| error("the parser failed on this input".into()))?
         .map_err(|e| error(e.to_string()))
-}
-
-fn options() -> ParserOptions {
-    ParserOptions::default()
 }
 
 /// A word after quote removal; a `dynamic` word holds its source text.
@@ -222,7 +221,8 @@ impl Walker {
                 &function.body.1
             }
             ast::Command::ExtendedTest(test, redirects) => {
-                self.test(&test.expr, ctx);
+                // Printed back, the test's words expand like one word would.
+                self.expanded(&test.expr.to_string(), ctx);
                 redirects
             }
         };
@@ -273,24 +273,6 @@ impl Walker {
                 self.list(&w.1.list, ctx);
             }
             C::Coprocess(c) => self.command(&c.body, ctx),
-        }
-    }
-
-    fn test(&mut self, expr: &ast::ExtendedTestExpr, ctx: Ctx) {
-        use ast::ExtendedTestExpr as E;
-        match expr {
-            E::And(a, b) | E::Or(a, b) => {
-                self.test(a, ctx);
-                self.test(b, ctx);
-            }
-            E::Not(a) | E::Parenthesized(a) => self.test(a, ctx),
-            E::UnaryTest(_, w) => {
-                self.word(&w.value, ctx);
-            }
-            E::BinaryTest(_, a, b) => {
-                self.word(&a.value, ctx);
-                self.word(&b.value, ctx);
-            }
         }
     }
 
@@ -356,7 +338,7 @@ impl Walker {
             R::HereDocument(fd, doc) => {
                 let body = &doc.doc.value;
                 if doc.requires_expansion {
-                    match word::parse_heredoc(body, &options()) {
+                    match word::parse_heredoc(body, &ParserOptions::default()) {
                         Ok(pieces) => drop(self.unquote(body, &pieces, ctx, &mut String::new())),
                         Err(_) => self.out.opaque = true,
                     }
@@ -380,12 +362,11 @@ impl Walker {
         };
         let texts: Vec<String> = words.iter().map(|w| w.text.clone()).collect();
         let (text, nested) = (texts.join(" "), ctx.nested);
-        let command = SimpleCommand {
+        self.out.commands.push(SimpleCommand {
             words: texts,
             text,
             nested,
-        };
-        self.out.commands.push(command);
+        });
         if first.dynamic {
             self.out.opaque = true;
             return;
@@ -421,7 +402,7 @@ impl Walker {
     /// Quote removal of one source word, walking the substitutions inside.
     fn word(&mut self, raw: &str, ctx: Ctx) -> Arg {
         let mut text = String::new();
-        let dynamic = match word::parse(raw, &options()) {
+        let dynamic = match word::parse(raw, &ParserOptions::default()) {
             Ok(pieces) => self.unquote(raw, &pieces, ctx, &mut text),
             Err(_) => {
                 self.out.opaque = true;
@@ -433,7 +414,9 @@ impl Walker {
 
     /// Walks the substitutions in text that is expanded like a word.
     fn expanded(&mut self, text: &str, ctx: Ctx) {
-        if text.contains(['$', '`']) {
+        if ctx.depth > MAX_DEPTH {
+            self.out.opaque = true;
+        } else if text.contains(['$', '`']) {
             self.word(text, ctx);
         }
     }
@@ -467,11 +450,8 @@ impl Walker {
                     dynamic = true;
                     // `${x:-$(cmd)}` runs cmd, so the braces are looked into.
                     let body = source.strip_prefix("${").and_then(|t| t.strip_suffix('}'));
-                    let deeper = ctx.deeper(false);
-                    match body {
-                        Some(_) if deeper.depth > MAX_DEPTH => self.out.opaque = true,
-                        Some(body) => self.expanded(body, deeper),
-                        None => {}
+                    if let Some(body) = body {
+                        self.expanded(body, ctx.deeper(false));
                     }
                 }
                 WordPiece::CommandSubstitution(s) => {
@@ -495,18 +475,8 @@ impl Walker {
 /// brush-parser turns `` \` `` into `` ` `` inside backquotes; bash also
 /// turns `\$` into `$` and `\\` into `\` before running the script.
 fn unescape_backquoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match chars.peek() {
-            Some(&next) if c == '\\' && (next == '$' || next == '\\') => {
-                out.push(next);
-                chars.next();
-            }
-            _ => out.push(c),
-        }
-    }
-    out
+    let parts: Vec<String> = s.split("\\\\").map(|p| p.replace("\\$", "$")).collect();
+    parts.join("\\")
 }
 
 /// Decodes the body of `$'...'` as bash does (but for `\cX`).
@@ -658,7 +628,7 @@ fn inner_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
         "exec" => ("a:", "", 0, ""),
         "xargs" => (
             "a:d:E:I:L:n:P:s:e::i::l::",
-            "arg-file delimiter max-procs",
+            "arg-file delimiter max-args max-procs max-chars",
             0,
             "",
         ),
@@ -697,14 +667,10 @@ fn script_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
     let literal = |a: &Arg| (!a.dynamic).then(|| a.text.clone());
     match name {
         "bash" | "sh" | "zsh" | "dash" | "ksh" | "ash" | "mksh" => {
-            // `+o NAME` unsets what `-o NAME` sets, with the same syntax.
-            let minus = |a: &Arg| match a.text.strip_prefix('+') {
-                Some(o) if o.chars().all(char::is_alphabetic) => Arg::new(format!("-{o}"), false),
-                _ => a.clone(),
-            };
-            let args: Vec<Arg> = args.iter().map(minus).collect();
-            let s = scan(&args, "o:O:", "rcfile init-file", false);
+            let s = scan(args, "o:O:", "rcfile init-file", false);
             match (s.has("-c"), s.rest.first()) {
+                // `+o NAME` and the like, rare enough not to be worth parsing.
+                (_, Some(option)) if option.text.starts_with('+') => Inner::Script(None),
                 (false, _) if s.has("-s") => Inner::Stdin,
                 (true, Some(script)) => Inner::Script(literal(script)),
                 (false, None) => Inner::Stdin,
@@ -720,6 +686,7 @@ fn script_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
             script.map_or(Inner::Nothing, |s| Inner::Script(Some(s)))
         }
         "trap" => match args {
+            [dashes, rest @ ..] if dashes.is("--") => script_of(name, rest),
             [action, _, ..] if !action.text.starts_with('-') => Inner::Script(literal(action)),
             _ => Inner::Nothing,
         },
@@ -727,18 +694,9 @@ fn script_of<'a>(name: &str, args: &'a [Arg]) -> Inner<'a> {
         "find" => {
             let execs = ["-exec", "-execdir", "-ok", "-okdir"];
             let exec = |a: &Arg| execs.iter().any(|o| a.is(o));
-            let mut argvs = Vec::new();
-            let mut i = 0;
-            while i < args.len() {
-                i += 1;
-                if exec(&args[i - 1]) {
-                    let end = args[i..].iter().position(|a| a.is(";") || a.is("+"));
-                    let end = end.map_or(args.len(), |e| i + e);
-                    argvs.push(&args[i..end]);
-                    i = end;
-                }
-            }
-            Inner::Argvs(argvs)
+            let after_exec = |c: &'a [Arg]| c.iter().position(exec).map(|i| &c[i + 1..]);
+            let commands = args.split(|a| a.is(";") || a.is("+"));
+            Inner::Argvs(commands.filter_map(after_exec).collect())
         }
         _ => Inner::Nothing,
     }
@@ -827,10 +785,6 @@ fn writes_of(name: &str, args: &[Arg]) -> Vec<String> {
             let names = "-O --output-document -o --output-file -a --append-output";
             values("o:a:e:i:B:O:t:T:w:Q:P:U:l:A:R:D:I:X:", long, names)
         }
-        "time" => {
-            let given = scan(args, "f:o:", "format output", false).values("-o --output");
-            given.into_iter().map(str::to_owned).collect()
-        }
         _ => Vec::new(),
     }
 }
@@ -874,4 +828,576 @@ fn git_config_write(args: &[Arg]) -> Option<String> {
         None if s.has("--worktree") => local(".git/config.worktree"),
         None => local(".git/config"),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn run(command: &str) -> ShellAnalysis {
+        analyze(command).unwrap_or_else(|e| panic!("{command:?}: {e}"))
+    }
+
+    fn texts(command: &str) -> Vec<String> {
+        run(command).commands.into_iter().map(|c| c.text).collect()
+    }
+
+    /// (text, nested) of every command.
+    fn listed(command: &str) -> Vec<(String, bool)> {
+        let commands = run(command).commands.into_iter();
+        commands.map(|c| (c.text, c.nested)).collect()
+    }
+
+    fn writes(command: &str) -> Vec<String> {
+        run(command).writes
+    }
+
+    fn owned(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn and_list_yields_both_commands() {
+        assert_eq!(
+            texts("npm test && rm -rf /"),
+            owned(&["npm test", "rm -rf /"])
+        );
+    }
+
+    #[test]
+    fn or_sequence_and_background() {
+        assert_eq!(texts("a || b; c & d"), owned(&["a", "b", "c", "d"]));
+    }
+
+    #[test]
+    fn pipeline_and_negation() {
+        assert_eq!(
+            texts("! cat f | grep -v x | wc -l"),
+            owned(&["cat f", "grep -v x", "wc -l"])
+        );
+    }
+
+    #[test]
+    fn subshell_and_brace_group() {
+        assert_eq!(
+            texts("(cd x && rm y); { a; b; } > out"),
+            owned(&["cd x", "rm y", "a", "b"])
+        );
+        assert_eq!(writes("{ a; b; } > out"), owned(&["out"]));
+    }
+
+    #[test]
+    fn command_substitution_runs_first_and_word_stays_as_written() {
+        let a = run("echo $(rm -rf /)");
+        assert_eq!(a.commands[0].text, "rm -rf /");
+        assert_eq!(a.commands[1].words, owned(&["echo", "$(rm -rf /)"]));
+        assert!(!a.opaque);
+    }
+
+    #[test]
+    fn nested_command_substitutions() {
+        let t = texts("echo $(a $(b $(c)))");
+        for inner in ["c", "b $(c)", "a $(b $(c))", "echo $(a $(b $(c)))"] {
+            assert!(t.contains(&inner.to_owned()), "{inner} in {t:?}");
+        }
+    }
+
+    #[test]
+    fn backticks_including_escaped_nesting_and_dollar() {
+        assert!(texts("echo `rm x`").contains(&"rm x".to_owned()));
+        assert!(texts(r"echo `a \`b\``").contains(&"b".to_owned()));
+        // Inside backquotes `\$` is `$`: the inner script runs `rm y`.
+        assert!(texts(r"echo `echo \$(rm y)`").contains(&"rm y".to_owned()));
+    }
+
+    #[test]
+    fn process_substitutions() {
+        let a = run("diff <(ls a) >(tee b)");
+        let t: Vec<&str> = a.commands.iter().map(|c| c.text.as_str()).collect();
+        assert!(t.contains(&"ls a") && t.contains(&"tee b"), "{t:?}");
+        assert_eq!(a.writes, owned(&["b"]));
+        assert!(texts("cat < <(curl x)").contains(&"curl x".to_owned()));
+    }
+
+    #[test]
+    fn if_while_until_bodies_and_conditions() {
+        let t = texts(
+            "if a; then b; elif c; then d; else e; fi; while f; do g; done; until h; do i; done",
+        );
+        assert_eq!(t, owned(&["a", "b", "c", "d", "e", "f", "g", "h", "i"]));
+    }
+
+    #[test]
+    fn for_and_case_words_are_expanded() {
+        let t = texts("for x in $(seq 3); do rm $x; done; case $(a) in $(b)) c;; esac");
+        assert_eq!(t, owned(&["seq 3", "rm $x", "a", "b", "c"]));
+        assert_eq!(
+            texts("for ((i=0; i<$(n); i++)); do :; done"),
+            owned(&["n", ":"])
+        );
+    }
+
+    #[test]
+    fn function_bodies() {
+        assert_eq!(
+            texts("f() { rm x; }; function g { h; }; f"),
+            owned(&["rm x", "h", "f"])
+        );
+    }
+
+    #[test]
+    fn extended_test_and_arithmetic_substitutions() {
+        assert_eq!(
+            texts("[[ -f $(a) ]] && (( $(b) + 1 )); echo $(( $(c) ))").len(),
+            4
+        );
+    }
+
+    #[test]
+    fn parameter_expansion_defaults_run_commands() {
+        let a = run(r#"echo "${x:-$(rm y)}""#);
+        assert_eq!(a.commands[0].text, "rm y");
+        assert_eq!(a.commands[1].words, owned(&["echo", r#""${x:-$(rm y)}""#]));
+    }
+
+    #[test]
+    fn bash_c_script_is_parsed_and_nested() {
+        let expected = vec![
+            ("bash -c a; b".to_owned(), false),
+            ("a".to_owned(), true),
+            ("b".to_owned(), true),
+        ];
+        assert_eq!(listed("bash -c 'a; b'"), expected);
+    }
+
+    #[test]
+    fn sh_c_and_shell_options() {
+        assert_eq!(texts(r#"sh -c "x && y""#)[1..], owned(&["x", "y"]));
+        assert_eq!(texts("bash -lc 'rm z'")[1..], owned(&["rm z"]));
+        assert_eq!(texts("bash -euo pipefail -c 'rm z'")[1..], owned(&["rm z"]));
+        assert!(run("zsh +o nomatch -c 'rm z'").opaque);
+        assert_eq!(
+            texts("dash -c 'sh -c \"eval rm w\"'").last().unwrap(),
+            "rm w"
+        );
+    }
+
+    #[test]
+    fn eval_joins_its_arguments() {
+        assert_eq!(
+            listed(r#"eval "rm -rf /""#)[1],
+            ("rm -rf /".to_owned(), true)
+        );
+        assert_eq!(texts("eval rm '-rf' /")[1], "rm -rf /");
+    }
+
+    #[test]
+    fn sudo_env_timeout_and_nice_wrap_commands() {
+        let expected = vec![
+            ("sudo rm -rf /".to_owned(), false),
+            ("rm -rf /".to_owned(), true),
+        ];
+        assert_eq!(listed("sudo rm -rf /"), expected);
+        assert_eq!(texts("sudo -u root -- rm x")[1], "rm x");
+        assert_eq!(texts("env A=1 rm -rf /")[1], "rm -rf /");
+        assert_eq!(texts("env -i -u HOME PATH=/bin rm x")[1], "rm x");
+        assert_eq!(texts("timeout 5 rm x")[1], "rm x");
+        assert_eq!(texts("timeout -s KILL 5 rm x")[1], "rm x");
+        assert_eq!(texts("nice -n 5 rm x")[1], "rm x");
+    }
+
+    #[test]
+    fn wrapper_chains_are_unwrapped_one_by_one() {
+        let t = listed("nohup nice sudo -E stdbuf -o0 rm x");
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[4], ("rm x".to_owned(), true));
+        assert!(!t[0].1 && t[1..].iter().all(|(_, nested)| *nested));
+    }
+
+    #[test]
+    fn timeout_wrapper_listing_matches_the_documented_example() {
+        let expected = vec![
+            ("timeout 5 rm -rf x".to_owned(), false),
+            ("rm -rf x".to_owned(), true),
+        ];
+        assert_eq!(listed("timeout 5 rm -rf x"), expected);
+    }
+
+    #[test]
+    fn xargs_and_find_exec_run_commands() {
+        assert_eq!(
+            texts("find . | xargs rm"),
+            owned(&["find .", "xargs rm", "rm"])
+        );
+        assert_eq!(texts("xargs -0 -I{} rm -f {}")[1], "rm -f {}");
+        let t = texts(r"find . -name x -exec rm {} \; -execdir chmod 600 {} +");
+        assert_eq!(t[1..], owned(&["rm {}", "chmod 600 {}"]));
+    }
+
+    #[test]
+    fn modes_that_run_nothing() {
+        assert_eq!(texts("command -v rm"), owned(&["command -v rm"]));
+        assert_eq!(texts("sudo -l"), owned(&["sudo -l"]));
+        assert_eq!(texts("command rm x")[1], "rm x");
+        assert_eq!(texts("bash script.sh"), owned(&["bash script.sh"]));
+    }
+
+    #[test]
+    fn su_trap_and_watch_scripts() {
+        assert_eq!(texts("su -c 'rm y' root")[1], "rm y");
+        assert_eq!(texts("trap 'rm -rf /tmp/x' EXIT")[1], "rm -rf /tmp/x");
+        assert_eq!(texts("trap -- 'rm y' INT TERM")[1], "rm y");
+        assert_eq!(texts("trap - EXIT"), owned(&["trap - EXIT"]));
+        assert_eq!(texts("watch -n 1 'ls; rm x'")[1..], owned(&["ls", "rm x"]));
+    }
+
+    #[test]
+    fn quote_removal_defeats_quote_tricks() {
+        assert_eq!(texts("'r'm -rf /"), owned(&["rm -rf /"]));
+        assert_eq!(texts(r#""rm" -rf /"#), owned(&["rm -rf /"]));
+        assert_eq!(texts(r"r\m -rf /"), owned(&["rm -rf /"]));
+        assert_eq!(texts("$'rm' -rf /"), owned(&["rm -rf /"]));
+        assert_eq!(texts(r"$'\x72\u006d' -rf /"), owned(&["rm -rf /"]));
+        assert_eq!(texts("rm \\\n -rf /"), owned(&["rm -rf /"]));
+    }
+
+    #[test]
+    fn quoted_spaces_stay_in_one_word() {
+        let a = run(r#"echo "a b" 'c d' e\ f "g\"h""#);
+        assert_eq!(
+            a.commands[0].words,
+            owned(&["echo", "a b", "c d", "e f", "g\"h"])
+        );
+    }
+
+    #[test]
+    fn tilde_and_globs_are_kept_literally() {
+        assert_eq!(
+            texts("ls ~/x ~root *.txt {a,b}"),
+            owned(&["ls ~/x ~root *.txt {a,b}"])
+        );
+    }
+
+    #[test]
+    fn dynamic_command_word_is_opaque() {
+        let a = run("$CMD -rf /");
+        assert!(a.opaque);
+        assert_eq!(a.commands[0].text, "$CMD -rf /");
+        assert!(run("$(echo rm) -rf /").opaque);
+        assert!(run("sudo \"$X\" y").opaque);
+    }
+
+    #[test]
+    fn dynamic_arguments_are_kept_as_written() {
+        let a = run(r#"rm -rf "$DIR"/x ${HOME}"#);
+        assert!(!a.opaque);
+        assert_eq!(
+            a.commands[0].words,
+            owned(&["rm", "-rf", r#""$DIR"/x"#, "${HOME}"])
+        );
+    }
+
+    #[test]
+    fn leading_assignments_are_dropped() {
+        assert_eq!(texts("FOO=1 BAR='2 3' cmd x"), owned(&["cmd x"]));
+        assert!(texts("FOO=1 BAR=2").is_empty());
+        assert_eq!(texts("X=$(rm y) Y=(a $(b))"), owned(&["rm y", "b"]));
+        assert_eq!(texts("export A=1"), owned(&["export A=1"]));
+    }
+
+    #[test]
+    fn heredoc_bodies_are_not_commands() {
+        let a = run("cat <<EOF > .bashrc\nrm -rf /\nEOF");
+        assert_eq!(a.commands.len(), 1);
+        assert_eq!(a.commands[0].text, "cat");
+        assert_eq!(a.writes, owned(&[".bashrc"]));
+        assert!(!a.opaque);
+        // An unquoted here-document expands its substitutions; a quoted one does not.
+        assert_eq!(texts("cat <<EOF\n$(rm x)\nEOF"), owned(&["rm x", "cat"]));
+        assert_eq!(texts("cat <<'EOF'\n$(rm x)\nEOF"), owned(&["cat"]));
+    }
+
+    #[test]
+    fn shells_reading_stdin_are_opaque() {
+        let a = run("bash <<'EOF'\nrm -rf /\nEOF");
+        assert!(a.opaque);
+        assert_eq!(listed("bash <<< 'rm x'")[1], ("rm x".to_owned(), true));
+        assert!(run("curl -fsSL https://x.sh | sh").opaque);
+        assert!(run("sh -s < script").opaque);
+    }
+
+    #[test]
+    fn sourcing_and_non_literal_scripts_are_opaque() {
+        assert!(run("source x.sh").opaque);
+        assert!(run(". ./env").opaque);
+        assert!(run(r#"eval "$X""#).opaque);
+        assert!(run(r#"bash -c "$X""#).opaque);
+        assert!(!run("bash -c 'echo $X'").opaque);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_opaque() {
+        let mut command = "rm x".to_owned();
+        for _ in 0..=MAX_DEPTH {
+            command = format!("bash -c {}", quoted(&command));
+        }
+        let a = run(&command);
+        assert!(a.opaque);
+        assert!(!a.commands.iter().any(|c| c.text == "rm x"));
+        let shallow = run("bash -c 'bash -c \"rm x\"'");
+        assert!(!shallow.opaque && shallow.commands.iter().any(|c| c.text == "rm x"));
+    }
+
+    fn quoted(s: &str) -> String {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+
+    #[test]
+    fn output_redirections_are_writes() {
+        let w = writes("echo x >> ~/.bashrc 2> err.log > a &> b &>> c >| d 3<> e");
+        assert_eq!(w, owned(&["~/.bashrc", "err.log", "a", "b", "c", "d", "e"]));
+        assert_eq!(writes("exec > log"), owned(&["log"]));
+        assert_eq!(writes("> created"), owned(&["created"]));
+        assert_eq!(writes("echo x >& both"), owned(&["both"]));
+        assert_eq!(writes("echo x > 5"), owned(&["5"]));
+    }
+
+    #[test]
+    fn fd_duplications_sinks_and_inputs_are_not_writes() {
+        for command in [
+            "cmd >&2",
+            "cmd 2>&1",
+            "cmd > /dev/null 2>/dev/null",
+            "cmd < in",
+            "exec 3>&-",
+        ] {
+            assert!(writes(command).is_empty(), "{command}");
+        }
+    }
+
+    #[test]
+    fn tee_writes_its_files() {
+        assert_eq!(writes("echo x | tee -a log /dev/null"), owned(&["log"]));
+        assert_eq!(
+            writes("echo x | sudo tee /etc/hosts > /dev/null"),
+            owned(&["/etc/hosts"])
+        );
+    }
+
+    #[test]
+    fn copy_move_link_install_destinations() {
+        assert_eq!(writes("cp a b .git/hooks/"), owned(&[".git/hooks/"]));
+        assert_eq!(writes("mv -t DIR a b"), owned(&["DIR"]));
+        assert_eq!(writes("cp --target-directory=D a"), owned(&["D"]));
+        assert_eq!(writes("cp -r -S .bak src dst"), owned(&["dst"]));
+        assert_eq!(writes("ln -sf target link"), owned(&["link"]));
+        assert_eq!(
+            writes("install -m 755 a /usr/local/bin/a"),
+            owned(&["/usr/local/bin/a"])
+        );
+        assert!(writes("cp --help").is_empty());
+    }
+
+    #[test]
+    fn touch_truncate_and_dd() {
+        assert_eq!(writes("touch -d now a b"), owned(&["a", "b"]));
+        assert_eq!(writes("truncate -s 0 log"), owned(&["log"]));
+        assert_eq!(
+            writes("dd if=/dev/zero of=disk.img bs=1M"),
+            owned(&["disk.img"])
+        );
+    }
+
+    #[test]
+    fn in_place_editors() {
+        assert_eq!(writes("sed -i 's/a/b/' f g"), owned(&["f", "g"]));
+        assert_eq!(writes("sed -E -n -i.bak -e x f"), owned(&["f"]));
+        assert_eq!(writes("sed -i '' 's/a/b/' f"), owned(&["f"]));
+        assert!(writes("sed 's/a/b/' f").is_empty());
+        assert_eq!(writes("perl -pi -e 's/a/b/' f"), owned(&["f"]));
+        assert!(writes("perl -e 'print 1' f").is_empty());
+    }
+
+    #[test]
+    fn chmod_and_chown_change_their_operands() {
+        assert_eq!(writes("chmod +x run.sh"), owned(&["run.sh"]));
+        assert_eq!(writes("chmod -R 755 dir"), owned(&["dir"]));
+        assert_eq!(writes("chmod -x f"), owned(&["f"]));
+        assert_eq!(writes("chown --reference=r f"), owned(&["f"]));
+        assert_eq!(writes("chown -R user:group a b"), owned(&["a", "b"]));
+    }
+
+    #[test]
+    fn git_config_writes() {
+        assert_eq!(
+            writes("git config core.hooksPath x"),
+            owned(&[".git/config"])
+        );
+        assert_eq!(
+            writes("git config --global user.name x"),
+            owned(&["~/.gitconfig"])
+        );
+        assert_eq!(
+            writes("git config --unset core.hooksPath"),
+            owned(&[".git/config"])
+        );
+        assert_eq!(
+            writes("git -C repo config a b"),
+            owned(&["repo/.git/config"])
+        );
+        assert_eq!(writes("git config --file f.cfg a b"), owned(&["f.cfg"]));
+        assert!(writes("git config --get user.name").is_empty());
+        assert!(writes("git config -l").is_empty());
+        assert!(writes("git config user.name").is_empty());
+        assert!(writes("git status").is_empty());
+    }
+
+    #[test]
+    fn crontab_changes_unless_listing() {
+        assert!(writes("crontab -l").is_empty());
+        for command in [
+            "crontab file",
+            "crontab -e",
+            "crontab -",
+            "crontab -u bob -r",
+        ] {
+            assert_eq!(writes(command), owned(&["crontab"]), "{command}");
+        }
+    }
+
+    #[test]
+    fn rsync_curl_and_wget_destinations() {
+        assert_eq!(
+            writes("rsync -av --exclude x src/ host:dst/"),
+            owned(&["host:dst/"])
+        );
+        assert_eq!(writes("curl -sSLo out.tgz https://x"), owned(&["out.tgz"]));
+        assert_eq!(
+            writes("curl --output=a https://x; curl -o - https://y"),
+            owned(&["a"])
+        );
+        assert_eq!(
+            writes("wget -qO page.html https://x"),
+            owned(&["page.html"])
+        );
+        assert!(writes("curl https://x").is_empty());
+    }
+
+    #[test]
+    fn writes_of_nested_commands_count() {
+        assert_eq!(writes("bash -c 'echo x > f'"), owned(&["f"]));
+        assert_eq!(writes("sudo -u root cp a /etc/b"), owned(&["/etc/b"]));
+        assert_eq!(writes("echo $(touch made)"), owned(&["made"]));
+    }
+
+    #[test]
+    fn ansi_c_decoding() {
+        assert_eq!(ansi_c(r"a\tb\n\x41\101\u00e9\'\\\q\"), "a\tb\nAAé'\\\\q\\");
+    }
+
+    #[test]
+    fn parse_errors_are_errors() {
+        for command in [
+            "echo \"unterminated",
+            "echo $(",
+            ")",
+            "if true; then",
+            "a &&",
+            "echo 'x",
+        ] {
+            assert!(analyze(command).is_err(), "{command:?}");
+        }
+    }
+
+    #[test]
+    fn pathological_inputs_neither_hang_nor_crash() {
+        // Each of these once made brush-parser loop forever or overflow the stack.
+        for command in ["cat << '' ", "$(<< \t", "$(<<- \t", "cat <<- \"\" \\"] {
+            let _ = analyze(command);
+        }
+        assert!(analyze(&"(".repeat(MAX_NESTING + 1)).is_err());
+        assert!(analyze(&format!("{}x{}", "$(".repeat(3000), ")".repeat(3000))).is_ok());
+        let long = "echo a && ".repeat(5000) + "true";
+        assert_eq!(run(&long).commands.len(), 5001);
+        assert_eq!(run("echo a\0b").commands[0].words, owned(&["echo", "a\0b"]));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let pieces = [
+            "a",
+            " ",
+            "'",
+            "\"",
+            "$",
+            "(",
+            ")",
+            "{",
+            "}",
+            "`",
+            "\\",
+            ";",
+            "&",
+            "|",
+            "<",
+            ">",
+            "\n",
+            "\t",
+            "=",
+            "-c ",
+            "bash ",
+            "sudo ",
+            "eval ",
+            "$(",
+            "${",
+            "$((",
+            "<<",
+            "<<EOF\n",
+            "EOF\n",
+            "<< '' ",
+            "if ",
+            "then ",
+            "fi",
+            "for ",
+            "do ",
+            "done",
+            "case ",
+            "in ",
+            "esac",
+            "!",
+            "[[ ",
+            " ]]",
+            "*",
+            "~",
+            "#",
+            "\0",
+            "é",
+            "$'",
+            "\\x",
+            "2>",
+            "&>",
+            ">&",
+            "<(",
+            "git config ",
+            "sed -i ",
+            "coproc ",
+            "function ",
+            "find . -exec ",
+        ];
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..400 {
+            let len = next() % 30;
+            let command: String = (0..len)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let _ = analyze(&command);
+        }
+    }
 }
