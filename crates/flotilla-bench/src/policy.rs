@@ -207,7 +207,11 @@ pub fn run() -> Result<Figure> {
     }
     let _warm = time(&engine, &calls[..200], &who, true);
     let sliced = Summary::of(&time(&engine, &calls, &who, true));
-    let unsliced = Summary::of(&time(&engine, &calls, &who, false));
+    let unsliced = if std::env::var_os("XX_SKIP").is_some() {
+        Summary::of(&[])
+    } else {
+        Summary::of(&time(&engine, &calls, &who, false))
+    };
     let mut fig = Figure::new(
         "policy",
         format!("p99 policy decision, {rule_count} rules loaded"),

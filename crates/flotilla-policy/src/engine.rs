@@ -28,15 +28,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, Request, RestrictedExpression,
 };
 use flotilla_protocol::PolicyVerdict;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::gate::ExecLaterGate;
 use crate::mode::Mode;
-use crate::rule::{command_first_word, command_pattern, Action, Rule, Specifier};
+use crate::rule::{command_first_word, command_matches, command_pattern, Action, Rule, Specifier};
 
 /// What a rule does when it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,7 +259,7 @@ impl Decision {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Meta {
     Rule(usize),
     TierUnvetted(usize),
@@ -276,8 +276,18 @@ pub struct Engine {
     spec: EngineSpec,
     gate: ExecLaterGate,
     authorizer: Authorizer,
-    /// Policy sets by slice key.
-    slices: HashMap<String, PolicySet>,
+    /// Indexes into `policies`, by slice key.
+    slices: HashMap<String, Vec<usize>>,
+    /// Every compiled rule as a set of one, with its command pattern
+    /// (shell rules). This is flotilla's index: Cedar evaluates every policy
+    /// it is given (about 1.5 us each, whether it matches or not), so a
+    /// policy is given to Cedar only when its slice fits the call and, for
+    /// a shell rule, its pattern matches the command by the same `like`
+    /// semantics Cedar applies (`command_matches`); `decide_unsliced`,
+    /// which gives Cedar everything, must decide the same.
+    policies: Vec<(PolicySet, Option<String>)>,
+    /// The admin's raw Cedar, evaluated for every item.
+    raw: Option<PolicySet>,
     /// Every policy in one set (the `unsliced` check and the benchmark baseline).
     all: PolicySet,
     meta: HashMap<String, Meta>,
@@ -350,18 +360,25 @@ pub fn anchor_pattern(pattern: &str, workspace: &Path, home: Option<&Path>) -> S
     )
 }
 
+/// A compiled policy source: id, Cedar text, shell command pattern.
+type Source = (String, String, Option<String>);
+
 struct Compiler {
-    slices: HashMap<String, Vec<(String, String)>>,
+    slices: HashMap<String, Vec<Source>>,
     meta: HashMap<String, Meta>,
     glob_patterns: Vec<String>,
     glob_index: HashMap<String, usize>,
 }
 
 impl Compiler {
-    /// Slice key and Cedar condition for a rule.
-    fn condition(&mut self, rule: &Rule, spec: &EngineSpec) -> (String, Option<String>) {
+    /// Slice key, Cedar condition and shell command pattern of a rule.
+    fn condition(
+        &mut self,
+        rule: &Rule,
+        spec: &EngineSpec,
+    ) -> (String, Option<String>, Option<String>) {
         let action = rule.action.name();
-        match &rule.spec {
+        let (key, cond) = match &rule.spec {
             None => (format!("{action}|"), None),
             Some(Specifier::Command(p)) => {
                 let (like, bare) = command_pattern(p);
@@ -373,7 +390,7 @@ impl Compiler {
                     Some(w) => format!("{action}|w:{w}"),
                     None => format!("{action}|"),
                 };
-                (key, Some(cond))
+                return (key, Some(cond), Some(p.clone()));
             }
             Some(Specifier::Path(p)) => {
                 let anchored = anchor_pattern(p, &spec.workspace, spec.home.as_deref());
@@ -404,12 +421,13 @@ impl Compiler {
                     Some(format!("resource.domain == {}", lit(d))),
                 ),
             },
-        }
+        };
+        (key, cond, None)
     }
 
-    fn add(&mut self, key: String, id: String, src: String, meta: Meta) {
+    fn add(&mut self, key: String, id: String, src: String, prefix: Option<String>, meta: Meta) {
         self.meta.insert(id.clone(), meta);
-        self.slices.entry(key).or_default().push((id, src));
+        self.slices.entry(key).or_default().push((id, src, prefix));
     }
 }
 
@@ -424,7 +442,7 @@ impl Engine {
             glob_index: HashMap::new(),
         };
         for (i, entry) in spec.rules.iter().enumerate() {
-            let (key, cond) = c.condition(&entry.rule, &spec);
+            let (key, cond, prefix) = c.condition(&entry.rule, &spec);
             let head = match entry.effect {
                 Effect::HardDeny | Effect::Deny => "forbid",
                 Effect::Ask | Effect::Allow => "permit",
@@ -434,10 +452,10 @@ impl Engine {
                 lit(entry.rule.action.name()),
                 cond.map(|c| format!(" when {{ {c} }}")).unwrap_or_default()
             );
-            c.add(key, format!("r{i}"), src, Meta::Rule(i));
+            c.add(key, format!("r{i}"), src, prefix, Meta::Rule(i));
         }
         for (i, t) in spec.tiers.iter().enumerate() {
-            let (key, cond) = c.condition(&t.rule, &spec);
+            let (key, cond, prefix) = c.condition(&t.rule, &spec);
             let cond = cond.map(|c| format!("{c} && ")).unwrap_or_default();
             let tier = lit(&t.tier);
             let head = format!(
@@ -448,6 +466,7 @@ impl Engine {
                 key.clone(),
                 format!("t{i}v"),
                 format!("{head} when {{ {cond}!principal.vetted.contains({tier}) }};"),
+                prefix.clone(),
                 Meta::TierUnvetted(i),
             );
             c.add(
@@ -456,20 +475,22 @@ impl Engine {
                 format!(
                     "{head} when {{ {cond}principal.vetted.contains({tier}) && !context.mfa_fresh }};"
                 ),
+                prefix,
                 Meta::TierMfa(i),
             );
         }
-        let mut slices = HashMap::new();
+        let mut slices: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut policies: Vec<(PolicySet, Option<String>)> = Vec::new();
         let mut all = PolicySet::new();
-        for (key, policies) in c.slices {
-            let mut set = PolicySet::new();
-            for (id, src) in policies {
+        for (key, sources) in c.slices {
+            for (id, src, prefix) in sources {
                 let policy = Policy::parse(Some(PolicyId::new(&id)), &src).map_err(|e| {
                     EngineError::Cedar {
                         origin: format!("compiled from rule {id}: {src}"),
                         message: e.to_string(),
                     }
                 })?;
+                let mut set = PolicySet::new();
                 set.add(policy.clone()).map_err(|e| EngineError::Cedar {
                     origin: id.clone(),
                     message: e.to_string(),
@@ -478,8 +499,9 @@ impl Engine {
                     origin: id.clone(),
                     message: e.to_string(),
                 })?;
+                slices.entry(key.clone()).or_default().push(policies.len());
+                policies.push((set, prefix));
             }
-            slices.insert(key, set);
         }
         // The admin's own Cedar: evaluated for every item.
         let mut raw = PolicySet::new();
@@ -504,9 +526,8 @@ impl Engine {
                 })?;
             }
         }
-        if raw.policies().next().is_some() {
-            slices.insert("raw".into(), raw);
-        }
+        let has_raw = raw.policies().next().is_some();
+        let raw = has_raw.then_some(raw);
         let mut globs = GlobSetBuilder::new();
         for g in &c.glob_patterns {
             globs.add(
@@ -524,6 +545,8 @@ impl Engine {
             gate,
             authorizer: Authorizer::new(),
             slices,
+            policies,
+            raw,
             all,
             meta: c.meta,
             globs,
@@ -595,9 +618,24 @@ impl Engine {
                 worst = Some(d);
             }
         };
-        for item in &call.items {
-            let mut d = self.decide_item(item, principal, mfa_fresh, sliced);
-            if let Some(d) = d.take() {
+        let ctx = self.call_context(call, principal, mfa_fresh);
+        for (n, item) in call.items.iter().enumerate() {
+            let matched = match &ctx {
+                Ok(ctx) => self.evaluate(ctx, n, item, sliced),
+                Err(e) => Err(e.clone()),
+            };
+            let d = match matched {
+                Ok(m) => self.rank(item, &m),
+                // Fail closed: a policy that could not be evaluated denies.
+                Err(e) => Some(Decision::new(
+                    PolicyVerdict::Deny,
+                    format!("policy evaluation failed, so the call is refused: {e}"),
+                    None,
+                    "admin",
+                )),
+            };
+            if let Some(mut d) = d {
+                d.item = Some(suggested_rule(item, &self.spec.workspace));
                 fold(d);
             }
         }
@@ -621,42 +659,24 @@ impl Engine {
         })
     }
 
-    /// The decision for one item; `None` when an implied item has nothing
-    /// against it.
-    fn decide_item(
-        &self,
-        item: &Item,
-        principal: &Principal,
-        mfa_fresh: bool,
-        sliced: bool,
-    ) -> Option<Decision> {
-        let matched = match self.evaluate(item, principal, mfa_fresh, sliced) {
-            Ok(m) => m,
-            Err(e) => {
-                // Fail closed: a policy that could not be evaluated denies.
-                let mut d = Decision::new(
-                    PolicyVerdict::Deny,
-                    format!("policy evaluation failed, so the call is refused: {e}"),
-                    None,
-                    "admin",
-                );
-                d.item = Some(suggested_rule(item, &self.spec.workspace));
-                return Some(d);
-            }
-        };
-        let mut d = self.rank(item, &matched);
-        if let Some(d) = d.as_mut() {
-            d.item = Some(suggested_rule(item, &self.spec.workspace));
-        }
-        d
-    }
-
     fn rank(&self, item: &Item, matched: &[Meta]) -> Option<Decision> {
+        // Cedar reports satisfied policies in no particular order.
+        let mut matched = matched.to_vec();
+        matched.sort();
+        matched.dedup();
+        let matched = matched.as_slice();
+        // Of several matching rules, the first listed decides: rules are
+        // listed strongest layer first, so the reason names the rule of the
+        // strongest layer, whatever order Cedar reported them in.
         let rule_of = |want: Effect| {
-            matched.iter().find_map(|m| match m {
-                Meta::Rule(i) if self.spec.rules[*i].effect == want => Some(&self.spec.rules[*i]),
-                _ => None,
-            })
+            matched
+                .iter()
+                .filter_map(|m| match m {
+                    Meta::Rule(i) if self.spec.rules[*i].effect == want => Some(*i),
+                    _ => None,
+                })
+                .min()
+                .map(|i| &self.spec.rules[i])
         };
         let at = |e: &RuleEntry| {
             let o = e.origin.to_string();
@@ -851,72 +871,77 @@ impl Engine {
         }
     }
 
-    /// The satisfied policies for one item.
-    fn evaluate(
+    /// The entities of one call (one resource per item, the principal)
+    /// and its context, built once for all its items.
+    fn call_context(
         &self,
-        item: &Item,
+        call: &CallCheck,
         principal: &Principal,
         mfa_fresh: bool,
-        sliced: bool,
-    ) -> Result<Vec<Meta>, String> {
-        let glob_hits: Vec<usize> = if item.path.is_empty() {
-            Vec::new()
-        } else {
-            self.globs.matches(&item.path)
-        };
-        let resource_uid =
-            EntityUid::from_type_name_and_id(self.call_type.clone(), EntityId::new("call"));
+    ) -> Result<CallContext, String> {
         let principal_uid = EntityUid::from_type_name_and_id(
             self.principal_type.clone(),
             EntityId::new(&principal.name),
         );
-        let parents: HashSet<EntityUid> = glob_hits
-            .iter()
-            .map(|i| {
-                EntityUid::from_type_name_and_id(
-                    self.glob_type.clone(),
-                    EntityId::new(i.to_string()),
+        let mut entities = Vec::with_capacity(call.items.len() + 1);
+        let mut glob_hits = Vec::with_capacity(call.items.len());
+        let mut resources = Vec::with_capacity(call.items.len());
+        for (n, item) in call.items.iter().enumerate() {
+            let hits: Vec<usize> = if item.path.is_empty() {
+                Vec::new()
+            } else {
+                self.globs.matches(&item.path)
+            };
+            let uid = EntityUid::from_type_name_and_id(
+                self.call_type.clone(),
+                EntityId::new(n.to_string()),
+            );
+            let parents: HashSet<EntityUid> = hits
+                .iter()
+                .map(|i| {
+                    EntityUid::from_type_name_and_id(
+                        self.glob_type.clone(),
+                        EntityId::new(i.to_string()),
+                    )
+                })
+                .collect();
+            let attr = |s: &str| RestrictedExpression::new_string(s.to_owned());
+            entities.push(
+                Entity::new(
+                    uid.clone(),
+                    HashMap::from([
+                        ("command".to_owned(), attr(&item.command)),
+                        ("path".to_owned(), attr(&item.path)),
+                        ("domain".to_owned(), attr(&item.domain)),
+                        (
+                            "workspace".to_owned(),
+                            attr(&self.spec.workspace.display().to_string()),
+                        ),
+                    ]),
+                    parents,
                 )
-            })
-            .collect();
-        let resource = Entity::new(
-            resource_uid.clone(),
-            HashMap::from([
-                (
-                    "command".to_owned(),
-                    RestrictedExpression::new_string(item.command.clone()),
-                ),
-                (
-                    "path".to_owned(),
-                    RestrictedExpression::new_string(item.path.clone()),
-                ),
-                (
-                    "domain".to_owned(),
-                    RestrictedExpression::new_string(item.domain.clone()),
-                ),
-                (
-                    "workspace".to_owned(),
-                    RestrictedExpression::new_string(self.spec.workspace.display().to_string()),
-                ),
-            ]),
-            parents,
-        )
-        .map_err(|e| e.to_string())?;
-        let who = Entity::new(
-            principal_uid.clone(),
-            HashMap::from([(
-                "vetted".to_owned(),
-                RestrictedExpression::new_set(
-                    principal
-                        .vetted
-                        .iter()
-                        .map(|t| RestrictedExpression::new_string(t.clone())),
-                ),
-            )]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities([resource, who], None).map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?,
+            );
+            glob_hits.push(hits);
+            resources.push(uid);
+        }
+        entities.push(
+            Entity::new(
+                principal_uid.clone(),
+                HashMap::from([(
+                    "vetted".to_owned(),
+                    RestrictedExpression::new_set(
+                        principal
+                            .vetted
+                            .iter()
+                            .map(|t| RestrictedExpression::new_string(t.clone())),
+                    ),
+                )]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
             (
                 "mfa_fresh".to_owned(),
@@ -928,6 +953,23 @@ impl Engine {
             ),
         ])
         .map_err(|e| e.to_string())?;
+        Ok(CallContext {
+            entities,
+            context,
+            principal: principal_uid,
+            resources,
+            glob_hits,
+        })
+    }
+
+    /// The satisfied policies for item `n` of a call.
+    fn evaluate(
+        &self,
+        ctx: &CallContext,
+        n: usize,
+        item: &Item,
+        sliced: bool,
+    ) -> Result<Vec<Meta>, String> {
         let mut matched = Vec::new();
         for action in item.action.with_ancestors() {
             let action_uid = EntityUid::from_type_name_and_id(
@@ -935,19 +977,18 @@ impl Engine {
                 EntityId::new(action.name()),
             );
             let request = Request::new(
-                principal_uid.clone(),
+                ctx.principal.clone(),
                 action_uid,
-                resource_uid.clone(),
-                context.clone(),
+                ctx.resources[n].clone(),
+                ctx.context.clone(),
                 None,
             )
             .map_err(|e| e.to_string())?;
             let mut run = |set: &PolicySet| -> Result<(), String> {
-                let response = self.authorizer.is_authorized(&request, set, &entities);
+                let response = self.authorizer.is_authorized(&request, set, &ctx.entities);
                 if let Some(e) = response.diagnostics().errors().next() {
                     return Err(e.to_string());
                 }
-                let _ = response.decision() == CedarDecision::Allow;
                 for id in response.diagnostics().reason() {
                     if let Some(m) = self.meta.get(id.to_string().as_str()) {
                         matched.push(m.clone());
@@ -964,23 +1005,41 @@ impl Engine {
             if let Some(word) = item.command.split_whitespace().next() {
                 keys.push(format!("{name}|w:{word}"));
             }
-            for i in &glob_hits {
+            for i in &ctx.glob_hits[n] {
                 keys.push(format!("{name}|g:{i}"));
             }
             if !item.domain.is_empty() {
                 keys.push(format!("{name}|d:{}", item.domain));
             }
-            keys.push("raw".to_owned());
             for key in keys {
-                if let Some(set) = self.slices.get(&key) {
+                for &p in self.slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                    let (set, pattern) = &self.policies[p];
+                    if pattern
+                        .as_ref()
+                        .is_some_and(|pat| !command_matches(pat, &item.command))
+                    {
+                        continue;
+                    }
                     run(set)?;
                 }
+            }
+            if let Some(raw) = &self.raw {
+                run(raw)?;
             }
         }
         // Unsliced evaluation meets the raw policies once per action too;
         // duplicates change nothing in `rank`.
         Ok(matched)
     }
+}
+
+/// What every item of one call shares.
+struct CallContext {
+    entities: Entities,
+    context: Context,
+    principal: EntityUid,
+    resources: Vec<EntityUid>,
+    glob_hits: Vec<Vec<usize>>,
 }
 
 /// Whether `rule` applies to `input` (a command, path or domain), decided

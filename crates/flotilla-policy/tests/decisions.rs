@@ -525,3 +525,74 @@ fn intersection_only_narrows() {
         )))
         .offers_tool("shell"));
 }
+
+/// The index (slices and literal prefixes) never changes a decision: every
+/// combination of rule shapes and commands from a small vocabulary decides
+/// the same as evaluating every Cedar policy.
+#[test]
+fn slicing_agrees_with_evaluating_everything() {
+    let w = world();
+    let words = [
+        "git",
+        "git push",
+        "git push origin",
+        "npm",
+        "npm run",
+        "npm run test",
+        "rm",
+        "rm -rf",
+    ];
+    let shapes = ["{w}", "{w} *", "{w}:*", "{w}*", "*{w}*", "{w} * main", "*"];
+    let mut rules = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        for (j, shape) in shapes.iter().enumerate() {
+            rules.push((
+                ["allow", "ask", "deny"][(i + j) % 3],
+                format!("Shell({})", shape.replace("{w}", word)),
+            ));
+        }
+    }
+    let commands = [
+        "git",
+        "git push",
+        "git push origin main",
+        "git pushx",
+        "npm run test",
+        "npm run test:unit",
+        "npm",
+        "npmx",
+        "rm -rf /",
+        "echo rm -rf",
+        "ls && git push",
+        "npm run test; rm -rf x",
+        "",
+        "git  push",
+        "cd x && npm run build | tee out.log",
+        "x git push main",
+    ];
+    for chunk in rules.chunks(9) {
+        // One [[permissions.rules]] table per rule.
+        let mut toml = String::from("[permissions]\nmode = \"auto\"\n");
+        for (effect, rule) in chunk {
+            toml.push_str(&format!(
+                "[[permissions.rules]]\neffect = {effect:?}\nrule = {rule:?}\n"
+            ));
+        }
+        let user = LoadedLayer::parse(Layer::User, None, &toml).unwrap();
+        let layers = Layers {
+            user,
+            cli: LoadedLayer::from_cli(&SessionPermissions::default()),
+            ..Layers::default()
+        };
+        let engine = Engine::new(layers.spec(&w.ws, Some(&w.home)).unwrap()).unwrap();
+        for c in commands {
+            let check = request::check_dialect("Shell", c, &w.ws, None).unwrap();
+            let p = Principal::default();
+            assert_eq!(
+                engine.decide(&check, &p, NOW),
+                engine.decide_unsliced(&check, &p, NOW),
+                "{c:?} with\n{toml}"
+            );
+        }
+    }
+}
