@@ -206,7 +206,25 @@ pub fn run() -> Result<Figure> {
         verdicts[a.verdict as usize] += 1;
     }
     let _warm = time(&engine, &calls[..200], &who, true);
-    let sliced = Summary::of(&time(&engine, &calls, &who, true));
+    let sample = time(&engine, &calls, &who, true);
+    let sliced = Summary::of(&sample);
+    // p99 by kind of call (calls[i] is of kind i % 8, see `calls`).
+    let kinds = [
+        "shell", "shell_compound", "shell_redirect", "edit", "read", "fetch", "write", "tier",
+    ];
+    let by_kind: serde_json::Map<String, serde_json::Value> = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let part: Vec<Duration> = sample
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (j % calls.len()) % 8 == k)
+                .map(|(_, d)| *d)
+                .collect();
+            ((*name).to_owned(), Summary::of(&part).p99_us.into())
+        })
+        .collect();
     let unsliced = if std::env::var_os("XX_SKIP").is_some() {
         Summary::of(&[])
     } else {
@@ -226,6 +244,7 @@ pub fn run() -> Result<Figure> {
     );
     fig.detail("sliced", sliced.to_value());
     fig.detail("unsliced", unsliced.to_value());
+    fig.detail("p99_us_by_kind", serde_json::Value::Object(by_kind));
     fig.detail("rules", rule_count as u64);
     fig.detail("cedar_policies", engine.policy_count() as u64);
     fig.detail("compile_ms", compile_ms);

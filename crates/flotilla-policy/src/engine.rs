@@ -618,12 +618,22 @@ impl Engine {
                 worst = Some(d);
             }
         };
-        let ctx = self.call_context(call, principal, mfa_fresh);
+        let hits: Vec<Vec<usize>> = call
+            .items
+            .iter()
+            .map(|i| {
+                if i.path.is_empty() {
+                    Vec::new()
+                } else {
+                    self.globs.matches(&i.path)
+                }
+            })
+            .collect();
+        // Entities are built only if some policy is to be evaluated.
+        let ctx = std::cell::OnceCell::new();
+        let ctx = || ctx.get_or_init(|| self.call_context(call, &hits, principal, mfa_fresh));
         for (n, item) in call.items.iter().enumerate() {
-            let matched = match &ctx {
-                Ok(ctx) => self.evaluate(ctx, n, item, sliced),
-                Err(e) => Err(e.clone()),
-            };
+            let matched = self.evaluate(&ctx, n, item, &hits[n], sliced);
             let d = match matched {
                 Ok(m) => self.rank(item, &m),
                 // Fail closed: a policy that could not be evaluated denies.
@@ -876,6 +886,7 @@ impl Engine {
     fn call_context(
         &self,
         call: &CallCheck,
+        hits: &[Vec<usize>],
         principal: &Principal,
         mfa_fresh: bool,
     ) -> Result<CallContext, String> {
@@ -884,19 +895,13 @@ impl Engine {
             EntityId::new(&principal.name),
         );
         let mut entities = Vec::with_capacity(call.items.len() + 1);
-        let mut glob_hits = Vec::with_capacity(call.items.len());
         let mut resources = Vec::with_capacity(call.items.len());
         for (n, item) in call.items.iter().enumerate() {
-            let hits: Vec<usize> = if item.path.is_empty() {
-                Vec::new()
-            } else {
-                self.globs.matches(&item.path)
-            };
             let uid = EntityUid::from_type_name_and_id(
                 self.call_type.clone(),
                 EntityId::new(n.to_string()),
             );
-            let parents: HashSet<EntityUid> = hits
+            let parents: HashSet<EntityUid> = hits[n]
                 .iter()
                 .map(|i| {
                     EntityUid::from_type_name_and_id(
@@ -922,7 +927,6 @@ impl Engine {
                 )
                 .map_err(|e| e.to_string())?,
             );
-            glob_hits.push(hits);
             resources.push(uid);
         }
         entities.push(
@@ -958,20 +962,29 @@ impl Engine {
             context,
             principal: principal_uid,
             resources,
-            glob_hits,
         })
     }
 
     /// The satisfied policies for item `n` of a call.
-    fn evaluate(
+    fn evaluate<'c>(
         &self,
-        ctx: &CallContext,
+        ctx: &impl Fn() -> &'c Result<CallContext, String>,
         n: usize,
         item: &Item,
+        hits: &[usize],
         sliced: bool,
     ) -> Result<Vec<Meta>, String> {
         let mut matched = Vec::new();
         for action in item.action.with_ancestors() {
+            let sets = if sliced {
+                self.candidates(&action, item, hits)
+            } else {
+                vec![&self.all]
+            };
+            if sets.is_empty() {
+                continue;
+            }
+            let ctx = ctx().as_ref().map_err(Clone::clone)?;
             let action_uid = EntityUid::from_type_name_and_id(
                 self.action_type.clone(),
                 EntityId::new(action.name()),
@@ -996,40 +1009,43 @@ impl Engine {
                 }
                 Ok(())
             };
-            if !sliced {
-                run(&self.all)?;
-                continue;
-            }
-            let name = action.name();
-            let mut keys = vec![format!("{name}|")];
-            if let Some(word) = item.command.split_whitespace().next() {
-                keys.push(format!("{name}|w:{word}"));
-            }
-            for i in &ctx.glob_hits[n] {
-                keys.push(format!("{name}|g:{i}"));
-            }
-            if !item.domain.is_empty() {
-                keys.push(format!("{name}|d:{}", item.domain));
-            }
-            for key in keys {
-                for &p in self.slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
-                    let (set, pattern) = &self.policies[p];
-                    if pattern
-                        .as_ref()
-                        .is_some_and(|pat| !command_matches(pat, &item.command))
-                    {
-                        continue;
-                    }
-                    run(set)?;
-                }
-            }
-            if let Some(raw) = &self.raw {
-                run(raw)?;
+            for set in sets {
+                run(set)?;
             }
         }
-        // Unsliced evaluation meets the raw policies once per action too;
-        // duplicates change nothing in `rank`.
         Ok(matched)
+    }
+
+    /// The policies the index cannot rule out for `item` under `action`.
+    fn candidates(&self, action: &Action, item: &Item, hits: &[usize]) -> Vec<&PolicySet> {
+        let name = action.name();
+        let mut keys = vec![format!("{name}|")];
+        if let Some(word) = item.command.split_whitespace().next() {
+            keys.push(format!("{name}|w:{word}"));
+        }
+        for i in hits {
+            keys.push(format!("{name}|g:{i}"));
+        }
+        if !item.domain.is_empty() {
+            keys.push(format!("{name}|d:{}", item.domain));
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            for &p in self.slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                let (set, pattern) = &self.policies[p];
+                if pattern
+                    .as_ref()
+                    .is_some_and(|pat| !command_matches(pat, &item.command))
+                {
+                    continue;
+                }
+                out.push(set);
+            }
+        }
+        if let Some(raw) = &self.raw {
+            out.push(raw);
+        }
+        out
     }
 }
 
@@ -1039,7 +1055,6 @@ struct CallContext {
     context: Context,
     principal: EntityUid,
     resources: Vec<EntityUid>,
-    glob_hits: Vec<Vec<usize>>,
 }
 
 /// Whether `rule` applies to `input` (a command, path or domain), decided
