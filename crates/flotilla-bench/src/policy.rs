@@ -210,7 +210,14 @@ pub fn run() -> Result<Figure> {
     let sliced = Summary::of(&sample);
     // p99 by kind of call (calls[i] is of kind i % 8, see `calls`).
     let kinds = [
-        "shell", "shell_compound", "shell_redirect", "edit", "read", "fetch", "write", "tier",
+        "shell",
+        "shell_compound",
+        "shell_redirect",
+        "edit",
+        "read",
+        "fetch",
+        "write",
+        "tier",
     ];
     let by_kind: serde_json::Map<String, serde_json::Value> = kinds
         .iter()
