@@ -457,7 +457,28 @@ impl Loop {
         // Resumed with an approval already asked (and maybe answered).
         if let Some(state) = self.conv.approvals.get(&call.id).cloned() {
             return match state.answer {
-                Some(Ok(())) => Ok(true),
+                // Approved before a restart: only a deny that appeared
+                // since (a new hard-deny) can stop it now.
+                Some(Ok(())) => {
+                    let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
+                        .unwrap_or(serde_json::Value::Null);
+                    let v = policy.decide(call, &args);
+                    if v.verdict != PolicyVerdict::Deny {
+                        return Ok(true);
+                    }
+                    self.push(EventKind::PolicyDecided {
+                        call_id: call.id.clone(),
+                        decision: v.verdict,
+                        reason: v.reason.clone(),
+                        rule: v.rule,
+                        layer: v.layer,
+                    });
+                    self.push(refuse(format!(
+                        "error: not run, denied by policy: {}",
+                        v.reason
+                    )));
+                    Ok(false)
+                }
                 Some(Err(reason)) => {
                     self.push(refuse(refusal_text(&reason)));
                     Ok(false)
@@ -479,7 +500,7 @@ impl Loop {
             PolicyVerdict::Allow => Ok(true),
             PolicyVerdict::Deny => {
                 self.push(refuse(format!(
-                    "error: not run, denied by policy: {}. Do not retry the same call;                      find another way or explain in your final answer what you needed.",
+                    "error: not run, denied by policy: {}. Do not retry the same call; find another way or explain in your final answer what you needed.",
                     v.reason
                 )));
                 Ok(false)

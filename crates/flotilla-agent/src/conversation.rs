@@ -92,6 +92,15 @@ pub struct ApprovalState {
 }
 
 impl Conversation {
+    /// A call has its result: what was known about it by id goes, since
+    /// servers that send no ids get `call_0` again in the next turn, and an
+    /// old approval must never answer a new call.
+    fn forget_call(&mut self, call_id: &str) {
+        self.started.remove(call_id);
+        self.proposed.remove(call_id);
+        self.approvals.remove(call_id);
+    }
+
     /// Builds the conversation from a whole log.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
         let mut c = Conversation::default();
@@ -155,11 +164,11 @@ impl Conversation {
             EventKind::ToolFinished {
                 call_id, output, ..
             } => {
-                self.started.remove(call_id);
+                self.forget_call(call_id);
                 self.resolve(event.seq, call_id, output.clone());
             }
             EventKind::ToolInterrupted { call_id, reason } => {
-                self.started.remove(call_id);
+                self.forget_call(call_id);
                 self.resolve(event.seq, call_id, interrupted_message(reason));
             }
             EventKind::ContextCompacted {
@@ -375,5 +384,55 @@ mod tests {
         let without_system = estimate_tokens(&full[1..]);
         assert_eq!(c.estimated_tokens, without_system);
         assert!(c.pending_calls.is_empty());
+    }
+
+    #[test]
+    fn an_answered_call_forgets_its_approval() {
+        let call = ToolCall {
+            id: "call_0".into(),
+            name: "shell".into(),
+            arguments: "{\"command\":\"ls\"}".into(),
+        };
+        let mut c = Conversation::default();
+        let mut seq = 0;
+        let mut feed = |c: &mut Conversation, e: EventKind| {
+            seq += 1;
+            c.apply(&ev(seq, e));
+        };
+        feed(&mut c, EventKind::ToolProposed { call: call.clone() });
+        feed(
+            &mut c,
+            EventKind::ApprovalRequested {
+                approval_id: "ap-1".into(),
+                call_id: "call_0".into(),
+                tool: "shell".into(),
+                summary: "Shell: ls".into(),
+                reason: "ask mode".into(),
+                suggested_rule: "Shell(ls)".into(),
+            },
+        );
+        feed(
+            &mut c,
+            EventKind::ApprovalGiven {
+                approval_id: "ap-1".into(),
+                by: "alice".into(),
+                always_rule: None,
+                always_layer: None,
+            },
+        );
+        assert_eq!(c.approvals["call_0"].answer, Some(Ok(())));
+        feed(
+            &mut c,
+            EventKind::ToolFinished {
+                call_id: "call_0".into(),
+                output: "x".into(),
+                is_error: false,
+                duration_ms: 0,
+            },
+        );
+        // A server that sends no ids says `call_0` again next turn: the
+        // old approval must not answer it.
+        assert!(c.approvals.is_empty());
+        assert!(!c.proposed.contains("call_0"));
     }
 }

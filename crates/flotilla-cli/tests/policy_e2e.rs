@@ -204,11 +204,26 @@ fn always_adds_the_rule_to_the_chosen_layer() {
                 vec![Step::tool("shell", cmd.clone()), Step::finish("done")],
             ),
     );
-    set_user_permissions(&env, "mode = \"ask\"");
+    // accept-edits: the redirection into the workspace runs; the command asks.
+    set_user_permissions(&env, "mode = \"accept-edits\"");
     // --always session: the second identical call runs without asking.
     let id = env.start("[script:session] tick twice");
     let a = wait_approval(&env, &id);
     assert_eq!(a["suggested_rule"], "Shell(echo tick)");
+    // An untrusted project's allow rules are not in force: refused, still pending.
+    let out = env.run(&[
+        "approve",
+        a["approval_id"].as_str().unwrap(),
+        "--always",
+        "project",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("trusted_projects"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.ws().join(".flotilla/config.toml").exists());
     let out = env.run(&[
         "approve",
         a["approval_id"].as_str().unwrap(),

@@ -55,6 +55,13 @@ impl ApprovalQueue {
         self.pending.lock().ok().and_then(|mut p| p.remove(id))
     }
 
+    /// Returns a taken approval whose answer could not be recorded.
+    pub(crate) fn put_back(&self, id: &str, pending: Pending) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id.to_owned(), pending);
+        }
+    }
+
     pub(crate) fn forget_session(&self, session: &SessionId) {
         if let Ok(mut p) = self.pending.lock() {
             p.retain(|_, v| &v.info.session != session);
@@ -69,11 +76,11 @@ pub fn build_engine(
     cli: &SessionPermissions,
     session_allow: &[String],
 ) -> Result<Engine, String> {
-    let layers =
-        Layers::load(&config.paths, workspace, cli, session_allow).map_err(|e| e.to_string())?;
+    let layers = Layers::load(&config.paths, workspace, cli, session_allow)
+        .map_err(|e| format!("policy: {e}"))?;
     let spec = layers
         .spec(workspace, config.home.as_deref())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("policy: {e}"))?;
     Engine::new(spec).map_err(|e| format!("policy: {e}"))
 }
 
@@ -94,11 +101,12 @@ impl SessionPolicy {
     /// Rebuilds the engine from the layers (after a rule was added). A
     /// layer that became invalid keeps the previous engine, loudly.
     pub(crate) fn reload(&self) {
-        let allow = self
-            .session_allow
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default();
+        // Held through read, build and swap: two reloads at once (a session
+        // rule and another session's user rule) cannot swap in order
+        // reversed and lose the newer rule.
+        let Ok(allow) = self.session_allow.lock() else {
+            return;
+        };
         match build_engine(&self.config, &self.workspace, &self.cli, &allow) {
             Ok(engine) => {
                 if let Ok(mut s) = self.stack.write() {

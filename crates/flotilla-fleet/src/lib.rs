@@ -218,8 +218,7 @@ impl Supervisor {
             .map_err(FleetError::BadRequest)?;
         if let Some(policy) = &self.config.policy {
             let cli = req.permissions.clone().unwrap_or_default();
-            build_engine(policy, &workspace, &cli, &[])
-                .map_err(|e| FleetError::BadRequest(format!("policy: {e}")))?;
+            build_engine(policy, &workspace, &cli, &[]).map_err(FleetError::BadRequest)?;
         }
         let id = SessionId::generate();
         self.store
@@ -358,7 +357,7 @@ impl Supervisor {
                         Some(p as Arc<dyn flotilla_agent::CallPolicy>)
                     }
                     Err(e) => {
-                        self.fail(id, format!("policy: {e}")).await;
+                        self.fail(id, e).await;
                         return Ok(());
                     }
                 }
@@ -469,25 +468,47 @@ impl Supervisor {
         rule: Option<&str>,
     ) -> Result<ApprovalInfo, FleetError> {
         let info = self.answerable(approval_id, by, is_admin)?;
+        // Everything that can refuse is checked before the approval is taken.
         let mut always_rule = None;
         if let Some(layer) = always {
             let rule = rule.unwrap_or(&info.suggested_rule).trim().to_owned();
             flotilla_policy::Rule::parse(&rule)
                 .map_err(|e| FleetError::BadRequest(format!("rule {rule:?}: {e}")))?;
+            let policy =
+                self.config.policy.as_ref().ok_or_else(|| {
+                    FleetError::BadRequest("this daemon has no policy layers".into())
+                })?;
             let file = match layer {
                 "session" => None,
-                "user" => Some(
-                    self.config
-                        .policy
-                        .as_ref()
-                        .map(|p| p.paths.user.clone())
-                        .ok_or_else(|| {
-                            FleetError::BadRequest("this daemon has no policy layers".into())
-                        })?,
-                ),
+                // The user layer is the daemon's config.toml: every
+                // principal's sessions read it.
+                "user" if !is_admin => {
+                    return Err(FleetError::Forbidden(
+                        "--always user changes the daemon's config.toml for every principal: only an admin may; use --always session".into(),
+                    ))
+                }
+                "user" => Some(policy.paths.user.clone()),
                 "project" => {
                     let ws = self.get(&info.session).await?.workspace;
-                    Some(flotilla_policy::LayerPaths::project(Path::new(&ws)))
+                    let ws = Path::new(&ws);
+                    let user = flotilla_policy::config::LoadedLayer::load(
+                        flotilla_policy::Layer::User,
+                        &policy.paths.user,
+                    )
+                    .map_err(|e| FleetError::BadRequest(e.to_string()))?;
+                    let trusted = user
+                        .permissions
+                        .trusted_projects
+                        .iter()
+                        .any(|p| Path::new(p) == ws);
+                    if !trusted {
+                        return Err(FleetError::BadRequest(format!(
+                            "a project's allow rules count only when the project is trusted: add {:?} to trusted_projects in {}, or use --always session|user",
+                            ws.display(),
+                            policy.paths.user.display()
+                        )));
+                    }
+                    Some(flotilla_policy::LayerPaths::project(ws))
                 }
                 other => {
                     return Err(FleetError::BadRequest(format!(
@@ -495,37 +516,41 @@ impl Supervisor {
                     )))
                 }
             };
-            if let Some(file) = &file {
-                flotilla_policy::config::add_allow_rule(file, &rule)
-                    .map_err(|e| FleetError::BadRequest(e.to_string()))?;
-            }
-            always_rule = Some((rule, layer.to_owned()));
+            always_rule = Some((rule, layer.to_owned(), file));
         }
         let Some(pending) = self.queue.take(approval_id) else {
             return Err(FleetError::NoApproval(approval_id.to_owned()));
         };
-        let (always_rule, always_layer) = match always_rule {
-            Some((r, l)) => (Some(r), Some(l)),
-            None => (None, None),
+        let (rule, layer, file) = match always_rule {
+            Some((r, l, f)) => (Some(r), Some(l), f),
+            None => (None, None, None),
         };
-        self.store
-            .append_one(
-                &info.session,
-                EventKind::ApprovalGiven {
-                    approval_id: approval_id.to_owned(),
-                    by: by.to_owned(),
-                    always_rule,
-                    always_layer: always_layer.clone(),
-                },
-            )
-            .await?;
-        if matches!(always_layer.as_deref(), Some("user") | Some("project")) {
-            self.reload_policies();
+        let given = EventKind::ApprovalGiven {
+            approval_id: approval_id.to_owned(),
+            by: by.to_owned(),
+            always_rule: rule.clone(),
+            always_layer: layer,
+        };
+        if let Err(e) = self.store.append_one(&info.session, given).await {
+            // Not recorded, so not approved: the call waits again.
+            self.queue.put_back(approval_id, pending);
+            return Err(e.into());
+        }
+        let mut result = Ok(info.clone());
+        if let (Some(file), Some(rule)) = (&file, &rule) {
+            match flotilla_policy::config::add_allow_rule(file, rule) {
+                Ok(()) => self.reload_policies(),
+                Err(e) => {
+                    result = Err(FleetError::BadRequest(format!(
+                        "the call is approved, but the rule was not written: {e}"
+                    )))
+                }
+            }
         }
         if let Some(tx) = pending.answer {
             let _ = tx.send(ApprovalAnswer::Approved);
         }
-        Ok(info)
+        result
     }
 
     /// Refuses a pending call; the model is told `reason`.
@@ -546,16 +571,15 @@ impl Supervisor {
         let Some(pending) = self.queue.take(approval_id) else {
             return Err(FleetError::NoApproval(approval_id.to_owned()));
         };
-        self.store
-            .append_one(
-                &info.session,
-                EventKind::ApprovalRefused {
-                    approval_id: approval_id.to_owned(),
-                    by: by.to_owned(),
-                    reason: reason.to_owned(),
-                },
-            )
-            .await?;
+        let refused = EventKind::ApprovalRefused {
+            approval_id: approval_id.to_owned(),
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = self.store.append_one(&info.session, refused).await {
+            self.queue.put_back(approval_id, pending);
+            return Err(e.into());
+        }
         if let Some(tx) = pending.answer {
             let _ = tx.send(ApprovalAnswer::Refused {
                 reason: reason.to_owned(),

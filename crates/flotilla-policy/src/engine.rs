@@ -659,14 +659,23 @@ impl Engine {
                 ));
             }
         }
-        worst.unwrap_or_else(|| {
-            Decision::new(
-                PolicyVerdict::Allow,
-                format!("{} is allowed", call.tool),
+        match worst {
+            Some(d) => d,
+            // Nothing to check at all: a tool policy does not know.
+            None if call.items.is_empty() => Decision::new(
+                PolicyVerdict::Deny,
+                format!("no policy covers the tool {}", call.tool),
                 None,
                 "mode",
-            )
-        })
+            ),
+            // Only implied items, none objected (an empty command).
+            None => Decision::new(
+                PolicyVerdict::Allow,
+                format!("{} runs nothing that needs a rule", call.tool),
+                None,
+                "mode",
+            ),
+        }
     }
 
     fn rank(&self, item: &Item, matched: &[Meta]) -> Option<Decision> {
@@ -820,7 +829,10 @@ impl Engine {
                 ));
             }
         }
-        if item.implied {
+        // The whole line of a compound command needs no allow of its own
+        // (its parts do). A file a shell command writes does: a bare
+        // `> src/main.rs` is an edit, decided like one.
+        if item.implied && !item.action.is_edit() {
             return None;
         }
         if let Some(e) = rule_of(Effect::Allow) {

@@ -1,7 +1,8 @@
 //! The exec-later gate. A write to a file that something executes later (a
 //! shell startup file, a git hook, a CI workflow, a package manager's config)
 //! turns one edit into code run outside any sandbox, at a time nobody watches,
-//! so such writes always ask a human, whatever the mode and the rules say.
+//! so such writes always ask a human, whatever the allow rules say, in every
+//! mode but an admin-permitted `bypass` (deny rules still deny).
 //!
 //! Matching is on path components and case-insensitive everywhere: on
 //! case-insensitive filesystems (macOS, Windows) `.BashRC` *is* `.bashrc`, and

@@ -14,7 +14,8 @@ pub enum Mode {
     AcceptEdits,
     /// Everything runs that no rule denies or asks (the sandbox still holds).
     Auto,
-    /// Everything runs but the admin's hard-deny; only where the admin permits it.
+    /// Everything runs that no deny rule, hard-deny or tier stops, without
+    /// asking (not even the exec-later gate); only where the admin permits it.
     Bypass,
 }
 

@@ -161,6 +161,19 @@ pub fn check_shell(command: &str, dir: &Path, home: Option<&Path>) -> CallCheck 
         if !items.iter().any(|i| i.command == c.text && !i.implied) {
             items.push(shell_item(&c.text, false));
         }
+        // `/usr/bin/rm -rf x` is `rm -rf x` to deny and ask rules.
+        if let Some((first, rest)) = c.words.split_first() {
+            if let Some((_, base)) = first.rsplit_once('/') {
+                if !base.is_empty() {
+                    let mut text = base.to_owned();
+                    for w in rest {
+                        text.push(' ');
+                        text.push_str(w);
+                    }
+                    items.push(shell_item(&text, true));
+                }
+            }
+        }
     }
     let whole = command.trim();
     if !items.iter().any(|i| i.command == whole) {

@@ -116,7 +116,8 @@ pub enum Specifier {
     /// `Shell(...)`: a command pattern; `*` matches anything, a trailing
     /// `:*` or ` *` also matches the bare prefix.
     Command(String),
-    /// `Read(...)`, `Edit(...)`...: a gitignore-style path glob, as written.
+    /// `Read(...)`, `Edit(...)`...: a path glob, as written: anchored at the
+    /// workspace unless absolute or `~/`; `*` stays within a folder, `**` crosses folders.
     Path(String),
     /// `Fetch(domain:...)`: a host name, or `*.example.com`.
     Domain(String),

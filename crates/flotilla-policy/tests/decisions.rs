@@ -252,6 +252,13 @@ fn table() -> Vec<Row> {
         row("deny behind env", rules("auto", &[], &[], &["Shell(rm -rf *)"]), "Shell", "env A=1 rm -rf x", DENY),
         row("deny through quotes", rules("auto", &[], &[], &["Shell(rm -rf *)"]), "Shell", "'r'm -rf x", DENY),
         row("deny in background job", rules("auto", &[], &[], &["Shell(rm -rf *)"]), "Shell", "sleep 1 & rm -rf x", DENY),
+        row("deny through a full path", rules("auto", &[], &[], &["Shell(rm -rf *)"]), "Shell", "/usr/bin/rm -rf x", DENY),
+        row("a full path needs its own allow", rules("ask", &["Shell(ls)"], &[], &[]), "Shell", "/bin/ls", ASK),
+        row("a bare redirection is an edit", mode("ask"), "Shell", "> src/main.rs", ASK),
+        row("an allowed command's redirection asks in ask mode", rules("ask", &["Shell(echo *)"], &[], &[]), "Shell", "echo x > src/main.rs", ASK),
+        row("a redirection under an edit allow", rules("ask", &["Shell(echo *)", "Edit(src/**)"], &[], &[]), "Shell", "echo x > src/main.rs", ALLOW),
+        row("accept-edits lets a redirection into the workspace", rules("accept-edits", &["Shell(echo *)"], &[], &[]), "Shell", "echo x > out.txt", ALLOW),
+        row("accept-edits asks a redirection outside", rules("accept-edits", &["Shell(echo *)"], &[], &[]), "Shell", "echo x > /tmp/out.txt", ASK),
         row("dynamic command asks in auto", mode("auto"), "Shell", "$CMD -rf /", ASK),
         row("unparseable asks in auto", mode("auto"), "Shell", "echo 'unterminated", ASK),
         // --- hard deny: no override path
