@@ -32,11 +32,11 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression,
 };
 use flotilla_protocol::PolicyVerdict;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
 use crate::gate::ExecLaterGate;
 use crate::mode::Mode;
-use crate::rule::{command_first_word, command_matches, command_pattern, Action, Rule, Specifier};
+use crate::rule::{command_first_word, command_pattern, Action, Rule, Specifier};
 
 /// What a rule does when it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -285,13 +285,19 @@ pub struct Engine {
     /// a shell rule, its pattern matches the command by the same `like`
     /// semantics Cedar applies (`command_matches`); `decide_unsliced`,
     /// which gives Cedar everything, must decide the same.
-    policies: Vec<(PolicySet, Option<String>)>,
+    policies: Vec<(PolicySet, Option<CommandPattern>)>,
     /// The admin's raw Cedar, evaluated for every item.
     raw: Option<PolicySet>,
     /// Every policy in one set (the `unsliced` check and the benchmark baseline).
     all: PolicySet,
     meta: HashMap<String, Meta>,
+    /// Every anchored path glob at once (what `decide_unsliced` uses).
     globs: GlobSet,
+    /// The same globs one by one, indexed by the folder their literal
+    /// prefix names: a path is matched only against the globs of its
+    /// ancestors, instead of running the whole set's automaton.
+    glob_matchers: Vec<GlobMatcher>,
+    glob_dirs: HashMap<String, Vec<usize>>,
     call_type: EntityTypeName,
     glob_type: EntityTypeName,
     principal_type: EntityTypeName,
@@ -480,7 +486,7 @@ impl Engine {
             );
         }
         let mut slices: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut policies: Vec<(PolicySet, Option<String>)> = Vec::new();
+        let mut policies: Vec<(PolicySet, Option<CommandPattern>)> = Vec::new();
         let mut all = PolicySet::new();
         for (key, sources) in c.slices {
             for (id, src, prefix) in sources {
@@ -500,7 +506,7 @@ impl Engine {
                     message: e.to_string(),
                 })?;
                 slices.entry(key.clone()).or_default().push(policies.len());
-                policies.push((set, prefix));
+                policies.push((set, prefix.as_deref().map(CommandPattern::new)));
             }
         }
         // The admin's own Cedar: evaluated for every item.
@@ -540,6 +546,18 @@ impl Engine {
         let globs = globs
             .build()
             .map_err(|e| EngineError::Glob("(set)".into(), e.to_string()))?;
+        let mut glob_matchers = Vec::with_capacity(c.glob_patterns.len());
+        let mut glob_dirs: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, g) in c.glob_patterns.iter().enumerate() {
+            glob_matchers.push(
+                GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| EngineError::Glob(g.clone(), e.to_string()))?
+                    .compile_matcher(),
+            );
+            glob_dirs.entry(literal_dir(g)).or_default().push(i);
+        }
         Ok(Engine {
             spec,
             gate,
@@ -550,6 +568,8 @@ impl Engine {
             all,
             meta: c.meta,
             globs,
+            glob_matchers,
+            glob_dirs,
             call_type: type_name("Call")?,
             glob_type: type_name("Glob")?,
             principal_type: type_name("Principal")?,
@@ -624,6 +644,8 @@ impl Engine {
             .map(|i| {
                 if i.path.is_empty() {
                     Vec::new()
+                } else if sliced {
+                    self.glob_hits(&i.path)
                 } else {
                     self.globs.matches(&i.path)
                 }
@@ -1028,36 +1050,99 @@ impl Engine {
         Ok(matched)
     }
 
+    /// The anchored globs `path` matches (sorted), through the folder index.
+    fn glob_hits(&self, path: &str) -> Vec<usize> {
+        let mut hits = Vec::new();
+        for dir in Path::new(path).ancestors() {
+            let Some(dir) = dir.to_str() else { continue };
+            if let Some(globs) = self.glob_dirs.get(dir) {
+                hits.extend(
+                    globs
+                        .iter()
+                        .filter(|&&g| self.glob_matchers[g].is_match(path)),
+                );
+            }
+        }
+        hits.sort_unstable();
+        hits
+    }
+
     /// The policies the index cannot rule out for `item` under `action`.
-    fn candidates(&self, action: &Action, item: &Item, hits: &[usize]) -> Vec<&PolicySet> {
+    fn candidates<'s>(
+        &'s self,
+        action: &Action,
+        item: &Item,
+        hits: &[usize],
+    ) -> Vec<&'s PolicySet> {
         let name = action.name();
-        let mut keys = vec![format!("{name}|")];
-        if let Some(word) = item.command.split_whitespace().next() {
-            keys.push(format!("{name}|w:{word}"));
-        }
-        for i in hits {
-            keys.push(format!("{name}|g:{i}"));
-        }
-        if !item.domain.is_empty() {
-            keys.push(format!("{name}|d:{}", item.domain));
-        }
         let mut out = Vec::new();
-        for key in keys {
-            for &p in self.slices.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+        // One key buffer for every lookup: no allocation per slice.
+        let mut key = String::with_capacity(64);
+        let add = |key: &str, out: &mut Vec<&'s PolicySet>| {
+            for &p in self.slices.get(key).map(Vec::as_slice).unwrap_or(&[]) {
                 let (set, pattern) = &self.policies[p];
                 if pattern
                     .as_ref()
-                    .is_some_and(|pat| !command_matches(pat, &item.command))
+                    .is_some_and(|pat| !pat.matches(&item.command))
                 {
                     continue;
                 }
                 out.push(set);
             }
+        };
+        key.push_str(name);
+        key.push('|');
+        add(&key, &mut out);
+        if let Some(word) = item.command.split([' ', '\t']).find(|w| !w.is_empty()) {
+            key.truncate(name.len() + 1);
+            key.push_str("w:");
+            key.push_str(word);
+            add(&key, &mut out);
+        }
+        for i in hits {
+            key.truncate(name.len() + 1);
+            key.push_str("g:");
+            key.push_str(&i.to_string());
+            add(&key, &mut out);
+        }
+        if !item.domain.is_empty() {
+            key.truncate(name.len() + 1);
+            key.push_str("d:");
+            key.push_str(&item.domain);
+            add(&key, &mut out);
         }
         if let Some(raw) = &self.raw {
             out.push(raw);
         }
         out
+    }
+}
+
+/// The folder named by a glob's literal prefix (up to its first wildcard).
+fn literal_dir(glob: &str) -> String {
+    let end = glob.find(['*', '?', '[', '{', '\\']).unwrap_or(glob.len());
+    let literal = &glob[..end];
+    match literal.rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(i) => literal[..i].to_owned(),
+    }
+}
+
+/// A shell rule's pattern, split once at compile time.
+struct CommandPattern {
+    like: String,
+    bare: Option<String>,
+}
+
+impl CommandPattern {
+    fn new(pattern: &str) -> CommandPattern {
+        let (like, bare) = command_pattern(pattern);
+        CommandPattern { like, bare }
+    }
+
+    /// Cedar's `like` semantics (`*` matches any run), or the bare prefix.
+    fn matches(&self, command: &str) -> bool {
+        self.bare.as_deref() == Some(command) || crate::rule::wildcard_match(&self.like, command)
     }
 }
 

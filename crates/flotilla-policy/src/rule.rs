@@ -319,7 +319,7 @@ pub fn command_matches(pattern: &str, command: &str) -> bool {
     wildcard_match(&like, command)
 }
 
-fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;
