@@ -285,7 +285,7 @@ pub struct Engine {
     /// a shell rule, its pattern matches the command by the same `like`
     /// semantics Cedar applies (`command_matches`); `decide_unsliced`,
     /// which gives Cedar everything, must decide the same.
-    policies: Vec<(PolicySet, Option<CommandPattern>)>,
+    policies: Vec<(PolicySet, Option<CommandPattern>, bool)>,
     /// The admin's raw Cedar, evaluated for every item.
     raw: Option<PolicySet>,
     /// Every policy in one set (the `unsliced` check and the benchmark baseline).
@@ -486,7 +486,7 @@ impl Engine {
             );
         }
         let mut slices: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut policies: Vec<(PolicySet, Option<CommandPattern>)> = Vec::new();
+        let mut policies: Vec<(PolicySet, Option<CommandPattern>, bool)> = Vec::new();
         let mut all = PolicySet::new();
         for (key, sources) in c.slices {
             for (id, src, prefix) in sources {
@@ -506,7 +506,9 @@ impl Engine {
                     message: e.to_string(),
                 })?;
                 slices.entry(key.clone()).or_default().push(policies.len());
-                policies.push((set, prefix.as_deref().map(CommandPattern::new)));
+                // An allow rule can only decide an item that needs an allow.
+                let allow = matches!(c.meta.get(&id), Some(Meta::Rule(i)) if spec.rules[*i].effect == Effect::Allow);
+                policies.push((set, prefix.as_deref().map(CommandPattern::new), allow));
             }
         }
         // The admin's own Cedar: evaluated for every item.
@@ -1080,7 +1082,10 @@ impl Engine {
         let mut key = String::with_capacity(64);
         let add = |key: &str, out: &mut Vec<&'s PolicySet>| {
             for &p in self.slices.get(key).map(Vec::as_slice).unwrap_or(&[]) {
-                let (set, pattern) = &self.policies[p];
+                let (set, pattern, allow) = &self.policies[p];
+                if *allow && item.implied && !item.action.is_edit() {
+                    continue;
+                }
                 if pattern
                     .as_ref()
                     .is_some_and(|pat| !pat.matches(&item.command))
