@@ -130,19 +130,8 @@ struct RunArgs {
     /// Seconds of (awake) wall time before the session gives up.
     #[arg(long)]
     wall_time: Option<u64>,
-    /// Permission mode: plan, ask (default), accept-edits, auto, bypass
-    /// (bypass only where the admin permits it).
-    #[arg(long)]
-    mode: Option<String>,
-    /// Allow rule for this session, e.g. 'Shell(npm run test:*)' (repeatable).
-    #[arg(long)]
-    allow: Vec<String>,
-    /// Ask rule for this session (repeatable).
-    #[arg(long)]
-    ask: Vec<String>,
-    /// Deny rule for this session, e.g. 'Shell(git push *)' (repeatable).
-    #[arg(long)]
-    deny: Vec<String>,
+    #[command(flatten)]
+    permissions: policy_cmd::PermissionArgs,
     /// The model's context window in tokens (compaction starts at 75%).
     #[arg(long)]
     context_window: Option<u64>,
@@ -352,12 +341,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,
-        permissions: Some(flotilla_protocol::SessionPermissions {
-            mode: args.mode,
-            allow: args.allow,
-            ask: args.ask,
-            deny: args.deny,
-        }),
+        permissions: Some(args.permissions.into_permissions()),
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client

@@ -52,18 +52,9 @@ pub struct CheckArgs {
     /// Same as --input, for path tools.
     #[arg(long)]
     path: Option<String>,
-    /// The mode, as `flotilla run --mode` would set it.
-    #[arg(long)]
-    mode: Option<String>,
-    /// Command-line allow rules, as `flotilla run --allow`.
-    #[arg(long)]
-    allow: Vec<String>,
-    /// Command-line ask rules.
-    #[arg(long)]
-    ask: Vec<String>,
-    /// Command-line deny rules.
-    #[arg(long)]
-    deny: Vec<String>,
+    /// The command-line layer, as `flotilla run` would set it.
+    #[command(flatten)]
+    permissions: PermissionArgs,
     /// The workspace (default: the current folder).
     #[arg(long, short = 'w')]
     workspace: Option<PathBuf>,
@@ -73,6 +64,37 @@ pub struct CheckArgs {
     /// One JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The command-line policy layer: `--mode`, `--allow`, `--ask`, `--deny`
+/// (of `flotilla run` and `flotilla policy check`).
+#[derive(Args)]
+pub struct PermissionArgs {
+    /// Permission mode: plan, ask (default), accept-edits, auto, bypass
+    /// (bypass only where the admin permits it).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Allow rule, e.g. 'Shell(npm run test:*)' (repeatable).
+    #[arg(long)]
+    allow: Vec<String>,
+    /// Ask rule (repeatable).
+    #[arg(long)]
+    ask: Vec<String>,
+    /// Deny rule, e.g. 'Shell(git push *)' (repeatable).
+    #[arg(long)]
+    deny: Vec<String>,
+}
+
+impl PermissionArgs {
+    /// The layer as the daemon records it.
+    pub fn into_permissions(self) -> SessionPermissions {
+        SessionPermissions {
+            mode: self.mode,
+            allow: self.allow,
+            ask: self.ask,
+            deny: self.deny,
+        }
+    }
 }
 
 /// `flotilla policy test`
@@ -118,12 +140,7 @@ pub fn policy(paths: &Paths, command: PolicyCommand) -> Result<ExitCode> {
     match command {
         PolicyCommand::Check(args) => {
             let ws = workspace(args.workspace)?;
-            let cli = SessionPermissions {
-                mode: args.mode,
-                allow: args.allow,
-                ask: args.ask,
-                deny: args.deny,
-            };
+            let cli = args.permissions.into_permissions();
             let layers = Layers::load(&config.paths, &ws, &cli, &[])?;
             let spec = layers.spec(&ws, config.home.as_deref())?;
             let inactive = spec.inactive.clone();
