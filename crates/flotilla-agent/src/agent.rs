@@ -179,6 +179,9 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
         executor: run.executor.clone(),
         limits: run.settings.tool_limits.clone(),
         cancel: stop.clone(),
+        hidden: run.policy.clone().map(|p| {
+            Arc::new(move |path: &std::path::Path| p.read_denied(path)) as tools::HiddenPaths
+        }),
     };
     let offered = offered_tools(run.policy.as_deref());
     if let Some(policy) = &run.policy {

@@ -64,6 +64,10 @@ pub trait CallPolicy: Send + Sync {
     fn wait_approval(&self, ask: ApprovalAsk) -> BoxFuture<'static, ApprovalAnswer>;
     /// The session's own allow rules (`approve --always session`) changed.
     fn session_rules_changed(&self, session_allow: &[String]);
+    /// Whether policy denies reading `path` (absolute): searches skip it.
+    fn read_denied(&self, _path: &std::path::Path) -> bool {
+        false
+    }
 }
 
 /// A fresh approval id: short enough to type.

@@ -562,3 +562,40 @@ fn a_tier_needs_vetting_and_a_fresh_totp_login() {
     let (d, started) = answer(&id);
     assert_eq!((d["decision"].as_str(), started), (Some("allow"), 1), "{d}");
 }
+
+#[test]
+fn a_read_deny_holds_for_searches_too() {
+    let env = Env::new(Script::single(vec![
+        Step::tool("grep", json!({"pattern": "SECRET", "path": "."})),
+        Step::tool("list_files", json!({})),
+        Step::tool("read_file", json!({"path": ".env"})),
+        Step::finish("done"),
+    ]));
+    std::fs::write(env.ws().join(".env"), "SECRET=hunter2\n").unwrap();
+    std::fs::write(env.ws().join("notes.txt"), "the SECRET is in .env\n").unwrap();
+    let id = start_with(&env, "find the secret", &["--deny", "Read(./.env)"]);
+    assert_eq!(env.wait_state(&id, 60), "completed");
+    let last = env.mock.requests().last().unwrap().clone();
+    let msgs = tool_messages(&last);
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert!(
+        msgs[0].contains("notes.txt"),
+        "grep finds the other file: {}",
+        msgs[0]
+    );
+    assert!(
+        !msgs[0].contains("hunter2"),
+        "grep printed the denied file: {}",
+        msgs[0]
+    );
+    assert!(
+        !msgs[1].contains(".env"),
+        "list_files shows the denied file: {}",
+        msgs[1]
+    );
+    assert!(
+        msgs[2].contains("denied by policy") && !msgs[2].contains("hunter2"),
+        "{}",
+        msgs[2]
+    );
+}

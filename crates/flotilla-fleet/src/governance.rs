@@ -199,6 +199,27 @@ impl CallPolicy for SessionPolicy {
         })
     }
 
+    fn read_denied(&self, path: &Path) -> bool {
+        let check = flotilla_policy::CallCheck {
+            tool: "read_file".into(),
+            items: vec![flotilla_policy::Item {
+                action: flotilla_policy::Action::Read,
+                command: String::new(),
+                path: path.display().to_string(),
+                domain: String::new(),
+                implied: false,
+            }],
+            opaque: None,
+            summary: String::new(),
+        };
+        let stack = match self.stack.read() {
+            Ok(s) => s.clone(),
+            Err(_) => return true,
+        };
+        stack.decide(&check, &self.principal(), now_ms()).verdict
+            == flotilla_protocol::PolicyVerdict::Deny
+    }
+
     fn session_rules_changed(&self, session_allow: &[String]) {
         if let Ok(mut a) = self.session_allow.lock() {
             *a = session_allow.to_vec();

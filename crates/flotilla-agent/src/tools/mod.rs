@@ -75,7 +75,13 @@ pub struct ToolContext {
     pub limits: ToolLimits,
     /// Cancels the running tool (kills a running command).
     pub cancel: CancellationToken,
+    /// Files policy forbids reading: `list_files`, `glob` and `grep` skip
+    /// them (so `deny Read(./.env)` holds for searches too).
+    pub hidden: Option<HiddenPaths>,
 }
+
+/// A predicate: whether the session may not read this absolute path.
+pub type HiddenPaths = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
 
 impl ToolContext {
     /// A context for `workspace` (canonicalized here) with the [`HostExecutor`],
@@ -86,6 +92,7 @@ impl ToolContext {
             executor: Arc::new(HostExecutor),
             limits: ToolLimits::default(),
             cancel: CancellationToken::new(),
+            hidden: None,
         })
     }
 }

@@ -56,8 +56,9 @@ fn resolve_root(ctx: &ToolContext, path: Option<&str>) -> Result<PathBuf, ToolOu
 /// A walker over `root` that respects `.gitignore` (even outside a git
 /// repository), `.ignore` and git's exclude files, shows hidden files but
 /// never descends into `.git`, never follows symlinks, and sorts by name.
-fn walker(root: &Path, max_depth: Option<usize>) -> WalkBuilder {
+fn walker(ctx: &ToolContext, root: &Path, max_depth: Option<usize>) -> WalkBuilder {
     let mut builder = WalkBuilder::new(root);
+    let hidden = ctx.hidden.clone();
     builder
         .hidden(false)
         .git_ignore(true)
@@ -67,7 +68,9 @@ fn walker(root: &Path, max_depth: Option<usize>) -> WalkBuilder {
         .require_git(false)
         .follow_links(false)
         .max_depth(max_depth)
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(move |entry| {
+            entry.file_name() != ".git" && !hidden.as_ref().is_some_and(|h| h(entry.path()))
+        })
         .sort_by_file_name(|a, b| a.cmp(b));
     builder
 }
@@ -96,7 +99,7 @@ pub(crate) fn list_files(ctx: &ToolContext, args: ListArgs) -> ToolOutcome {
         .map_or(DEFAULT_DEPTH, |d| (d as usize).clamp(1, MAX_DEPTH));
     let mut lines = Vec::new();
     let mut more = false;
-    for entry in walker(&root, Some(depth)).build() {
+    for entry in walker(ctx, &root, Some(depth)).build() {
         if ctx.cancel.is_cancelled() {
             return ToolOutcome::error("list_files was cancelled");
         }
@@ -153,7 +156,7 @@ pub(crate) fn glob(ctx: &ToolContext, args: GlobArgs) -> ToolOutcome {
     };
     let mut hits = Vec::new();
     let mut more = false;
-    for entry in walker(&root, None).build() {
+    for entry in walker(ctx, &root, None).build() {
         if ctx.cancel.is_cancelled() {
             return ToolOutcome::error("glob was cancelled");
         }
@@ -237,7 +240,7 @@ pub(crate) fn grep(ctx: &ToolContext, args: GrepArgs) -> ToolOutcome {
     let mut hits: Vec<String> = Vec::new();
     let mut files_with_hits = 0usize;
     let mut more = false;
-    for entry in walker(&root, None).build() {
+    for entry in walker(ctx, &root, None).build() {
         if ctx.cancel.is_cancelled() {
             return ToolOutcome::error("grep was cancelled");
         }
