@@ -463,23 +463,12 @@ impl Loop {
                 // Approved before a restart: only a deny that appeared
                 // since (a new hard-deny) can stop it now.
                 Some(Ok(())) => {
-                    let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
-                        .unwrap_or(serde_json::Value::Null);
-                    let v = policy.decide(call, &args);
+                    let v = decide(policy.as_ref(), call);
                     if v.verdict != PolicyVerdict::Deny {
                         return Ok(true);
                     }
-                    self.push(EventKind::PolicyDecided {
-                        call_id: call.id.clone(),
-                        decision: v.verdict,
-                        reason: v.reason.clone(),
-                        rule: v.rule,
-                        layer: v.layer,
-                    });
-                    self.push(refuse(format!(
-                        "error: not run, denied by policy: {}",
-                        v.reason
-                    )));
+                    self.push(decided(call, &v));
+                    self.push(refuse(denial_text(&v.reason)));
                     Ok(false)
                 }
                 Some(Err(reason)) => {
@@ -489,23 +478,12 @@ impl Loop {
                 None => self.wait_for(policy, call, state).await,
             };
         }
-        let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
-            .unwrap_or(serde_json::Value::Null);
-        let v = policy.decide(call, &args);
-        self.push(EventKind::PolicyDecided {
-            call_id: call.id.clone(),
-            decision: v.verdict,
-            reason: v.reason.clone(),
-            rule: v.rule.clone(),
-            layer: v.layer.clone(),
-        });
+        let v = decide(policy.as_ref(), call);
+        self.push(decided(call, &v));
         match v.verdict {
             PolicyVerdict::Allow => Ok(true),
             PolicyVerdict::Deny => {
-                self.push(refuse(format!(
-                    "error: not run, denied by policy: {}. Do not retry the same call; find another way or explain in your final answer what you needed.",
-                    v.reason
-                )));
+                self.push(refuse(denial_text(&v.reason)));
                 Ok(false)
             }
             PolicyVerdict::Ask => {
@@ -698,6 +676,30 @@ impl Loop {
         }
         Ok(())
     }
+}
+
+/// Asks `policy` about a call (arguments already checked to be JSON).
+fn decide(policy: &dyn CallPolicy, call: &ToolCall) -> crate::policy::Verdict {
+    let args = serde_json::from_str::<serde_json::Value>(&call.arguments)
+        .unwrap_or(serde_json::Value::Null);
+    policy.decide(call, &args)
+}
+
+fn decided(call: &ToolCall, v: &crate::policy::Verdict) -> EventKind {
+    EventKind::PolicyDecided {
+        call_id: call.id.clone(),
+        decision: v.verdict,
+        reason: v.reason.clone(),
+        rule: v.rule.clone(),
+        layer: v.layer.clone(),
+    }
+}
+
+fn denial_text(reason: &str) -> String {
+    format!(
+        "error: not run, denied by policy: {reason}. Do not retry the same call; find another \
+         way or explain in your final answer what you needed."
+    )
 }
 
 fn refusal_text(reason: &str) -> String {

@@ -27,17 +27,6 @@ fn set_admin(env: &Env, text: &str) {
     std::fs::write(env.home.path().join("managed.toml"), text).unwrap();
 }
 
-fn start_with(env: &Env, task: &str, extra: &[&str]) -> String {
-    let ws = env.ws_str();
-    let mut args = vec!["run", "--detach", "--json", "-w", &ws, "-m", "openai:mock"];
-    args.extend_from_slice(extra);
-    args.push(task);
-    let out = env.run(&args);
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
-    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
-    info["id"].as_str().unwrap().to_string()
-}
-
 fn approvals(env: &Env) -> Vec<Value> {
     let out = env.run(&["approvals", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -288,11 +277,7 @@ fn hard_deny_holds_against_bypass_and_allow() {
         &env,
         "[permissions]\nhard_deny = [\"Shell(touch *)\"]\nallowed_modes = [\"ask\", \"auto\", \"bypass\"]\n",
     );
-    let id = start_with(
-        &env,
-        "attack",
-        &["--mode", "bypass", "--allow", "Shell(touch *)"],
-    );
+    let id = env.start_with("attack", &["--mode", "bypass", "--allow", "Shell(touch *)"]);
     assert_eq!(env.wait_state(&id, 60), "completed");
     assert!(
         !env.ws().join("pwned").exists(),
@@ -362,7 +347,7 @@ fn the_exec_later_gate_asks_even_in_auto() {
 #[test]
 fn a_bare_deny_removes_the_tool_from_the_model() {
     let env = Env::new(Script::single(vec![Step::finish("done")]));
-    let id = start_with(&env, "no shell", &["--deny", "Shell"]);
+    let id = env.start_with("no shell", &["--deny", "Shell"]);
     assert_eq!(env.wait_state(&id, 60), "completed");
     let req = env.mock.requests().last().unwrap().clone();
     let names: Vec<&str> = req["tools"]
@@ -573,7 +558,7 @@ fn a_read_deny_holds_for_searches_too() {
     ]));
     std::fs::write(env.ws().join(".env"), "SECRET=hunter2\n").unwrap();
     std::fs::write(env.ws().join("notes.txt"), "the SECRET is in .env\n").unwrap();
-    let id = start_with(&env, "find the secret", &["--deny", "Read(./.env)"]);
+    let id = env.start_with("find the secret", &["--deny", "Read(./.env)"]);
     assert_eq!(env.wait_state(&id, 60), "completed");
     let last = env.mock.requests().last().unwrap().clone();
     let msgs = tool_messages(&last);

@@ -36,7 +36,7 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
 use crate::gate::ExecLaterGate;
 use crate::mode::Mode;
-use crate::rule::{command_first_word, command_pattern, Action, Rule, Specifier};
+use crate::rule::{command_first_word, command_pattern, Action, CommandPattern, Rule, Specifier};
 
 /// What a rule does when it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -283,7 +283,7 @@ pub struct Engine {
     /// it is given (about 1.5 us each, whether it matches or not), so a
     /// policy is given to Cedar only when its slice fits the call and, for
     /// a shell rule, its pattern matches the command by the same `like`
-    /// semantics Cedar applies (`command_matches`); `decide_unsliced`,
+    /// semantics Cedar applies (`CommandPattern`); `decide_unsliced`,
     /// which gives Cedar everything, must decide the same.
     policies: Vec<(PolicySet, Option<CommandPattern>, bool)>,
     /// The admin's raw Cedar, evaluated for every item.
@@ -337,13 +337,6 @@ fn lit(s: &str) -> String {
     out
 }
 
-/// A Cedar `like` pattern: the rule's `*` are wildcards, anything else is literal.
-fn like_lit(s: &str) -> String {
-    // Backslashes and quotes are escaped as in any string; a literal `*`
-    // cannot be written in the dialect, so every `*` stays a wildcard.
-    lit(s)
-}
-
 /// Anchors a rule's path pattern: `/abs`, `//abs` (Claude Code's absolute
 /// form), `~/x` under home, anything else under the workspace.
 pub fn anchor_pattern(pattern: &str, workspace: &Path, home: Option<&Path>) -> String {
@@ -388,7 +381,7 @@ impl Compiler {
             None => (format!("{action}|"), None),
             Some(Specifier::Command(p)) => {
                 let (like, bare) = command_pattern(p);
-                let mut cond = format!("resource.command like {}", like_lit(&like));
+                let mut cond = format!("resource.command like {}", lit(&like));
                 if let Some(b) = bare {
                     cond = format!("({cond} || resource.command == {})", lit(&b));
                 }
@@ -419,7 +412,7 @@ impl Compiler {
                     format!("{action}|"),
                     Some(format!(
                         "resource.domain like {}",
-                        like_lit(&format!("*.{base}"))
+                        lit(&format!("*.{base}"))
                     )),
                 ),
                 None => (
@@ -659,7 +652,7 @@ impl Engine {
         for (n, item) in call.items.iter().enumerate() {
             let matched = self.evaluate(&ctx, n, item, &hits[n], sliced);
             let d = match matched {
-                Ok(m) => self.rank(item, &m),
+                Ok(m) => self.rank(item, m),
                 // Fail closed: a policy that could not be evaluated denies.
                 Err(e) => Some(Decision::new(
                     PolicyVerdict::Deny,
@@ -702,9 +695,8 @@ impl Engine {
         }
     }
 
-    fn rank(&self, item: &Item, matched: &[Meta]) -> Option<Decision> {
+    fn rank(&self, item: &Item, mut matched: Vec<Meta>) -> Option<Decision> {
         // Cedar reports satisfied policies in no particular order.
-        let mut matched = matched.to_vec();
         matched.sort();
         matched.dedup();
         let matched = matched.as_slice();
@@ -1130,24 +1122,6 @@ fn literal_dir(glob: &str) -> String {
     match literal.rfind('/') {
         Some(0) | None => "/".to_owned(),
         Some(i) => literal[..i].to_owned(),
-    }
-}
-
-/// A shell rule's pattern, split once at compile time.
-struct CommandPattern {
-    like: String,
-    bare: Option<String>,
-}
-
-impl CommandPattern {
-    fn new(pattern: &str) -> CommandPattern {
-        let (like, bare) = command_pattern(pattern);
-        CommandPattern { like, bare }
-    }
-
-    /// Cedar's `like` semantics (`*` matches any run), or the bare prefix.
-    fn matches(&self, command: &str) -> bool {
-        self.bare.as_deref() == Some(command) || crate::rule::wildcard_match(&self.like, command)
     }
 }
 

@@ -308,18 +308,27 @@ pub(crate) fn command_first_word(pattern: &str) -> Option<String> {
     Some(word.to_owned())
 }
 
-/// Whether `command` matches the pattern, with Cedar's `like` semantics
-/// (`*` matches any run of characters). Used by `policy test` and to check
-/// the Cedar translation; decisions themselves go through Cedar.
-pub fn command_matches(pattern: &str, command: &str) -> bool {
-    let (like, bare) = command_pattern(pattern);
-    if bare.as_deref() == Some(command) {
-        return true;
-    }
-    wildcard_match(&like, command)
+/// A shell rule's pattern, split once: what Cedar's `like` gets and the
+/// bare prefix. The engine's index uses it to hand Cedar only the shell
+/// policies that can match; Cedar still decides.
+pub(crate) struct CommandPattern {
+    like: String,
+    bare: Option<String>,
 }
 
-pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
+impl CommandPattern {
+    pub(crate) fn new(pattern: &str) -> CommandPattern {
+        let (like, bare) = command_pattern(pattern);
+        CommandPattern { like, bare }
+    }
+
+    /// Cedar's `like` semantics (`*` matches any run), or the bare prefix.
+    pub(crate) fn matches(&self, command: &str) -> bool {
+        self.bare.as_deref() == Some(command) || wildcard_match(&self.like, command)
+    }
+}
+
+fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == text;
@@ -377,18 +386,16 @@ mod tests {
 
     #[test]
     fn command_patterns() {
-        assert!(command_matches("npm run test:*", "npm run test"));
-        assert!(command_matches("npm run test:*", "npm run test:unit"));
-        assert!(!command_matches("npm run test:*", "npm install"));
-        assert!(command_matches("git push *", "git push"));
-        assert!(command_matches(
-            "git push *",
-            "git push --force origin main"
-        ));
-        assert!(!command_matches("git push *", "git pushx"));
-        assert!(command_matches("rm -rf /*", "rm -rf /"));
-        assert!(command_matches("*--force*", "git push --force"));
-        assert!(!command_matches("ls", "ls -la"));
+        let m = |p: &str, c: &str| CommandPattern::new(p).matches(c);
+        assert!(m("npm run test:*", "npm run test"));
+        assert!(m("npm run test:*", "npm run test:unit"));
+        assert!(!m("npm run test:*", "npm install"));
+        assert!(m("git push *", "git push"));
+        assert!(m("git push *", "git push --force origin main"));
+        assert!(!m("git push *", "git pushx"));
+        assert!(m("rm -rf /*", "rm -rf /"));
+        assert!(m("*--force*", "git push --force"));
+        assert!(!m("ls", "ls -la"));
         assert_eq!(command_first_word("git push *"), Some("git".into()));
         assert_eq!(command_first_word("npm*"), None);
         assert_eq!(command_first_word("ls"), Some("ls".into()));

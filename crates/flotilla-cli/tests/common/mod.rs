@@ -63,16 +63,16 @@ impl Env {
 
     /// `flotilla run --detach --json` and the new session's id.
     pub fn start(&self, task: &str) -> String {
-        let out = self.run(&[
-            "run",
-            "--detach",
-            "--json",
-            "-w",
-            &self.ws_str(),
-            "-m",
-            "openai:mock",
-            task,
-        ]);
+        self.start_with(task, &[])
+    }
+
+    /// [`Env::start`] with more `run` flags (`--mode auto`, `--deny RULE`...).
+    pub fn start_with(&self, task: &str, extra: &[&str]) -> String {
+        let ws = self.ws_str();
+        let mut args = vec!["run", "--detach", "--json", "-w", &ws, "-m", "openai:mock"];
+        args.extend_from_slice(extra);
+        args.push(task);
+        let out = self.run(&args);
         assert!(out.status.success(), "run failed: {}", stderr(&out));
         let info: Value = serde_json::from_slice(&out.stdout).unwrap();
         info["id"].as_str().unwrap().to_string()
