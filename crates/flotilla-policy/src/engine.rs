@@ -28,9 +28,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    Authorizer, Context, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
     PolicySet, Request, RestrictedExpression,
 };
+use cedar_policy_core::ast as core_ast;
+use cedar_policy_core::entities as core_entities;
 use flotilla_protocol::PolicyVerdict;
 use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
@@ -299,9 +301,14 @@ pub struct Engine {
     glob_matchers: Vec<GlobMatcher>,
     glob_dirs: HashMap<String, Vec<usize>>,
     call_type: EntityTypeName,
-    glob_type: EntityTypeName,
     principal_type: EntityTypeName,
     action_type: EntityTypeName,
+    /// `Glob::"N"` for every glob, built once.
+    glob_uids: Vec<core_ast::EntityUID>,
+    /// The workspace, as the value of every resource's `workspace`.
+    workspace: core_ast::Value,
+    /// The request context, by whether the principal's MFA is fresh.
+    contexts: [Context; 2],
 }
 
 impl std::fmt::Debug for Engine {
@@ -553,6 +560,31 @@ impl Engine {
             );
             glob_dirs.entry(literal_dir(g)).or_default().push(i);
         }
+        let glob_type = type_name("Glob")?;
+        let glob_uids = (0..c.glob_patterns.len())
+            .map(|i| {
+                EntityUid::from_type_name_and_id(glob_type.clone(), EntityId::new(i.to_string()))
+                    .into()
+            })
+            .collect();
+        let context = |mfa_fresh: bool| {
+            Context::from_pairs([
+                (
+                    "mfa_fresh".to_owned(),
+                    RestrictedExpression::new_bool(mfa_fresh),
+                ),
+                (
+                    "mode".to_owned(),
+                    RestrictedExpression::new_string(spec.mode.as_str().to_owned()),
+                ),
+            ])
+            .map_err(|e| EngineError::Cedar {
+                origin: "the request context".into(),
+                message: e.to_string(),
+            })
+        };
+        let contexts = [context(false)?, context(true)?];
+        let workspace = core_ast::Value::from(spec.workspace.display().to_string());
         Ok(Engine {
             spec,
             gate,
@@ -566,7 +598,9 @@ impl Engine {
             glob_matchers,
             glob_dirs,
             call_type: type_name("Call")?,
-            glob_type: type_name("Glob")?,
+            glob_uids,
+            workspace,
+            contexts,
             principal_type: type_name("Principal")?,
             action_type: type_name("Action")?,
         })
@@ -627,10 +661,15 @@ impl Engine {
         let mfa_fresh = principal
             .mfa_verified_ms
             .is_some_and(|t| now_ms >= t && now_ms - t <= self.spec.mfa_window_ms);
-        let mut worst: Option<Decision> = None;
-        let mut fold = |d: Decision| {
-            if worst.as_ref().is_none_or(|w| d.severity() > w.severity()) {
-                worst = Some(d);
+        // The worst decision so far, and the item that made it (whose
+        // suggested rule is written once, for the decision that stands).
+        let mut worst: Option<(Decision, Option<usize>)> = None;
+        let mut fold = |d: Decision, item: Option<usize>| {
+            if worst
+                .as_ref()
+                .is_none_or(|(w, _)| d.severity() > w.severity())
+            {
+                worst = Some((d, item));
             }
         };
         let hits: Vec<Vec<usize>> = call
@@ -661,23 +700,28 @@ impl Engine {
                     "admin",
                 )),
             };
-            if let Some(mut d) = d {
-                d.item = Some(suggested_rule(item, &self.spec.workspace));
-                fold(d);
+            if let Some(d) = d {
+                fold(d, Some(n));
             }
         }
         if let Some(why) = &call.opaque {
             if self.spec.mode != Mode::Bypass {
-                fold(Decision::new(
-                    PolicyVerdict::Ask,
-                    format!("flotilla cannot tell everything this command runs ({why})"),
+                fold(
+                    Decision::new(
+                        PolicyVerdict::Ask,
+                        format!("flotilla cannot tell everything this command runs ({why})"),
+                        None,
+                        "mode",
+                    ),
                     None,
-                    "mode",
-                ));
+                );
             }
         }
         match worst {
-            Some(d) => d,
+            Some((mut d, item)) => {
+                d.item = item.map(|n| suggested_rule(&call.items[n], &self.spec.workspace));
+                d
+            }
             // Nothing to check at all: a tool policy does not know.
             None if call.items.is_empty() => Decision::new(
                 PolicyVerdict::Deny,
@@ -911,6 +955,16 @@ impl Engine {
 
     /// The entities of one call (one resource per item, the principal)
     /// and its context, built once for all its items.
+    ///
+    /// Built with `cedar-policy-core` rather than the public `Entity::new`
+    /// and `Entities::from_entities`, which together were two fifths of a
+    /// decision: those evaluate every attribute as a restricted expression
+    /// and recompute the transitive closure of the entity graph. Here the
+    /// attributes are plain strings and sets of strings, made values
+    /// directly, and the graph is a star whose only edges go from a
+    /// resource to the `Glob`s it matches, which are never entities
+    /// themselves: the closure is the parents, so it is declared computed
+    /// (`TCComputation::AssumeAlreadyComputed`) instead of recomputed.
     fn call_context(
         &self,
         call: &CallCheck,
@@ -918,10 +972,12 @@ impl Engine {
         principal: &Principal,
         mfa_fresh: bool,
     ) -> Result<CallContext, String> {
+        use core_ast::{PartialValue, Value};
         let principal_uid = EntityUid::from_type_name_and_id(
             self.principal_type.clone(),
             EntityId::new(&principal.name),
         );
+        let string = |s: &str| PartialValue::from(Value::from(s));
         let mut entities = Vec::with_capacity(call.items.len() + 1);
         let mut resources = Vec::with_capacity(call.items.len());
         for (n, item) in call.items.iter().enumerate() {
@@ -929,65 +985,42 @@ impl Engine {
                 self.call_type.clone(),
                 EntityId::new(n.to_string()),
             );
-            let parents: HashSet<EntityUid> = hits[n]
-                .iter()
-                .map(|i| {
-                    EntityUid::from_type_name_and_id(
-                        self.glob_type.clone(),
-                        EntityId::new(i.to_string()),
-                    )
-                })
-                .collect();
-            let attr = |s: &str| RestrictedExpression::new_string(s.to_owned());
-            entities.push(
-                Entity::new(
-                    uid.clone(),
-                    HashMap::from([
-                        ("command".to_owned(), attr(&item.command)),
-                        ("path".to_owned(), attr(&item.path)),
-                        ("domain".to_owned(), attr(&item.domain)),
-                        (
-                            "workspace".to_owned(),
-                            attr(&self.spec.workspace.display().to_string()),
-                        ),
-                    ]),
-                    parents,
-                )
-                .map_err(|e| e.to_string())?,
-            );
+            let parents = hits[n].iter().map(|&i| self.glob_uids[i].clone()).collect();
+            entities.push(core_ast::Entity::new_with_attr_partial_value(
+                uid.clone().into(),
+                [
+                    ("command".into(), string(&item.command)),
+                    ("path".into(), string(&item.path)),
+                    ("domain".into(), string(&item.domain)),
+                    ("workspace".into(), self.workspace.clone().into()),
+                ],
+                HashSet::new(),
+                parents,
+                [],
+            ));
             resources.push(uid);
         }
-        entities.push(
-            Entity::new(
-                principal_uid.clone(),
-                HashMap::from([(
-                    "vetted".to_owned(),
-                    RestrictedExpression::new_set(
-                        principal
-                            .vetted
-                            .iter()
-                            .map(|t| RestrictedExpression::new_string(t.clone())),
-                    ),
-                )]),
-                HashSet::new(),
-            )
-            .map_err(|e| e.to_string())?,
+        let vetted = Value::set(
+            principal.vetted.iter().map(|t| Value::from(t.as_str())),
+            None,
         );
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([
-            (
-                "mfa_fresh".to_owned(),
-                RestrictedExpression::new_bool(mfa_fresh),
-            ),
-            (
-                "mode".to_owned(),
-                RestrictedExpression::new_string(self.spec.mode.as_str().to_owned()),
-            ),
-        ])
+        entities.push(core_ast::Entity::new_with_attr_partial_value(
+            principal_uid.clone().into(),
+            [("vetted".into(), vetted.into())],
+            HashSet::new(),
+            HashSet::new(),
+            [],
+        ));
+        let entities = core_entities::Entities::from_entities(
+            entities,
+            None::<&core_entities::NoEntitiesSchema>,
+            core_entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
         .map_err(|e| e.to_string())?;
         Ok(CallContext {
-            entities,
-            context,
+            entities: Entities::from(entities),
+            context: self.contexts[usize::from(mfa_fresh)].clone(),
             principal: principal_uid,
             resources,
         })
@@ -1031,7 +1064,7 @@ impl Engine {
                     return Err(e.to_string());
                 }
                 for id in response.diagnostics().reason() {
-                    if let Some(m) = self.meta.get(id.to_string().as_str()) {
+                    if let Some(m) = self.meta.get(AsRef::<str>::as_ref(id)) {
                         matched.push(m.clone());
                     }
                 }

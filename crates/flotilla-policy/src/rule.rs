@@ -312,41 +312,58 @@ pub(crate) fn command_first_word(pattern: &str) -> Option<String> {
 /// bare prefix. The engine's index uses it to hand Cedar only the shell
 /// policies that can match; Cedar still decides.
 pub(crate) struct CommandPattern {
-    like: String,
+    /// The `like` pattern split at its `*`s, once: the first part is a
+    /// prefix, the last a suffix, the middle ones are searched for with
+    /// searchers built here, so matching a command allocates nothing.
+    first: String,
+    mids: Vec<memchr::memmem::Finder<'static>>,
+    last: Option<String>,
     bare: Option<String>,
 }
 
 impl CommandPattern {
     pub(crate) fn new(pattern: &str) -> CommandPattern {
         let (like, bare) = command_pattern(pattern);
-        CommandPattern { like, bare }
+        let mut parts: Vec<&str> = like.split('*').collect();
+        let last = (parts.len() > 1).then(|| parts.pop().unwrap_or_default().to_owned());
+        let first = if parts.is_empty() {
+            String::new()
+        } else {
+            parts.remove(0).to_owned()
+        };
+        CommandPattern {
+            first,
+            mids: parts
+                .into_iter()
+                .map(|m| memchr::memmem::Finder::new(m.as_bytes()).into_owned())
+                .collect(),
+            last,
+            bare,
+        }
     }
 
     /// Cedar's `like` semantics (`*` matches any run), or the bare prefix.
     pub(crate) fn matches(&self, command: &str) -> bool {
-        self.bare.as_deref() == Some(command) || wildcard_match(&self.like, command)
+        self.bare.as_deref() == Some(command) || self.wildcard_match(command)
     }
-}
 
-fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let mut rest = text;
-    let first = parts[0];
-    let Some(after) = rest.strip_prefix(first) else {
-        return false;
-    };
-    rest = after;
-    let last = parts[parts.len() - 1];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
+    /// The middle parts must occur in order between the prefix and the
+    /// suffix; the leftmost occurrence of each is always the best choice.
+    fn wildcard_match(&self, text: &str) -> bool {
+        let Some(last) = &self.last else {
+            return self.first == text;
+        };
+        let Some(mut rest) = text.as_bytes().strip_prefix(self.first.as_bytes()) else {
+            return false;
+        };
+        for mid in &self.mids {
+            match mid.find(rest) {
+                Some(i) => rest = &rest[i + mid.needle().len()..],
+                None => return false,
+            }
         }
+        rest.ends_with(last.as_bytes())
     }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -396,6 +413,14 @@ mod tests {
         assert!(m("rm -rf /*", "rm -rf /"));
         assert!(m("*--force*", "git push --force"));
         assert!(!m("ls", "ls -la"));
+        // Middle parts in order, not overlapping the prefix or the suffix.
+        assert!(!m("a*b*b", "ab"));
+        assert!(m("a*b*b", "abb"));
+        assert!(m("*x*x", "xx"));
+        assert!(!m("*x*x", "x"));
+        assert!(m("*", ""));
+        assert!(m("é*ü", "éaü"));
+        assert!(!m("é*ü", "ü"));
         assert_eq!(command_first_word("git push *"), Some("git".into()));
         assert_eq!(command_first_word("npm*"), None);
         assert_eq!(command_first_word("ls"), Some("ls".into()));
