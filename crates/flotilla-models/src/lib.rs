@@ -5,7 +5,10 @@
 //! [`RetryPolicy`] and [`ModelError::is_retryable`]. [`OpenAiClient`] speaks
 //! the OpenAI Chat Completions wire protocol, streaming, with tool calls:
 //! llama.cpp's llama-server, Ollama, vLLM, LM Studio and OpenRouter all
-//! speak it.
+//! speak it. [`AnthropicClient`] speaks the Anthropic Messages wire
+//! protocol, streaming, with tool use: the roles and tool results of a
+//! [`ChatRequest`] are mapped to Anthropic's alternating user/assistant
+//! turns with `tool_use` and `tool_result` content blocks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +18,14 @@ use serde::{Deserialize, Serialize};
 
 pub use flotilla_protocol::{ToolCall, ToolSpec, Usage};
 
+mod anthropic;
 mod clock;
+mod http;
 mod openai;
 mod retry;
+mod sse;
 
+pub use anthropic::{AnthropicClient, AnthropicConfig, DEFAULT_ANTHROPIC_BASE_URL};
 pub use clock::{ClockSource, SuspendAwareClock, SystemClocks};
 pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;

@@ -1,27 +1,20 @@
 //! The OpenAI Chat Completions wire protocol, streaming, with tool calls.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::http::{clip_error_body, http_client, snippet, Endpoint, Reply};
+use crate::sse::EventSink;
 use crate::{
     ChatMessage, ChatRequest, ChatResponse, ModelClient, ModelError, Role, ToolCall, Usage,
 };
 
 /// The endpoint used when neither the caller nor `OPENAI_BASE_URL` names one.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-
-/// How much of an error response body is kept.
-const ERROR_BODY_LIMIT: usize = 2048;
-/// The largest non-streaming reply accepted.
-const JSON_BODY_LIMIT: usize = 32 << 20;
-/// How long to wait for the end of the body after `[DONE]`, so the
-/// connection can go back to the pool.
-const DRAIN_AFTER_DONE: Duration = Duration::from_millis(200);
 
 /// Where and how to reach an OpenAI-compatible server.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,7 +86,7 @@ impl OpenAiConfig {
 #[derive(Clone)]
 pub struct OpenAiClient {
     config: OpenAiConfig,
-    chat_url: String,
+    endpoint: Endpoint,
     http: reqwest::Client,
 }
 
@@ -108,44 +101,22 @@ impl fmt::Debug for OpenAiClient {
 impl OpenAiClient {
     /// A client for `config`; fails on a base URL that is not http(s).
     pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
-        let url = reqwest::Url::parse(config.base_url.trim()).map_err(|error| {
-            ModelError::Config(format!(
-                "base URL {:?} is not a URL ({error}); expected e.g. http://127.0.0.1:8080/v1",
-                config.base_url
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ModelError::Config(format!(
-                "base URL {:?} must start with http:// or https://",
-                config.base_url
-            )));
-        }
-        let host = url.host_str().unwrap_or("");
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")));
-        if loopback {
-            // A local model server is never behind the user's HTTP proxy.
-            builder = builder.no_proxy();
-        }
-        let http = builder.build().map_err(|error| {
-            ModelError::Config(format!("building the HTTP client: {}", error_chain(&error)))
-        })?;
-        let chat_url = format!(
-            "{}/chat/completions",
-            config.base_url.trim().trim_end_matches('/')
-        );
+        let http = http_client(
+            &config.base_url,
+            config.connect_timeout,
+            "http://127.0.0.1:8080/v1",
+        )?;
+        let endpoint = Endpoint {
+            url: format!(
+                "{}/chat/completions",
+                config.base_url.trim().trim_end_matches('/')
+            ),
+            first_byte_timeout: config.first_byte_timeout,
+            idle_timeout: config.idle_timeout,
+        };
         Ok(OpenAiClient {
             config,
-            chat_url,
+            endpoint,
             http,
         })
     }
@@ -162,124 +133,21 @@ impl OpenAiClient {
             .map_err(|e| ModelError::Config(format!("cannot encode the request: {e}")))?;
         let mut http_request = self
             .http
-            .post(&self.chat_url)
+            .post(&self.endpoint.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &self.config.api_key {
             http_request = http_request.bearer_auth(key);
         }
-        tracing::debug!(url = %self.chat_url, messages = request.messages.len(), "model request");
-        let response =
-            match tokio::time::timeout(self.config.first_byte_timeout, http_request.send()).await {
-                Err(_) => {
-                    return Err(ModelError::Timeout(format!(
-                        "no response from {} within {:?}",
-                        self.chat_url, self.config.first_byte_timeout
-                    )))
-                }
-                Ok(Err(error)) => return Err(transport_error(&error)),
-                Ok(Ok(response)) => response,
-            };
-        let status = response.status();
-        let headers = response.headers().clone();
-        let mut body = response.bytes_stream();
-        if !status.is_success() {
-            let retry_after = retry_after(&headers, SystemTime::now());
-            let text = read_error_body(&mut body, self.config.idle_timeout).await;
-            return Err(ModelError::Status {
-                status: status.as_u16(),
-                body: text,
-                retry_after,
-            });
-        }
-        let content_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if content_type.starts_with("application/json") {
-            let bytes = self.read_all(&mut body).await?;
-            parse_completion(&bytes)
-        } else if content_type.is_empty() || content_type.starts_with("text/event-stream") {
-            self.read_stream(&mut body).await
-        } else {
-            Err(ModelError::Protocol(format!(
-                "{} answered with content type {content_type:?}; expected text/event-stream or application/json",
-                self.chat_url
-            )))
-        }
-    }
-
-    /// The next body chunk, within the idle timeout.
-    async fn next_chunk<S>(
-        &self,
-        body: &mut S,
-        received: usize,
-    ) -> Result<Option<bytes::Bytes>, ModelError>
-    where
-        S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
-    {
-        match tokio::time::timeout(self.config.idle_timeout, body.next()).await {
-            Err(_) => Err(ModelError::Timeout(format!(
-                "no data from {} for {:?} (after {received} bytes of the reply)",
-                self.chat_url, self.config.idle_timeout
-            ))),
-            Ok(None) => Ok(None),
-            Ok(Some(Err(error))) => Err(transport_error(&error)),
-            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-        }
-    }
-
-    async fn read_all<S>(&self, body: &mut S) -> Result<Vec<u8>, ModelError>
-    where
-        S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
-    {
-        let mut bytes = Vec::new();
-        while let Some(chunk) = self.next_chunk(body, bytes.len()).await? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > JSON_BODY_LIMIT {
-                return Err(ModelError::Protocol(format!(
-                    "reply from {} is larger than {JSON_BODY_LIMIT} bytes",
-                    self.chat_url
-                )));
+        tracing::debug!(url = %self.endpoint.url, messages = request.messages.len(), "model request");
+        match self.endpoint.send(http_request).await? {
+            Reply::Json(bytes) => parse_completion(&bytes),
+            Reply::Events(mut body) => {
+                let mut reply = StreamAccumulator::default();
+                let received = self.endpoint.read_events(&mut body, &mut reply).await?;
+                reply.finish(received)
             }
         }
-        Ok(bytes)
-    }
-
-    async fn read_stream<S>(&self, body: &mut S) -> Result<ChatResponse, ModelError>
-    where
-        S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
-    {
-        let mut parser = SseParser::default();
-        let mut reply = StreamAccumulator::default();
-        let mut events = Vec::new();
-        let mut received = 0usize;
-        loop {
-            let chunk = self.next_chunk(body, received).await?;
-            match &chunk {
-                Some(bytes) => {
-                    received += bytes.len();
-                    parser.feed(bytes, &mut events)?;
-                }
-                None => parser.finish(&mut events)?,
-            }
-            for data in events.drain(..) {
-                reply.apply_event(&data)?;
-            }
-            if reply.done {
-                // Read the end of the body so the connection can be reused.
-                let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
-                    while let Some(Ok(_)) = body.next().await {}
-                })
-                .await;
-                break;
-            }
-            if chunk.is_none() {
-                break;
-            }
-        }
-        reply.finish(received)
     }
 }
 
@@ -356,191 +224,6 @@ fn message_json(message: &ChatMessage) -> Value {
             Some(id) => json!({ "role": "tool", "tool_call_id": id, "content": message.content }),
             None => json!({ "role": "tool", "content": message.content }),
         },
-    }
-}
-
-/// A reqwest error with its causes, which is where the useful part is
-/// ("connection refused", "connection reset by peer").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Maps a reqwest error (its text names the URL) to the error kinds.
-fn transport_error(error: &reqwest::Error) -> ModelError {
-    let detail = error_chain(error);
-    if error.is_timeout() {
-        ModelError::Timeout(detail)
-    } else if error.is_builder() {
-        ModelError::Config(detail)
-    } else {
-        ModelError::Connection(detail)
-    }
-}
-
-/// The delay a server asks for: OpenAI's `retry-after-ms`, else
-/// `Retry-After` in seconds or as an HTTP date.
-fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms.min(1e12) / 1000.0));
-        }
-    }
-    header("retry-after").and_then(|value| parse_retry_after(value, now))
-}
-
-/// Parses a `Retry-After` value: delay-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = value.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs.min(1e9)));
-        }
-        return None;
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-async fn read_error_body<S>(body: &mut S, idle: Duration) -> String
-where
-    S: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
-{
-    let mut bytes = Vec::new();
-    while bytes.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(chunk))) => bytes.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    let cut = bytes.len().min(ERROR_BODY_LIMIT);
-    let mut text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
-    if text.ends_with('\u{FFFD}') && cut == ERROR_BODY_LIMIT {
-        // A character cut in half at the limit.
-        text.pop();
-    }
-    text.trim_end().to_owned()
-}
-
-/// Splits a server-sent-events byte stream into the `data` of each event.
-///
-/// Bytes may be split anywhere: a line (or a `\r\n`) cut between two
-/// chunks is kept until its end arrives. Lines end in `\n`, `\r\n` or `\r`;
-/// lines starting with `:` are comments; fields other than `data` are
-/// ignored; an event ends at an empty line.
-#[derive(Debug, Default)]
-pub(crate) struct SseParser {
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` already searched for a line end.
-    scanned: usize,
-    data: String,
-    has_data: bool,
-}
-
-impl SseParser {
-    /// Adds bytes; pushes the data of every event they complete onto `events`.
-    pub(crate) fn feed(
-        &mut self,
-        bytes: &[u8],
-        events: &mut Vec<String>,
-    ) -> Result<(), ModelError> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.extend_from_slice(bytes);
-        let result = self.split_lines(&buffer, events);
-        if let Ok(start) = result {
-            buffer.drain(..start);
-        }
-        self.buffer = buffer;
-        result.map(|_| ())
-    }
-
-    /// Handles every complete line of `buffer`; returns where the rest starts.
-    fn split_lines(
-        &mut self,
-        buffer: &[u8],
-        events: &mut Vec<String>,
-    ) -> Result<usize, ModelError> {
-        let mut start = 0;
-        let mut at = self.scanned;
-        while at < buffer.len() {
-            match buffer[at] {
-                b'\n' => {
-                    self.line(&buffer[start..at], events)?;
-                    at += 1;
-                    start = at;
-                }
-                b'\r' => {
-                    if at + 1 == buffer.len() {
-                        // Might be the first half of a `\r\n`: wait for more.
-                        break;
-                    }
-                    self.line(&buffer[start..at], events)?;
-                    at += if buffer[at + 1] == b'\n' { 2 } else { 1 };
-                    start = at;
-                }
-                _ => at += 1,
-            }
-        }
-        self.scanned = at - start;
-        Ok(start)
-    }
-
-    /// The stream ended: handles a last line without its line end and an
-    /// event without its closing empty line.
-    pub(crate) fn finish(&mut self, events: &mut Vec<String>) -> Result<(), ModelError> {
-        let mut rest = std::mem::take(&mut self.buffer);
-        self.scanned = 0;
-        if rest.last() == Some(&b'\r') {
-            rest.pop();
-        }
-        if !rest.is_empty() {
-            self.line(&rest, events)?;
-        }
-        self.line(b"", events)
-    }
-
-    fn line(&mut self, line: &[u8], events: &mut Vec<String>) -> Result<(), ModelError> {
-        if line.is_empty() {
-            if self.has_data {
-                events.push(std::mem::take(&mut self.data));
-                self.has_data = false;
-            }
-            return Ok(());
-        }
-        if line[0] == b':' {
-            return Ok(());
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &b""[..]),
-        };
-        if field == b"data" {
-            let value = std::str::from_utf8(value).map_err(|error| {
-                ModelError::Protocol(format!("stream data is not UTF-8: {error}"))
-            })?;
-            if self.has_data {
-                self.data.push('\n');
-            }
-            self.data.push_str(value);
-            self.has_data = true;
-        }
-        Ok(())
     }
 }
 
@@ -624,31 +307,12 @@ fn error_object(error: &Value) -> ModelError {
         .and_then(|code| u16::try_from(code).ok())
         .filter(|code| (400..600).contains(code))
         .unwrap_or(500);
-    let mut body = error.to_string();
-    if body.len() > ERROR_BODY_LIMIT {
-        let mut cut = ERROR_BODY_LIMIT;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
-    }
+    let body = clip_error_body(error.to_string());
     ModelError::Status {
         status,
         body,
         retry_after: None,
     }
-}
-
-fn snippet(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.to_owned();
-    }
-    let mut cut = MAX;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &text[..cut])
 }
 
 #[derive(Debug)]
@@ -668,6 +332,16 @@ pub(crate) struct StreamAccumulator {
     usage: Usage,
     done: bool,
     chunks: usize,
+}
+
+impl EventSink for StreamAccumulator {
+    fn event(&mut self, data: &str) -> Result<(), ModelError> {
+        self.apply_event(data)
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
 }
 
 impl StreamAccumulator {
@@ -880,50 +554,6 @@ mod tests {
     use super::*;
     use crate::ToolSpec;
 
-    fn parse_all(pieces: &[&[u8]]) -> Vec<String> {
-        let mut parser = SseParser::default();
-        let mut events = Vec::new();
-        for piece in pieces {
-            parser.feed(piece, &mut events).unwrap();
-        }
-        parser.finish(&mut events).unwrap();
-        events
-    }
-
-    #[test]
-    fn sse_events_survive_any_split() {
-        let stream: &[u8] = b": keep-alive\r\ndata: {\"a\":1}\r\n\r\nevent: x\ndata: line1\ndata:line2\n\ndata: h\xc3\xa9\r\rdata: [DONE]\n\n";
-        let expected = vec!["{\"a\":1}", "line1\nline2", "h\u{e9}", "[DONE]"];
-        assert_eq!(parse_all(&[stream]), expected);
-        for cut in 0..=stream.len() {
-            assert_eq!(
-                parse_all(&[&stream[..cut], &stream[cut..]]),
-                expected,
-                "cut at {cut}"
-            );
-        }
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(parse_all(&bytes), expected);
-    }
-
-    #[test]
-    fn sse_last_event_without_blank_line_is_kept() {
-        assert_eq!(
-            parse_all(&[b"data: a\n\ndata: [DONE]"]),
-            vec!["a", "[DONE]"]
-        );
-        assert_eq!(parse_all(&[b"data: a\r"]), vec!["a"]);
-        assert!(parse_all(&[b": only a comment\n\n"]).is_empty());
-    }
-
-    #[test]
-    fn sse_rejects_invalid_utf8() {
-        let mut parser = SseParser::default();
-        let mut events = Vec::new();
-        let error = parser.feed(b"data: \xff\n\n", &mut events).unwrap_err();
-        assert!(matches!(error, ModelError::Protocol(_)), "{error:?}");
-    }
-
     #[test]
     fn accumulates_tool_calls_by_index_and_keeps_arguments_verbatim() {
         let mut acc = StreamAccumulator::default();
@@ -992,30 +622,6 @@ mod tests {
             matches!(error, ModelError::Status { status: 503, .. }),
             "{error:?}"
         );
-    }
-
-    #[test]
-    fn retry_after_parses_seconds_and_dates() {
-        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after(" 1.5 ", now),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sunday, 06-Nov-94 08:49:47 GMT", now),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
     }
 
     #[test]
@@ -1110,6 +716,9 @@ mod tests {
             ..OpenAiConfig::default()
         })
         .unwrap();
-        assert_eq!(client.chat_url, "http://127.0.0.1:9/v1/chat/completions");
+        assert_eq!(
+            client.endpoint.url,
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
     }
 }

@@ -237,6 +237,22 @@ async fn truncated_stream_is_truncated() {
 }
 
 #[tokio::test]
+async fn error_chunk_mid_stream_is_a_retryable_status() {
+    let script = Script::single(vec![Step::text("whole").failing_first(vec![
+        Failure::stream_error("server_error", "The server had an error"),
+    ])]);
+    let server = MockModelServer::start(script).await.unwrap();
+    let client = client(&server);
+    let error = client.chat(&request("go")).await.unwrap_err();
+    assert!(
+        matches!(&error, ModelError::Status { status: 500, body, .. } if body.contains("The server had an error")),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    assert_eq!(client.chat(&request("go")).await.unwrap().text, "whole");
+}
+
+#[tokio::test]
 async fn connection_reset_is_a_connection_error() {
     let script = Script::single(vec![Step::text("whole").failing_first(vec![Failure::Reset])]);
     let server = MockModelServer::start(script).await.unwrap();

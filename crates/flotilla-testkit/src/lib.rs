@@ -1,5 +1,8 @@
 //! Test harness for flotilla: [`MockModelServer`], a scripted model server
-//! that speaks the OpenAI Chat Completions wire protocol on loopback.
+//! that speaks the OpenAI Chat Completions wire protocol on loopback, and
+//! [`MockAnthropicServer`], the same scripts spoken in the Anthropic
+//! Messages wire protocol (which also checks requests the way the real API
+//! does and records their headers).
 //!
 //! The one part of the system that tests simulate is the paid model API. The
 //! mock replays [`Script`]s: which script answers is chosen by a
@@ -17,10 +20,10 @@
 //!
 //! Beyond the replies, a step can fail its first requests
 //! ([`Failure`]: an HTTP status with `Retry-After`, a connection reset, a
-//! truncated stream, a stalled stream), be slow ([`Step::with_delay_ms`]) or
-//! never answer ([`Step::hang`]). A request carrying [`NO_STREAM_MARKER`] is
-//! answered with plain JSON even when it asked for a stream, like a server
-//! that ignores `stream`.
+//! truncated stream, a stalled stream, an error event mid-stream), be slow
+//! ([`Step::with_delay_ms`]) or never answer ([`Step::hang`]). A request
+//! carrying [`NO_STREAM_MARKER`] is answered with plain JSON even when it
+//! asked for a stream, like a server that ignores `stream`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -34,10 +37,14 @@
 //! # Ok(()) }
 //! ```
 
+mod anthropic;
+mod anthropic_wire;
 mod script;
+mod serve;
 mod server;
 mod wire;
 
+pub use anthropic::{MockAnthropicServer, RecordedRequest};
 pub use script::{Failure, Reply, Script, ScriptedCall, Step, DEFAULT_SCRIPT};
 pub use server::MockModelServer;
 pub use wire::{script_marker, script_name, step_index, turns_marker, NO_STREAM_MARKER};

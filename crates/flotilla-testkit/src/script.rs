@@ -164,7 +164,8 @@ pub enum Reply {
         /// `Retry-After` header in seconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_secs: Option<u64>,
-        /// Response body; empty means an OpenAI-style error object.
+        /// Response body; empty means the protocol's error object
+        /// (OpenAI's, or Anthropic's with the type that goes with the status).
         #[serde(default)]
         body: String,
     },
@@ -208,7 +209,8 @@ pub enum Failure {
         /// `Retry-After` header in seconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_secs: Option<u64>,
-        /// Response body; empty means an OpenAI-style error object.
+        /// Response body; empty means the protocol's error object
+        /// (OpenAI's, or Anthropic's with the type that goes with the status).
         #[serde(default)]
         body: String,
     },
@@ -220,6 +222,15 @@ pub enum Failure {
     /// HTTP 200 and a couple of stream chunks, then nothing more while the
     /// connection stays open (exercises a client's idle timeout).
     Stall,
+    /// HTTP 200 and a couple of stream chunks, then an error event and the
+    /// end of the body: an OpenAI `{"error": {...}}` chunk, an Anthropic
+    /// `error` event (e.g. `overloaded_error`).
+    StreamError {
+        /// The error's `type`, e.g. `overloaded_error`, `api_error`.
+        error_type: String,
+        /// Its message.
+        message: String,
+    },
 }
 
 impl Failure {
@@ -229,6 +240,14 @@ impl Failure {
             status,
             retry_after_secs: None,
             body: String::new(),
+        }
+    }
+
+    /// An error event in the middle of the stream.
+    pub fn stream_error(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Failure::StreamError {
+            error_type: error_type.into(),
+            message: message.into(),
         }
     }
 

@@ -1,30 +1,20 @@
 //! The HTTP side of the mock: axum routes served by hyper on loopback.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd as _, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tower_service::Service as _;
 
 use crate::script::{Failure, Reply, Script};
+use crate::serve::{lock, reset_connection, sse_response, ConnectionAbort, Running, Steps};
 use crate::wire::{self, Answer, RequestInfo};
 
 /// A scripted model server speaking the OpenAI Chat Completions protocol on
@@ -35,34 +25,31 @@ use crate::wire::{self, Answer, RequestInfo};
 /// Dropping the server (or [`MockModelServer::shutdown`]) stops it and closes
 /// every connection, hanging ones included.
 pub struct MockModelServer {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    cancel: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Running,
 }
 
 impl std::fmt::Debug for MockModelServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MockModelServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.running.addr)
             .finish_non_exhaustive()
     }
 }
 
 struct Shared {
-    script: Script,
+    steps: Steps,
     requests: Mutex<Vec<Value>>,
-    /// Requests seen so far per (script, step), for `fail_first`.
-    hits: Mutex<HashMap<(String, usize), usize>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+impl Shared {
+    fn new(script: Script) -> Arc<Shared> {
+        Arc::new(Shared {
+            steps: Steps::new(script),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
 }
-
-/// Lets a handler drop its connection without answering (`Failure::Reset`).
-#[derive(Clone)]
-struct ConnectionAbort(Arc<Notify>);
 
 impl MockModelServer {
     /// Starts the server on a free port, on the current tokio runtime.
@@ -73,59 +60,27 @@ impl MockModelServer {
     /// Starts the server on `127.0.0.1:port` (0: any free port), on the
     /// current tokio runtime.
     pub async fn start_on_port(script: Script, port: u16) -> anyhow::Result<MockModelServer> {
-        let (addr, shared, cancel) = launch(script, port).await?;
-        Ok(MockModelServer {
-            addr,
-            shared,
-            cancel,
-            thread: None,
-        })
+        let shared = Shared::new(script);
+        let running = Running::start(router(shared.clone()), port, "mock-model").await?;
+        Ok(MockModelServer { shared, running })
     }
 
     /// Starts the server on its own runtime in a background thread, for
     /// synchronous tests (e.g. ones that drive the CLI binary).
     pub fn start_blocking(script: Script) -> anyhow::Result<MockModelServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("mock-model")
-            .enable_all()
-            .build()
-            .context("building the mock model server's runtime")?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("mock-model".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let launched = launch(script, 0).await;
-                    let cancel = launched.as_ref().ok().map(|(_, _, cancel)| cancel.clone());
-                    if sender.send(launched).is_ok() {
-                        if let Some(cancel) = cancel {
-                            cancel.cancelled().await;
-                        }
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .context("spawning the mock model server's thread")?;
-        let (addr, shared, cancel) = receiver
-            .recv()
-            .context("the mock model server's thread stopped before it started")??;
-        Ok(MockModelServer {
-            addr,
-            shared,
-            cancel,
-            thread: Some(thread),
-        })
+        let shared = Shared::new(script);
+        let running = Running::start_blocking(router(shared.clone()), "mock-model")?;
+        Ok(MockModelServer { shared, running })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr
     }
 
     /// `http://127.0.0.1:PORT/v1`, the value for `OPENAI_BASE_URL`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.running.addr)
     }
 
     /// Every chat request body received so far, in arrival order.
@@ -144,38 +99,6 @@ impl MockModelServer {
     }
 }
 
-impl Drop for MockModelServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Binds, spawns the accept loop on the current runtime, and returns the handles.
-async fn launch(
-    script: Script,
-    port: u16,
-) -> anyhow::Result<(SocketAddr, Arc<Shared>, CancellationToken)> {
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("binding the mock model server to 127.0.0.1:{port}"))?;
-    let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        script,
-        requests: Mutex::new(Vec::new()),
-        hits: Mutex::new(HashMap::new()),
-    });
-    let cancel = CancellationToken::new();
-    tokio::spawn(accept_loop(
-        listener,
-        router(shared.clone()),
-        cancel.clone(),
-    ));
-    Ok((addr, shared, cancel))
-}
-
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -183,50 +106,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .with_state(shared)
-}
-
-async fn accept_loop(listener: TcpListener, router: Router, cancel: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, router.clone(), cancel.clone()));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "mock model server: accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, router: Router, cancel: CancellationToken) {
-    let _ = stream.set_nodelay(true);
-    // A second handle on the socket, so an abort can turn the close into a reset.
-    let keeper: Option<OwnedFd> = stream.as_fd().try_clone_to_owned().ok();
-    let abort = Arc::new(Notify::new());
-    let handle = ConnectionAbort(abort.clone());
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        request.extensions_mut().insert(handle.clone());
-        let mut router = router.clone();
-        async move { router.call(request).await }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true).header_read_timeout(None);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        _ = connection => {}
-        _ = cancel.cancelled() => {}
-        _ = abort.notified() => {
-            if let Some(fd) = &keeper {
-                let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
-            }
-        }
-    }
 }
 
 async fn models() -> Json<Value> {
@@ -268,33 +147,9 @@ async fn chat(
         return answer(&info, &Answer::Text(&summary));
     }
 
-    let Some(steps) = shared.script.scripts.get(&info.script) else {
-        let known: Vec<&str> = shared.script.scripts.keys().map(String::as_str).collect();
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "mock script '{}' not found (known scripts: {})",
-                info.script,
-                known.join(", ")
-            ),
-        );
-    };
-    let Some(step) = steps.get(info.step) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "mock script '{}' exhausted at step {} (it has {} steps)",
-                info.script,
-                info.step,
-                steps.len()
-            ),
-        );
-    };
-    let hit = {
-        let mut hits = lock(&shared.hits);
-        let count = hits.entry((info.script.clone(), info.step)).or_insert(0);
-        *count += 1;
-        *count - 1
+    let (step, hit) = match shared.steps.pick(&info.script, info.step) {
+        Ok(picked) => picked,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
     };
     if step.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(step.delay_ms)).await;
@@ -306,15 +161,16 @@ async fn chat(
                 retry_after_secs,
                 body,
             } => status_response(*status, *retry_after_secs, body),
-            Failure::Reset => {
-                if let Some(Extension(ConnectionAbort(abort))) = abort {
-                    abort.notify_one();
-                }
-                std::future::pending().await
-            }
+            Failure::Reset => reset_connection(abort).await,
             Failure::Truncate => {
                 sse_response(futures::stream::iter(wire::partial_events(&info)).boxed())
             }
+            Failure::StreamError {
+                error_type,
+                message,
+            } => sse_response(
+                futures::stream::iter(wire::error_events(&info, error_type, message)).boxed(),
+            ),
             Failure::Stall => sse_response(
                 futures::stream::iter(wire::partial_events(&info))
                     .chain(futures::stream::pending())
@@ -340,18 +196,6 @@ fn answer(info: &RequestInfo, answer: &Answer<'_>) -> Response {
     } else {
         Json(wire::completion_json(info, answer)).into_response()
     }
-}
-
-fn sse_response(events: futures::stream::BoxStream<'static, Bytes>) -> Response {
-    let body = Body::from_stream(events.map(Ok::<_, Infallible>));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
 }
 
 fn status_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> Response {

@@ -24,7 +24,7 @@ pub fn turns_marker(n: usize) -> String {
 pub const NO_STREAM_MARKER: &str = "[mock-no-stream]";
 
 /// The text of a message's `content`: a string, or the `text` of its parts.
-fn content_text(message: &Value) -> String {
+pub(crate) fn content_text(message: &Value) -> String {
     match message.get("content") {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(parts)) => parts
@@ -152,7 +152,7 @@ pub(crate) enum Answer<'a> {
 }
 
 impl Answer<'_> {
-    fn completion_chars(&self) -> usize {
+    pub(crate) fn completion_chars(&self) -> usize {
         match self {
             Answer::Text(text) => text.chars().count(),
             Answer::Calls(calls) => calls
@@ -340,6 +340,13 @@ pub(crate) fn partial_events(info: &RequestInfo) -> Vec<Bytes> {
     chunks.role();
     chunks.delta(json!({ "content": "Partial ans" }));
     chunks.events
+}
+
+/// The first events of an answer, then an error chunk; the body ends there.
+pub(crate) fn error_events(info: &RequestInfo, kind: &str, message: &str) -> Vec<Bytes> {
+    let mut events = partial_events(info);
+    events.push(sse_event(&error_body(message, kind).to_string()));
+    events
 }
 
 /// An OpenAI-style error body.

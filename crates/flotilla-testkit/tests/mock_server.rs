@@ -471,6 +471,7 @@ fn script_round_trips_through_json() {
         vec![
             Step::tool("shell", json!({"command": "ls"}))
                 .failing_first(vec![Failure::rate_limited(1), Failure::Reset]),
+            Step::text("x").failing_first(vec![Failure::stream_error("api_error", "boom")]),
             Step::hang(),
             Step::status(500, "boom"),
             Step::text("t").with_delay_ms(5),

@@ -1,15 +1,17 @@
-//! `flotilla-mock-model --script FILE [--port N]`: serves a scripted OpenAI
-//! Chat Completions endpoint on 127.0.0.1 until interrupted.
+//! `flotilla-mock-model --script FILE [--port N] [--anthropic]`: serves a
+//! scripted OpenAI Chat Completions endpoint (or, with `--anthropic`, an
+//! Anthropic Messages endpoint) on 127.0.0.1 until interrupted.
 
 use anyhow::{bail, Context as _};
-use flotilla_testkit::{MockModelServer, Script};
+use flotilla_testkit::{MockAnthropicServer, MockModelServer, Script};
 
-const USAGE: &str = "usage: flotilla-mock-model --script FILE [--port N]";
+const USAGE: &str = "usage: flotilla-mock-model --script FILE [--port N] [--anthropic]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut script_path = None;
     let mut port = 0u16;
+    let mut anthropic = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -20,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
                     .parse()
                     .with_context(|| format!("--port {value:?} is not a port number\n{USAGE}"))?;
             }
+            "--anthropic" => anthropic = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -29,13 +32,25 @@ async fn main() -> anyhow::Result<()> {
     }
     let script_path = script_path.context(USAGE)?;
     let script = Script::from_json_file(&script_path)?;
-    let server = MockModelServer::start_on_port(script, port).await?;
-    println!("listening {}", server.base_url());
+    if anthropic {
+        let server = MockAnthropicServer::start_on_port(script, port).await?;
+        serve_until_interrupted(&server.base_url()).await?;
+        server.shutdown();
+    } else {
+        let server = MockModelServer::start_on_port(script, port).await?;
+        serve_until_interrupted(&server.base_url()).await?;
+        server.shutdown();
+    }
+    Ok(())
+}
+
+/// Says where the server listens, then waits for Ctrl-C.
+async fn serve_until_interrupted(base_url: &str) -> anyhow::Result<()> {
+    println!("listening {base_url}");
     use std::io::Write as _;
     std::io::stdout().flush()?;
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
-    server.shutdown();
     Ok(())
 }
