@@ -193,6 +193,8 @@ impl ConfigFile {
             },
             openai_base_url: env("OPENAI_BASE_URL"),
             openai_api_key: env("OPENAI_API_KEY"),
+            anthropic_base_url: env("ANTHROPIC_BASE_URL"),
+            anthropic_api_key: env("ANTHROPIC_API_KEY"),
             system_prompt: self.system_prompt.clone(),
             policy: None,
         }

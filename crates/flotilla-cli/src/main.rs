@@ -19,8 +19,8 @@ use client::{connect_or_start, Client};
 use flotilla_agent::tools::{sandbox_base_env, ProxySettings, SandboxFactory};
 use flotilla_fleet::FleetConfig;
 use flotilla_protocol::{
-    CreateSessionRequest, DaemonStatus, Event, EventPage, SessionId, SessionInfo, SessionList,
-    SessionState,
+    CreateSessionRequest, DaemonStatus, Event, EventPage, ModelSpec, SessionId, SessionInfo,
+    SessionList, SessionState,
 };
 use flotilla_server::{Paths, ServeOptions};
 use flotilla_store::Durability;
@@ -30,7 +30,9 @@ const AFTER_HELP: &str = "\
 Every client command starts the daemon in the background if none is running.
 FLOTILLA_HOME puts config, data and socket under one folder; otherwise the XDG
 folders are used. Models: `openai:MODEL` talks to any OpenAI-compatible server
-at OPENAI_BASE_URL (default https://api.openai.com/v1) with OPENAI_API_KEY.
+at OPENAI_BASE_URL (default https://api.openai.com/v1) with OPENAI_API_KEY;
+`anthropic:MODEL` talks to the Anthropic Messages API at ANTHROPIC_BASE_URL
+(default https://api.anthropic.com) with ANTHROPIC_API_KEY.
 
 Examples:
   flotilla run --workspace . --model openai:gpt-4o-mini \"add a --verbose flag\"
@@ -323,6 +325,18 @@ fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxF
     ))
 }
 
+/// The environment variable naming the endpoint of a session's provider
+/// (the `--model` given, else the config's default model).
+fn base_url_var(paths: &Paths, model: Option<&str>) -> &'static str {
+    let model = model
+        .map(str::to_owned)
+        .or_else(|| config::load(&paths.config_file).ok().and_then(|c| c.model));
+    match model.as_deref().and_then(|m| ModelSpec::parse(m).ok()) {
+        Some(spec) if spec.provider == "anthropic" => "ANTHROPIC_BASE_URL",
+        _ => "OPENAI_BASE_URL",
+    }
+}
+
 async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
     let workspace = match args.workspace {
         Some(w) => w,
@@ -331,13 +345,13 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("workspace {}", workspace.display()))?;
+    let base_url_var = base_url_var(&paths, args.model.as_deref());
     let req = CreateSessionRequest {
         task: args.task,
         workspace: workspace.to_string_lossy().into_owned(),
         model: args.model,
-        base_url: std::env::var("OPENAI_BASE_URL")
-            .ok()
-            .filter(|v| !v.is_empty()),
+        // The endpoint of this shell, for the provider the session uses.
+        base_url: std::env::var(base_url_var).ok().filter(|v| !v.is_empty()),
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,

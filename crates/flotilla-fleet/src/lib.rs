@@ -20,7 +20,9 @@ use flotilla_agent::tools::{
 };
 use flotilla_agent::ApprovalAnswer;
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
-use flotilla_models::{ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy};
+use flotilla_models::{
+    AnthropicClient, AnthropicConfig, ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy,
+};
 use flotilla_protocol::{
     ApprovalInfo, CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo,
     SessionLimits, SessionPermissions, SessionState,
@@ -45,6 +47,11 @@ pub struct FleetConfig {
     pub openai_base_url: Option<String>,
     /// `OPENAI_API_KEY` of the daemon.
     pub openai_api_key: Option<String>,
+    /// `ANTHROPIC_BASE_URL` of the daemon, for `anthropic:` sessions that
+    /// name no endpoint.
+    pub anthropic_base_url: Option<String>,
+    /// `ANTHROPIC_API_KEY` of the daemon.
+    pub anthropic_api_key: Option<String>,
     /// System prompt override.
     pub system_prompt: Option<String>,
     /// Policy layers; `None` runs every tool call unchecked (tests only).
@@ -106,14 +113,25 @@ impl Supervisor {
         let factory = factory.unwrap_or_else(|| {
             let base = config.openai_base_url.clone();
             let key = config.openai_api_key.clone();
-            Arc::new(move |_spec: &ModelSpec, url: Option<&str>| {
-                let mut cfg = OpenAiConfig::from_env(url.map(str::to_owned).or(base.clone()));
-                if key.is_some() {
-                    cfg.api_key = key.clone();
-                }
-                OpenAiClient::new(cfg)
-                    .map(|c| Arc::new(c) as Arc<dyn ModelClient>)
-                    .map_err(|e| e.to_string())
+            let anthropic_base = config.anthropic_base_url.clone();
+            let anthropic_key = config.anthropic_api_key.clone();
+            Arc::new(move |spec: &ModelSpec, url: Option<&str>| {
+                let client: Arc<dyn ModelClient> = if spec.provider == "anthropic" {
+                    let mut cfg = AnthropicConfig::from_env(
+                        url.map(str::to_owned).or(anthropic_base.clone()),
+                    );
+                    if anthropic_key.is_some() {
+                        cfg.api_key = anthropic_key.clone();
+                    }
+                    Arc::new(AnthropicClient::new(cfg).map_err(|e| e.to_string())?)
+                } else {
+                    let mut cfg = OpenAiConfig::from_env(url.map(str::to_owned).or(base.clone()));
+                    if key.is_some() {
+                        cfg.api_key = key.clone();
+                    }
+                    Arc::new(OpenAiClient::new(cfg).map_err(|e| e.to_string())?)
+                };
+                Ok(client)
             })
         });
         Arc::new(Supervisor {

@@ -553,7 +553,7 @@ pub struct InvalidModelSpec {
 }
 
 /// Providers this build can talk to.
-pub const KNOWN_PROVIDERS: &str = "openai";
+pub const KNOWN_PROVIDERS: &str = "openai,anthropic";
 
 impl ModelSpec {
     /// Parses `PROVIDER:MODEL`.
