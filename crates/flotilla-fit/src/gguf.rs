@@ -837,7 +837,7 @@ impl GgufFile {
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,

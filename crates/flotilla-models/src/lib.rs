@@ -26,6 +26,9 @@ mod retry;
 mod sse;
 
 pub use anthropic::{AnthropicClient, AnthropicConfig, DEFAULT_ANTHROPIC_BASE_URL};
+/// GGUF reading, the memory-fit estimator and machine detection.
+pub use flotilla_fit as fit;
+
 pub use clock::{ClockSource, SuspendAwareClock, SystemClocks};
 pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;
