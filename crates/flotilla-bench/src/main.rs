@@ -10,7 +10,9 @@
 //! (e) `sandbox`: a command in a warm session sandbox vs bare fork/exec and
 //! vs bubblewrap, srt and codex; time to create a session sandbox;
 //! (f) `policy`: p99 policy decision with 1,000 rules vs evaluating every
-//! Cedar policy (no slicing).
+//! Cedar policy (no slicing);
+//! (g) `gguf`: reading a 70B-shaped GGUF file's header vs a plain read of
+//! the same bytes.
 //!
 //! (a) and (b) run in this process; (c) and (d) drive the real `flotilla`
 //! binary. Figures go to stdout as a table, or as JSON with `--json`. Build
@@ -22,6 +24,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod daemon;
+mod gguf;
 mod idle_rss;
 mod peers;
 mod policy;
@@ -86,6 +89,8 @@ enum Bench {
     Sandbox,
     /// (f) Policy decision latency with 1,000 rules loaded.
     Policy,
+    /// (g) Reading a large model file's GGUF header.
+    Gguf,
     /// All of the above (the default).
     All,
 }
@@ -135,6 +140,10 @@ async fn run(cli: Cli) -> Result<()> {
     if wants(Bench::Policy) {
         progress("(f) policy");
         figures.push(tokio::task::spawn_blocking(policy::run).await??);
+    }
+    if wants(Bench::Gguf) {
+        progress("(g) gguf");
+        figures.push(tokio::task::spawn_blocking(gguf::run).await??);
     }
     if wants(Bench::Throughput) {
         progress("(b) throughput");

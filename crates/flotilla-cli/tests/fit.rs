@@ -116,7 +116,10 @@ fn fit_from_a_shape_prints_the_documented_json() {
     assert!(k > 0 && k < 32, "{rtx}");
     let rec = &v["recommendations"][0];
     assert!(rec["quant"].is_string(), "{rec}");
-    assert!(rec["text"].as_str().unwrap().contains("Q8_0 would spill"), "{rec}");
+    assert!(
+        rec["text"].as_str().unwrap().contains("Q8_0 would spill"),
+        "{rec}"
+    );
 }
 
 #[test]
@@ -232,5 +235,8 @@ fn machines_lists_this_one_and_the_configured_ones() {
     assert_eq!(rtx["source"], "config");
     let out = flotilla(home.path(), &["machines"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rtx3060") && text.contains("360 GB/s"), "{text}");
+    assert!(
+        text.contains("rtx3060") && text.contains("360 GB/s"),
+        "{text}"
+    );
 }
