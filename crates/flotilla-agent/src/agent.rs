@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_models::{
-    ChatMessage, ChatRequest, ChatResponse, ModelClient, RetryPolicy, Role, SuspendAwareClock,
+    ChatMessage, ChatRequest, ChatResponse, ModelClient, PriceTable, RetryPolicy, Role,
+    SuspendAwareClock,
 };
 use flotilla_protocol::{Event, EventKind, PolicyVerdict, SessionId, SessionState, ToolCall};
 use flotilla_store::{Store, StoreError};
@@ -41,6 +42,8 @@ pub struct AgentSettings {
     pub system_prompt: Option<String>,
     /// Cap on generated tokens per reply.
     pub max_tokens: Option<u32>,
+    /// Prices by model spec: each answer's cost goes in its event.
+    pub prices: Arc<PriceTable>,
 }
 
 /// How a loop ended.
@@ -285,6 +288,13 @@ impl Loop {
                 Ok(r) => r,
                 Err(exit) => return Ok(exit),
             };
+            // Who answered (a fallback, or the session's model) and what
+            // it cost.
+            let answered = response.model.filter(|m| *m != self.conv.model);
+            let cost_usd = self.run.settings.prices.cost(
+                answered.as_deref().unwrap_or(&self.conv.model),
+                &response.usage,
+            );
             self.push(EventKind::ModelResponded {
                 turn,
                 text: response.text,
@@ -292,6 +302,8 @@ impl Loop {
                 usage: response.usage,
                 finish_reason: response.finish_reason,
                 latency_ms: latency.as_millis() as u64,
+                model: answered,
+                cost_usd,
             });
             if response.tool_calls.is_empty() {
                 self.flush().await?;

@@ -123,6 +123,7 @@ impl Conversation {
                 limits,
                 principal,
                 permissions,
+                ..
             } => {
                 self.principal = principal.clone();
                 self.permissions = permissions.clone();
@@ -355,6 +356,8 @@ mod tests {
                     limits: SessionLimits::default(),
                     principal: None,
                     permissions: None,
+                    role: None,
+                    fallbacks: Vec::new(),
                 },
             ),
             ev(
@@ -366,6 +369,8 @@ mod tests {
                     usage: Usage::default(),
                     finish_reason: None,
                     latency_ms: 0,
+                    model: None,
+                    cost_usd: None,
                 },
             ),
             ev(

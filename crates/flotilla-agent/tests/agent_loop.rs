@@ -47,6 +47,8 @@ impl Harness {
                     limits,
                     principal: None,
                     permissions: None,
+                    role: None,
+                    fallbacks: Vec::new(),
                 }],
             )
             .await
@@ -71,6 +73,7 @@ impl Harness {
                 tool_limits: ToolLimits::default(),
                 system_prompt: None,
                 max_tokens: None,
+                prices: Arc::default(),
             },
             cancel,
             resume: false,
@@ -211,6 +214,8 @@ async fn a_restarted_loop_does_not_ask_the_model_again_for_an_answered_turn() {
                 usage: Default::default(),
                 finish_reason: Some("tool_calls".into()),
                 latency_ms: 1,
+                model: None,
+                cost_usd: None,
             }],
         )
         .await

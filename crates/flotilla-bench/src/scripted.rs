@@ -86,6 +86,7 @@ pub fn scripted_reply(n: u32, shell_turns: u32) -> ChatResponse {
             completion_tokens: 10,
         },
         finish_reason: Some("tool_calls".to_owned()),
+        model: None,
     }
 }
 
@@ -165,6 +166,8 @@ pub async fn create_session(
                 },
                 principal: None,
                 permissions: None,
+                role: None,
+                fallbacks: Vec::new(),
             }],
         )
         .await
@@ -190,6 +193,7 @@ pub async fn run_session(
             tool_limits: ToolLimits::default(),
             system_prompt: None,
             max_tokens: None,
+            prices: Arc::default(),
         },
         cancel: CancellationToken::new(),
         resume: false,

@@ -86,6 +86,8 @@ async fn store_floor(turns: u32) -> Result<Vec<Duration>> {
                         usage: reply.usage,
                         finish_reason: reply.finish_reason,
                         latency_ms: 0,
+                        model: None,
+                        cost_usd: None,
                     },
                     EventKind::ToolProposed { call: call.clone() },
                     EventKind::ToolStarted {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use flotilla_agent::tools::ToolLimits;
 use flotilla_fleet::FleetConfig;
 use flotilla_models::RetryPolicy;
-use flotilla_protocol::{ModelSpec, SessionLimits};
+use flotilla_protocol::{ModelRoute, ModelSpec, SessionLimits};
 use serde::Deserialize;
 
 /// `config.toml`.
@@ -41,6 +41,67 @@ pub struct ConfigFile {
     /// `[[machines]]`: where local models can run (`flotilla machines`).
     #[serde(default)]
     pub machines: Vec<flotilla_fit::machines::MachineConfig>,
+    /// `[roles.NAME]`: model, endpoint and fallbacks per role (`run --role`).
+    #[serde(default)]
+    pub roles: std::collections::HashMap<String, RoleSection>,
+    /// `[prices."provider:model"]`: US dollars per million tokens.
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, flotilla_models::Price>,
+}
+
+/// `[roles.NAME]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSection {
+    /// `provider:model`.
+    pub model: String,
+    /// Its endpoint, when not the provider's default.
+    pub base_url: Option<String>,
+    /// Models tried in order when it fails: `"provider:model"` or
+    /// `{ model = "...", base_url = "..." }`.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackEntry>,
+    /// May this role use frontier (hosted) endpoints? Default: only `planner`.
+    pub frontier: Option<bool>,
+}
+
+/// One fallback of a role.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FallbackEntry {
+    /// `"provider:model"` at the provider's default endpoint.
+    Spec(String),
+    /// A model and its endpoint.
+    Route {
+        /// `provider:model`.
+        model: String,
+        /// Its endpoint.
+        base_url: Option<String>,
+    },
+}
+
+impl RoleSection {
+    fn to_role(&self) -> flotilla_fleet::RoleConfig {
+        flotilla_fleet::RoleConfig {
+            model: self.model.clone(),
+            base_url: self.base_url.clone(),
+            fallbacks: self
+                .fallbacks
+                .iter()
+                .map(|f| match f {
+                    FallbackEntry::Spec(m) => ModelRoute {
+                        model: m.clone(),
+                        base_url: None,
+                    },
+                    FallbackEntry::Route { model, base_url } => ModelRoute {
+                        model: model.clone(),
+                        base_url: base_url.clone(),
+                    },
+                })
+                .collect(),
+            frontier: self.frontier,
+        }
+    }
 }
 
 /// `[sandbox]`
@@ -153,6 +214,30 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
     if let Some(m) = &cfg.model {
         ModelSpec::parse(m).with_context(|| format!("invalid `model` in {}", path.display()))?;
     }
+    for (name, role) in &cfg.roles {
+        let role = role.to_role();
+        let routes = std::iter::once(ModelRoute {
+            model: role.model.clone(),
+            base_url: role.base_url.clone(),
+        })
+        .chain(role.fallbacks.iter().cloned());
+        for route in routes {
+            ModelSpec::parse(&route.model).with_context(|| {
+                format!("invalid model in [roles.{name}] of {}", path.display())
+            })?;
+            if let Some(url) = &route.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!(
+                        "invalid base_url {url:?} in [roles.{name}] of {}: it must start with http:// or https://",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    flotilla_models::PriceTable::new(cfg.prices.clone())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("invalid [prices] in {}", path.display()))?;
     Ok(cfg)
 }
 
@@ -197,6 +282,20 @@ impl ConfigFile {
                     .unwrap_or(t.max_timeout),
                 ..t
             },
+            roles: self
+                .roles
+                .iter()
+                .map(|(name, r)| (name.clone(), r.to_role()))
+                .collect(),
+            // Checked by `load`.
+            prices: std::sync::Arc::new(
+                flotilla_models::PriceTable::new(self.prices.clone()).unwrap_or_default(),
+            ),
+            local_endpoints: self
+                .machines
+                .iter()
+                .filter_map(|m| m.endpoint.clone())
+                .collect(),
             openai_base_url: env("OPENAI_BASE_URL"),
             openai_api_key: env("OPENAI_API_KEY"),
             anthropic_base_url: env("ANTHROPIC_BASE_URL"),

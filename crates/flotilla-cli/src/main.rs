@@ -124,9 +124,15 @@ struct RunArgs {
     /// The folder the agent works in (default: the current folder).
     #[arg(long, short = 'w')]
     workspace: Option<PathBuf>,
-    /// Model spec PROVIDER:MODEL, e.g. openai:gpt-4o-mini (default: `model` in config.toml or FLOTILLA_MODEL).
+    /// Model spec PROVIDER:MODEL, e.g. openai:gpt-4o-mini (default: the
+    /// role's model, else `model` in config.toml or FLOTILLA_MODEL).
     #[arg(long, short = 'm')]
     model: Option<String>,
+    /// Run as a role of the daemon's config ([roles.NAME]): its model,
+    /// endpoint and fallbacks; only `planner` may use frontier endpoints
+    /// unless the role says `frontier = true`.
+    #[arg(long)]
+    role: Option<String>,
     /// Print the session id and return at once.
     #[arg(long, short = 'd')]
     detach: bool,
@@ -355,16 +361,21 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         .canonicalize()
         .with_context(|| format!("workspace {}", workspace.display()))?;
     let base_url_var = base_url_var(&paths, args.model.as_deref());
+    // A role names its own endpoint; the shell's applies to an explicit model.
+    let shell_endpoint = args.role.is_none() || args.model.is_some();
     let req = CreateSessionRequest {
         task: args.task,
         workspace: workspace.to_string_lossy().into_owned(),
         model: args.model,
         // The endpoint of this shell, for the provider the session uses.
-        base_url: std::env::var(base_url_var).ok().filter(|v| !v.is_empty()),
+        base_url: std::env::var(base_url_var)
+            .ok()
+            .filter(|v| shell_endpoint && !v.is_empty()),
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,
         context_window: args.context_window,
         permissions: Some(args.permissions.into_permissions()),
+        role: args.role,
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client

@@ -91,12 +91,19 @@ pub fn event_line(e: &Event) -> String {
             tool_calls,
             usage,
             latency_ms,
+            model,
+            cost_usd,
             ..
         } => {
             let mut s = format!(
-                "model     turn {turn} replied in {latency_ms}ms ({} in, {} out)",
+                "model     turn {turn} replied in {latency_ms}ms ({} in, {} out{}{})",
                 tokens(usage.prompt_tokens),
-                tokens(usage.completion_tokens)
+                tokens(usage.completion_tokens),
+                cost_usd.map(|c| format!(", {}", cost(c))).unwrap_or_default(),
+                model
+                    .as_deref()
+                    .map(|m| format!(", by fallback {m}"))
+                    .unwrap_or_default()
             );
             if !text.trim().is_empty() {
                 s.push_str(&format!(": {}", clip(text, 200)));
@@ -198,6 +205,15 @@ pub fn event_line(e: &Event) -> String {
     head + &body
 }
 
+/// Money spent, or `-` when no price applied.
+fn cost(usd: f64) -> String {
+    match usd {
+        c if c <= 0.0 => "-".into(),
+        c if c < 0.01 => format!("${c:.4}"),
+        c => format!("${c:.2}"),
+    }
+}
+
 /// The `ps` table.
 pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
     let mut rows = vec![[
@@ -207,6 +223,7 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
         "AGE".into(),
         "TURNS".into(),
         "TOKENS".into(),
+        "COST".into(),
         "WORKSPACE".into(),
     ]];
     for s in sessions {
@@ -217,10 +234,11 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
             age(now_ms, s.created_ms),
             s.turns.to_string(),
             tokens(s.prompt_tokens + s.completion_tokens),
+            cost(s.cost_usd),
             s.workspace.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

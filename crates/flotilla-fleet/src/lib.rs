@@ -21,10 +21,11 @@ use flotilla_agent::tools::{
 use flotilla_agent::ApprovalAnswer;
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::{
-    AnthropicClient, AnthropicConfig, ModelClient, OpenAiClient, OpenAiConfig, RetryPolicy,
+    AnthropicClient, AnthropicConfig, ChainLink, FallbackClient, ModelClient, OpenAiClient,
+    OpenAiConfig, PriceTable, RetryPolicy,
 };
 use flotilla_protocol::{
-    ApprovalInfo, CreateSessionRequest, EventKind, ModelSpec, SessionId, SessionInfo,
+    ApprovalInfo, CreateSessionRequest, EventKind, ModelRoute, ModelSpec, SessionId, SessionInfo,
     SessionLimits, SessionPermissions, SessionState,
 };
 use flotilla_store::{Store, StoreError};
@@ -56,6 +57,93 @@ pub struct FleetConfig {
     pub system_prompt: Option<String>,
     /// Policy layers; `None` runs every tool call unchecked (tests only).
     pub policy: Option<PolicyConfig>,
+    /// `[roles.NAME]`: model, endpoint and fallbacks per role.
+    pub roles: HashMap<String, RoleConfig>,
+    /// Prices by model spec, for each answer's cost.
+    pub prices: Arc<PriceTable>,
+    /// Endpoints of the configured machines (`[[machines]]`): local, never
+    /// frontier.
+    pub local_endpoints: Vec<String>,
+}
+
+/// One `[roles.NAME]` of the config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleConfig {
+    /// `provider:model`.
+    pub model: String,
+    /// Its endpoint, when not the provider's default.
+    pub base_url: Option<String>,
+    /// Tried in order when the model fails.
+    pub fallbacks: Vec<ModelRoute>,
+    /// Whether the role may use a frontier (hosted, paid) endpoint; by
+    /// default only `planner` may.
+    pub frontier: Option<bool>,
+}
+
+impl RoleConfig {
+    /// Whether role `name` may call frontier endpoints.
+    pub fn allows_frontier(&self, name: &str) -> bool {
+        self.frontier.unwrap_or(name == "planner")
+    }
+}
+
+/// Whether a model is reached at a frontier endpoint (a hosted provider)
+/// rather than a local one: Anthropic and Bedrock always are; an
+/// OpenAI-compatible endpoint is local on loopback, a private or
+/// link-local address, a `.local` or single-label host name, or a
+/// configured machine's endpoint.
+pub fn is_frontier(
+    route: &ModelRoute,
+    default_openai_base: Option<&str>,
+    local: &[String],
+) -> bool {
+    let Ok(spec) = ModelSpec::parse(&route.model) else {
+        return true;
+    };
+    if spec.provider != "openai" {
+        return true;
+    }
+    let url = route
+        .base_url
+        .as_deref()
+        .or(default_openai_base)
+        .unwrap_or(flotilla_models::DEFAULT_OPENAI_BASE_URL);
+    let host = |u: &str| {
+        let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = authority
+            .rsplit_once('@')
+            .map(|(_, h)| h)
+            .unwrap_or(authority);
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split(']').next().unwrap_or("")
+        } else {
+            authority.split(':').next().unwrap_or("")
+        };
+        host.to_ascii_lowercase()
+    };
+    let h = host(url);
+    if local.iter().any(|l| host(l) == h) {
+        return false;
+    }
+    if h == "localhost"
+        || h.ends_with(".local")
+        || h.ends_with(".localhost")
+        || (!h.contains('.') && !h.contains(':'))
+    {
+        return false;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            !(ip.is_loopback() || ip.is_private() || ip.is_link_local())
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            !(ip.is_loopback()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80)
+        }
+        Err(_) => true,
+    }
 }
 
 /// Builds a model client for a session.
@@ -181,6 +269,34 @@ impl Supervisor {
         Ok(client)
     }
 
+    /// The client of a session: its model, or its model and fallbacks as a
+    /// [`FallbackClient`] chain.
+    fn chain_for(
+        &self,
+        primary: &ModelRoute,
+        fallbacks: &[ModelRoute],
+    ) -> Result<Arc<dyn ModelClient>, String> {
+        let link = |route: &ModelRoute| -> Result<ChainLink, String> {
+            let spec = ModelSpec::parse(&route.model).map_err(|e| e.to_string())?;
+            Ok(ChainLink {
+                spec: spec.to_string(),
+                model: spec.model.clone(),
+                client: self.client_for(&spec, route.base_url.as_deref())?,
+            })
+        };
+        let first = link(primary)?;
+        if fallbacks.is_empty() {
+            return Ok(first.client);
+        }
+        let mut links = vec![first];
+        for f in fallbacks {
+            links.push(link(f)?);
+        }
+        Ok(Arc::new(
+            FallbackClient::new(links).map_err(|e| e.to_string())?,
+        ))
+    }
+
     /// Validates a request, records the session and starts its loop.
     /// `principal` is who asks, as the daemon authenticated them.
     pub async fn create(
@@ -204,18 +320,63 @@ impl Supervisor {
             Ok(_) => return bad(format!("workspace {} is not a directory", req.workspace)),
             Err(e) => return bad(format!("workspace {}: {e}", req.workspace)),
         };
-        let model = match req.model.clone().or_else(|| self.config.default_model.clone()) {
+        let role = match &req.role {
+            Some(name) => match self.config.roles.get(name) {
+                Some(r) => Some((name.clone(), r.clone())),
+                None => {
+                    let mut known: Vec<&str> =
+                        self.config.roles.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    return bad(format!(
+                        "no role {name:?} in the daemon's config (roles: {}); add [roles.{name}] with a model",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ));
+                }
+            },
+            None => None,
+        };
+        let role_model = role.as_ref().map(|(_, r)| r.model.clone());
+        let base_url = req
+            .base_url
+            .clone()
+            .or_else(|| role.as_ref().and_then(|(_, r)| r.base_url.clone()));
+        let fallbacks = role
+            .as_ref()
+            .map(|(_, r)| r.fallbacks.clone())
+            .unwrap_or_default();
+        let model = match req.model.clone().or(role_model).or_else(|| self.config.default_model.clone()) {
             Some(m) => m,
             None => {
                 return bad("no model given and no default configured: pass --model openai:MODEL, or set `model` in config.toml".into())
             }
         };
         let spec = ModelSpec::parse(&model).map_err(|e| FleetError::BadRequest(e.to_string()))?;
-        if let Some(url) = &req.base_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return bad(format!(
-                    "base_url {url:?} must start with http:// or https://"
-                ));
+        let primary = ModelRoute {
+            model: spec.to_string(),
+            base_url: base_url.clone(),
+        };
+        for route in std::iter::once(&primary).chain(&fallbacks) {
+            ModelSpec::parse(&route.model).map_err(|e| FleetError::BadRequest(e.to_string()))?;
+            if let Some(url) = &route.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad(format!(
+                        "base_url {url:?} must start with http:// or https://"
+                    ));
+                }
+            }
+        }
+        // Only roles allowed to may reach a frontier endpoint.
+        if let Some((name, r)) = &role {
+            if !r.allows_frontier(name) {
+                for route in std::iter::once(&primary).chain(&fallbacks) {
+                    let openai_base = self.config.openai_base_url.as_deref();
+                    if is_frontier(route, openai_base, &self.config.local_endpoints) {
+                        return bad(format!(
+                            "role {name:?} may not use the frontier model {} (only local endpoints; set frontier = true in [roles.{name}] to allow it)",
+                            route.model
+                        ));
+                    }
+                }
             }
         }
         let d = self.config.default_limits;
@@ -232,7 +393,7 @@ impl Supervisor {
         }
         // Fail before recording anything if the model cannot even be set up,
         // or the policy layers do not load (a bad rule, a mode the admin forbids).
-        self.client_for(&spec, req.base_url.as_deref())
+        self.chain_for(&primary, &fallbacks)
             .map_err(FleetError::BadRequest)?;
         if let Some(policy) = &self.config.policy {
             let cli = req.permissions.clone().unwrap_or_default();
@@ -246,10 +407,12 @@ impl Supervisor {
                     task: req.task,
                     model: spec.to_string(),
                     workspace: workspace.to_string_lossy().into_owned(),
-                    base_url: req.base_url,
+                    base_url,
                     limits,
                     principal: Some(principal.to_owned()),
                     permissions: req.permissions.filter(|p| !p.is_empty()),
+                    role: role.map(|(name, _)| name),
+                    fallbacks,
                 }],
             )
             .await?;
@@ -330,9 +493,18 @@ impl Supervisor {
             return Err(FleetError::NotFound(id.clone()));
         };
         let spec = ModelSpec::parse(&info.model).map_err(|e| FleetError::BadRequest(e.to_string()));
-        let (base_url, principal, permissions) = session_origin(&self.store, id).await?;
+        let Origin {
+            base_url,
+            principal,
+            permissions,
+            fallbacks,
+        } = session_origin(&self.store, id).await?;
         let client = spec.and_then(|s| {
-            self.client_for(&s, base_url.as_deref())
+            let primary = ModelRoute {
+                model: s.to_string(),
+                base_url: base_url.clone(),
+            };
+            self.chain_for(&primary, &fallbacks)
                 .map_err(FleetError::BadRequest)
                 .map(|c| (s, c))
         });
@@ -388,6 +560,7 @@ impl Supervisor {
             tool_limits: self.config.tool_limits.clone(),
             system_prompt: self.config.system_prompt.clone(),
             max_tokens: None,
+            prices: self.config.prices.clone(),
         };
         let me = Arc::clone(self);
         let sid = id.clone();
@@ -658,8 +831,14 @@ fn short(exit: &AgentExit) -> &'static str {
     }
 }
 
-/// Endpoint, principal and command-line policy layer of a session.
-type Origin = (Option<String>, Option<String>, Option<SessionPermissions>);
+/// What a session was created with that its loop needs again.
+#[derive(Default)]
+struct Origin {
+    base_url: Option<String>,
+    principal: Option<String>,
+    permissions: Option<SessionPermissions>,
+    fallbacks: Vec<ModelRoute>,
+}
 
 async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreError> {
     let first = store.events(id, 0, 1).await?;
@@ -670,11 +849,17 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
                 base_url,
                 principal,
                 permissions,
+                fallbacks,
                 ..
-            } => Some((base_url, principal, permissions)),
+            } => Some(Origin {
+                base_url,
+                principal,
+                permissions,
+                fallbacks,
+            }),
             _ => None,
         })
-        .unwrap_or((None, None, None)))
+        .unwrap_or_default())
 }
 
 /// A session's command executor, built by the factory at the session's first
@@ -726,5 +911,56 @@ impl CommandExecutor for LazyExecutor {
         req: CommandRequest,
     ) -> futures::future::BoxFuture<'a, std::io::Result<CommandResult>> {
         Box::pin(async move { self.executor().await?.run(req).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(model: &str, url: Option<&str>) -> ModelRoute {
+        ModelRoute {
+            model: model.into(),
+            base_url: url.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn frontier_endpoints() {
+        let local = vec!["http://gpu-box.lan:8080/v1".to_owned()];
+        let f = |m: &str, u: Option<&str>, default: Option<&str>| {
+            is_frontier(&route(m, u), default, &local)
+        };
+        // Hosted providers always are.
+        assert!(f("anthropic:claude", Some("http://127.0.0.1:9"), None));
+        // OpenAI-compatible: by where it is.
+        assert!(f("openai:gpt-4o", None, None), "api.openai.com by default");
+        assert!(f("openai:m", Some("https://openrouter.ai/api/v1"), None));
+        assert!(!f("openai:m", Some("http://127.0.0.1:8080/v1"), None));
+        assert!(!f("openai:m", Some("http://localhost:8080/v1"), None));
+        assert!(!f("openai:m", Some("http://[::1]:8080/v1"), None));
+        assert!(!f("openai:m", Some("http://10.1.2.3/v1"), None));
+        assert!(!f("openai:m", Some("http://192.168.1.20:8080/v1"), None));
+        assert!(
+            !f("openai:m", Some("http://box:8080/v1"), None),
+            "a LAN name"
+        );
+        assert!(!f("openai:m", Some("http://ollama.local:11434/v1"), None));
+        assert!(
+            !f("openai:m", Some("http://gpu-box.lan:8080/v1"), None),
+            "a machine"
+        );
+        assert!(f("openai:m", Some("http://8.8.8.8/v1"), None));
+        assert!(f("openai:m", Some("http://user@evil.example.com/v1"), None));
+        // The daemon's OPENAI_BASE_URL when the route names none.
+        assert!(!f("openai:m", None, Some("http://127.0.0.1:1234/v1")));
+        // Only the planner by default; a role may opt in.
+        let r = RoleConfig::default();
+        assert!(r.allows_frontier("planner") && !r.allows_frontier("worker"));
+        let r = RoleConfig {
+            frontier: Some(true),
+            ..RoleConfig::default()
+        };
+        assert!(r.allows_frontier("worker"));
     }
 }

@@ -833,6 +833,7 @@ impl MessageAccumulator {
             tool_calls,
             usage: self.usage.usage(),
             finish_reason: self.stop_reason.as_deref().map(finish_reason),
+            model: None,
         })
     }
 }
@@ -888,6 +889,7 @@ pub(crate) fn parse_message(bytes: &[u8]) -> Result<ChatResponse, ModelError> {
         tool_calls,
         usage: message.usage.map(|u| u.usage()).unwrap_or_default(),
         finish_reason: message.stop_reason.as_deref().map(finish_reason),
+        model: None,
     })
 }
 

@@ -23,6 +23,7 @@ mod clock;
 mod http;
 mod openai;
 mod retry;
+mod routing;
 mod sse;
 
 pub use anthropic::{AnthropicClient, AnthropicConfig, DEFAULT_ANTHROPIC_BASE_URL};
@@ -32,6 +33,7 @@ pub use flotilla_fit as fit;
 pub use clock::{ClockSource, SuspendAwareClock, SystemClocks};
 pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;
+pub use routing::{ChainLink, FallbackClient, Price, PriceTable};
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +111,9 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// `stop`, `tool_calls`, `length`...
     pub finish_reason: Option<String>,
+    /// The model that answered (`provider:model`), when a chain of
+    /// fallbacks may have answered with another than the session's.
+    pub model: Option<String>,
 }
 
 /// Why an attempt failed.

@@ -453,6 +453,7 @@ impl StreamAccumulator {
             tool_calls,
             usage: self.usage,
             finish_reason: self.finish_reason,
+            model: None,
         })
     }
 }
@@ -546,6 +547,7 @@ pub(crate) fn parse_completion(bytes: &[u8]) -> Result<ChatResponse, ModelError>
         tool_calls,
         usage: completion.usage.map(|u| u.usage()).unwrap_or_default(),
         finish_reason: choice.finish_reason,
+        model: None,
     })
 }
 

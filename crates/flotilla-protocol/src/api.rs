@@ -30,6 +30,20 @@ pub struct CreateSessionRequest {
     /// The command-line policy layer: mode and rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<crate::SessionPermissions>,
+    /// Run as this role of the daemon's config (`[roles.NAME]`): its model
+    /// (unless `model` is given), endpoint and fallbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// A model and where to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRoute {
+    /// `provider:model`.
+    pub model: String,
+    /// Its endpoint, when not the provider's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
 }
 
 /// A call waiting for a person (`GET /v1/approvals`).
@@ -105,6 +119,9 @@ pub struct SessionInfo {
     pub prompt_tokens: u64,
     /// Completion tokens so far.
     pub completion_tokens: u64,
+    /// Cost so far, US dollars (answers of models with a configured price).
+    #[serde(default)]
+    pub cost_usd: f64,
     /// Sequence number of the last event.
     pub last_seq: u64,
     /// Budgets.

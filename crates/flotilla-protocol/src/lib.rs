@@ -252,6 +252,12 @@ pub enum EventKind {
         /// The command-line policy layer of the session (`--mode`, `--allow`...).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         permissions: Option<SessionPermissions>,
+        /// The role the session runs as (`[roles.NAME]` of the config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        /// Models tried in order when the session's model fails.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fallbacks: Vec<crate::api::ModelRoute>,
     },
     /// The session moved to a new state.
     StateChanged {
@@ -301,6 +307,14 @@ pub enum EventKind {
         /// `stop`, `tool_calls`, `length`...
         #[serde(default, skip_serializing_if = "Option::is_none")]
         finish_reason: Option<String>,
+        /// The model that answered, when a fallback did rather than the
+        /// session's model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// What the answer cost, US dollars, when the model's price is
+        /// configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
         /// Milliseconds from request to the end of the reply.
         latency_ms: u64,
     },

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, oneshot};
 /// `PRAGMA application_id` of flotilla databases ("FLOT").
 pub const APPLICATION_ID: i32 = 0x464c_4f54;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Most concurrent readers.
@@ -187,6 +187,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     turns             INTEGER NOT NULL DEFAULT 0,
     prompt_tokens     INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd          REAL    NOT NULL DEFAULT 0,
     last_seq          INTEGER NOT NULL,
     final_answer      TEXT,
     reason            TEXT
@@ -234,6 +235,7 @@ impl Store {
                 .map_err(sql)?;
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        migrate(&conn).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
 
@@ -484,7 +486,20 @@ fn check_identity(conn: &Connection, path: &Path, existed: bool) -> Result<()> {
 }
 
 const SESSION_COLUMNS: &str = "id, state, model, workspace, task, limits, created_ms, updated_ms, \
-     turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason";
+     turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason, cost_usd";
+
+/// Brings a database of an older schema up to [`SCHEMA_VERSION`]: the
+/// events never change; projections gain columns.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // 1 -> 2: sessions.cost_usd. Version 1 recorded no costs, so 0 is right.
+    let has_cost: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'cost_usd'")?
+        .exists([])?;
+    if !has_cost {
+        conn.execute_batch("ALTER TABLE sessions ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
 
 fn row_to_session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
     let id: String = row.get(0)?;
@@ -509,6 +524,7 @@ fn row_to_session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
         last_seq: row.get::<_, i64>(11)? as u64,
         final_answer: row.get(12)?,
         reason: row.get(13)?,
+        cost_usd: row.get(14)?,
     })
 }
 
@@ -803,17 +819,23 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
             .and_then(|mut s| s.execute(params![id, state.as_str(), reason]))
             .map_err(sql)?;
         }
-        EventKind::ModelResponded { turn, usage, .. } => {
+        EventKind::ModelResponded {
+            turn,
+            usage,
+            cost_usd,
+            ..
+        } => {
             tx.prepare_cached(
                 "UPDATE sessions SET turns = max(turns, ?2), prompt_tokens = prompt_tokens + ?3,
-                 completion_tokens = completion_tokens + ?4 WHERE id = ?1",
+                 completion_tokens = completion_tokens + ?4, cost_usd = cost_usd + ?5 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     id,
                     *turn as i64,
                     usage.prompt_tokens as i64,
-                    usage.completion_tokens as i64
+                    usage.completion_tokens as i64,
+                    cost_usd.unwrap_or(0.0)
                 ])
             })
             .map_err(sql)?;

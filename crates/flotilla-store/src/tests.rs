@@ -9,6 +9,8 @@ fn created(task: &str) -> EventKind {
         limits: flotilla_protocol::SessionLimits::default(),
         principal: None,
         permissions: None,
+        role: None,
+        fallbacks: Vec::new(),
     }
 }
 
@@ -41,6 +43,8 @@ async fn appends_chain_and_project() {
                     },
                     finish_reason: None,
                     latency_ms: 1,
+                    model: None,
+                    cost_usd: None,
                 },
                 EventKind::FinalAnswer { text: "ok".into() },
                 state(SessionState::Completed),
@@ -214,4 +218,54 @@ async fn live_feed_sees_committed_events() {
     let e = rx.recv().await.unwrap();
     assert_eq!(e.session, id);
     assert_eq!(e.seq, 1);
+}
+
+#[tokio::test]
+async fn a_version_1_database_gains_the_cost_column_and_keeps_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    let id = SessionId::generate();
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        store.append(&id, vec![created("t")]).await.unwrap();
+        store.close();
+    }
+    // Make it what version 1 wrote: no cost column, user_version 1.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE sessions DROP COLUMN cost_usd; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let info = store.session(&id).await.unwrap().unwrap();
+    assert_eq!(info.cost_usd, 0.0);
+    let responded = |cost| EventKind::ModelResponded {
+        turn: 1,
+        text: String::new(),
+        tool_calls: vec![],
+        usage: flotilla_protocol::Usage::default(),
+        finish_reason: None,
+        latency_ms: 1,
+        model: Some("anthropic:big".into()),
+        cost_usd: cost,
+    };
+    store
+        .append(
+            &id,
+            vec![responded(Some(0.25)), responded(None), responded(Some(0.5))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.session(&id).await.unwrap().unwrap().cost_usd, 0.75);
+    // Rebuilt from the events, the same.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute("UPDATE sessions SET cost_usd = 0, last_seq = 0", [])
+        .unwrap();
+    store.rebuild_projections().await.unwrap();
+    assert_eq!(store.session(&id).await.unwrap().unwrap().cost_usd, 0.75);
+    let v: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    assert!(store.verify_session(&id).await.unwrap().broken.is_none());
 }
