@@ -358,6 +358,7 @@ mod tests {
                     permissions: None,
                     role: None,
                     fallbacks: Vec::new(),
+                    machine: None,
                 },
             ),
             ev(

@@ -49,6 +49,7 @@ impl Harness {
                     permissions: None,
                     role: None,
                     fallbacks: Vec::new(),
+                    machine: None,
                 }],
             )
             .await

@@ -168,6 +168,7 @@ pub async fn create_session(
                 permissions: None,
                 role: None,
                 fallbacks: Vec::new(),
+                machine: None,
             }],
         )
         .await

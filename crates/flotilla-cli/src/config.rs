@@ -63,6 +63,11 @@ pub struct RoleSection {
     pub fallbacks: Vec<FallbackEntry>,
     /// May this role use frontier (hosted) endpoints? Default: only `planner`.
     pub frontier: Option<bool>,
+    /// The model's GGUF file: without `base_url`, sessions of the role are
+    /// placed on a [[machines]] endpoint where it fits and a slot is free.
+    pub gguf: Option<std::path::PathBuf>,
+    /// Context to plan the placement for.
+    pub ctx: Option<u64>,
 }
 
 /// One fallback of a role.
@@ -100,6 +105,8 @@ impl RoleSection {
                 })
                 .collect(),
             frontier: self.frontier,
+            gguf: self.gguf.clone(),
+            ctx: self.ctx,
         }
     }
 }
@@ -296,6 +303,8 @@ impl ConfigFile {
                 .iter()
                 .filter_map(|m| m.endpoint.clone())
                 .collect(),
+            // Checked by `load`.
+            machines: flotilla_fit::machines::from_config(&self.machines).unwrap_or_default(),
             openai_base_url: env("OPENAI_BASE_URL"),
             openai_api_key: env("OPENAI_API_KEY"),
             anthropic_base_url: env("ANTHROPIC_BASE_URL"),

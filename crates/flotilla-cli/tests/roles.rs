@@ -167,3 +167,119 @@ fn bad_roles_and_prices_in_config_are_refused() {
         assert!(err.contains(what), "{config}: {err}");
     }
 }
+
+fn gemma() -> String {
+    let path = std::env::var_os("FLOTILLA_TEST_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/test-models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test-models.sh",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_local_model_is_placed_where_it_fits_and_a_slot_is_free() {
+    // "tiny" cannot hold the model; "big" can, with one slot.
+    let env = Env::new(Script::single(vec![Step::finish("never asked")]));
+    let big = MockModelServer::start_blocking(Script::single(vec![Step::hang()])).unwrap();
+    write_config(
+        &env,
+        &format!(
+            r#"
+[roles.worker]
+model = "openai:gemma-3-270m"
+gguf = "{gguf}"
+ctx = 8192
+
+[[machines]]
+name = "tiny"
+kind = "cuda"
+memory_gb = 0.6
+bandwidth_gbps = 100
+endpoint = "{tiny}"
+
+[[machines]]
+name = "big"
+kind = "cuda"
+memory_gb = 12
+bandwidth_gbps = 360
+endpoint = "{big}"
+slots = 1
+"#,
+            gguf = gemma(),
+            tiny = env.mock.base_url(),
+            big = big.base_url()
+        ),
+    );
+    let ws = env.ws_str();
+    let out = env.run(&["run", "--detach", "--json", "-w", &ws, "--role", "worker", "t1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = info["id"].as_str().unwrap().to_string();
+    let created = &env.events(&id)[0]["event"];
+    assert_eq!(created["machine"], "big");
+    assert_eq!(created["base_url"], big.base_url());
+    // The request reaches big's server (which holds it), not tiny's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while big.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never reached big");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(env.mock.requests().is_empty());
+    // big's one slot is taken: the next session is refused, saying so.
+    let out = env.run(&["run", "--detach", "-w", &ws, "--role", "worker", "t2"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("slot") && err.contains("big"), "{err}");
+    // When the first ends, its slot is free again.
+    let out = env.run(&["cancel", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_state(&id, 20);
+    let out = env.run(&["run", "--detach", "-w", &ws, "--role", "worker", "t3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_model_that_fits_nowhere_names_the_closest_machine() {
+    let env = Env::new(Script::single(vec![]));
+    write_config(
+        &env,
+        &format!(
+            r#"
+[roles.worker]
+model = "openai:gemma-3-270m"
+gguf = "{gguf}"
+ctx = 32768
+
+[[machines]]
+name = "pi"
+kind = "cpu"
+memory_gb = 0.3
+bandwidth_gbps = 10
+endpoint = "http://10.0.0.7:8080/v1"
+
+[[machines]]
+name = "phone"
+kind = "cpu"
+memory_gb = 0.1
+bandwidth_gbps = 10
+endpoint = "http://10.0.0.8:8080/v1"
+"#,
+            gguf = gemma()
+        ),
+    );
+    let ws = env.ws_str();
+    let out = env.run(&["run", "-w", &ws, "--role", "worker", "task"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("closest is pi") && err.contains("lacks") && err.contains("GB"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ use flotilla_agent::tools::{
 };
 use flotilla_agent::ApprovalAnswer;
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
+use flotilla_models::fit::machines::Machine;
 use flotilla_models::{
     AnthropicClient, AnthropicConfig, ChainLink, FallbackClient, ModelClient, OpenAiClient,
     OpenAiConfig, PriceTable, RetryPolicy,
@@ -64,6 +65,8 @@ pub struct FleetConfig {
     /// Endpoints of the configured machines (`[[machines]]`): local, never
     /// frontier.
     pub local_endpoints: Vec<String>,
+    /// The configured machines, where local models are placed.
+    pub machines: Vec<Machine>,
 }
 
 /// One `[roles.NAME]` of the config.
@@ -78,6 +81,13 @@ pub struct RoleConfig {
     /// Whether the role may use a frontier (hosted, paid) endpoint; by
     /// default only `planner` may.
     pub frontier: Option<bool>,
+    /// The model's GGUF file: with no `base_url`, the session is placed
+    /// on a `[[machines]]` endpoint where `fit` says the model fits and a
+    /// slot is free.
+    pub gguf: Option<std::path::PathBuf>,
+    /// The context to plan the placement for (default: the session's
+    /// context window, up to the model's).
+    pub ctx: Option<u64>,
 }
 
 impl RoleConfig {
@@ -173,10 +183,14 @@ pub enum FleetError {
 struct Running {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The machine its model was placed on: it holds one of its slots.
+    machine: Option<String>,
 }
 
 /// Runs the sessions of one daemon.
 pub struct Supervisor {
+    /// Held from placing a session on a machine until its loop holds the slot.
+    placing: tokio::sync::Mutex<()>,
     store: Store,
     config: FleetConfig,
     executors: Arc<dyn ExecutorFactory>,
@@ -223,6 +237,7 @@ impl Supervisor {
             })
         });
         Arc::new(Supervisor {
+            placing: tokio::sync::Mutex::new(()),
             store,
             config,
             executors,
@@ -267,6 +282,101 @@ impl Supervisor {
             clients.insert(key, client.clone());
         }
         Ok(client)
+    }
+
+    /// Where role `role`'s local model (`gguf`) runs: the configured machine
+    /// with an endpoint where `fit` says it fits fully at `ctx` and a slot
+    /// is free (the fastest such), as (machine, endpoint). Otherwise an
+    /// error that names the closest machine and what it lacks.
+    fn place(&self, role: &str, gguf: &Path, ctx: u64) -> Result<(String, String), String> {
+        use flotilla_models::fit::estimate::{estimate, FitOptions, KvType, ModelShape, Verdict};
+        let machines: Vec<&Machine> = self
+            .config
+            .machines
+            .iter()
+            .filter(|m| m.endpoint.is_some())
+            .collect();
+        if machines.is_empty() {
+            return Err(format!(
+                "role {role:?} names a model file to place, but no [[machines]] entry has an endpoint"
+            ));
+        }
+        let file = flotilla_models::fit::gguf::GgufFile::read(gguf)
+            .map_err(|e| format!("role {role:?}: {e}"))?;
+        let shape =
+            ModelShape::from_gguf(&file, None).map_err(|e| format!("role {role:?}: {e}"))?;
+        let ctx = match shape.context_length {
+            0 => ctx,
+            trained => ctx.min(trained),
+        };
+        let opts = FitOptions {
+            ctx,
+            kv_type: KvType::F16,
+        };
+        let busy: HashMap<String, u32> = match self.running.lock() {
+            Ok(r) => {
+                r.values()
+                    .filter_map(|r| r.machine.clone())
+                    .fold(HashMap::new(), |mut acc, m| {
+                        *acc.entry(m).or_default() += 1;
+                        acc
+                    })
+            }
+            Err(_) => return Err("supervisor state poisoned".into()),
+        };
+        let mut best: Option<(f64, &Machine)> = None;
+        let mut full: Vec<String> = Vec::new();
+        // The closest that does not fit: the smallest shortfall.
+        let mut closest: Option<(u64, u64, &Machine)> = None;
+        for m in machines {
+            let fit = estimate(&shape, m, &opts);
+            if fit.verdict == Verdict::Fits {
+                let slots = m.slots.unwrap_or(1);
+                let used = busy.get(&m.name).copied().unwrap_or(0);
+                if used < slots {
+                    if best.is_none_or(|(tps, _)| fit.tokens_per_s > tps) {
+                        best = Some((fit.tokens_per_s, m));
+                    }
+                } else {
+                    full.push(format!("{} ({used} of {slots} slots in use)", m.name));
+                }
+                continue;
+            }
+            // What all of it would take on this machine.
+            let unbounded = Machine {
+                memory_bytes: u64::MAX / 4,
+                ..m.clone()
+            };
+            let needed = estimate(&shape, &unbounded, &opts).total_bytes;
+            let short = needed.saturating_sub(m.memory_bytes);
+            if closest.is_none_or(|(s, _, _)| short < s) {
+                closest = Some((short, needed, m));
+            }
+        }
+        if let Some((_, m)) = best {
+            let endpoint = m.endpoint.clone().unwrap_or_default();
+            return Ok((m.name.clone(), endpoint));
+        }
+        let gb = |b: u64| b as f64 / 1e9;
+        if !full.is_empty() {
+            return Err(format!(
+                "role {role:?}: its model fits on {}, but every slot is taken; try again when a session there ends",
+                full.join(", ")
+            ));
+        }
+        match closest {
+            Some((short, needed, m)) => Err(format!(
+                "role {role:?}: its model ({}, {}) fits fully on no machine at a context of {ctx}; the closest is {}, which lacks {:.1} GB (needs {:.1} GB, has {:.1} GB); use a smaller quantization or context (see `flotilla fit {}`)",
+                shape.file_type,
+                shape.name.as_deref().unwrap_or("model"),
+                m.name,
+                gb(short),
+                gb(needed),
+                gb(m.memory_bytes),
+                gguf.display()
+            )),
+            None => Err(format!("role {role:?}: no machine to place its model on")),
+        }
     }
 
     /// The client of a session: its model, or its model and fallbacks as a
@@ -344,6 +454,27 @@ impl Supervisor {
             .as_ref()
             .map(|(_, r)| r.fallbacks.clone())
             .unwrap_or_default();
+        let d = self.config.default_limits;
+        let limits = SessionLimits {
+            max_turns: req.max_turns.unwrap_or(d.max_turns),
+            wall_time_secs: req.wall_time_secs.unwrap_or(d.wall_time_secs),
+            context_window: req.context_window.unwrap_or(d.context_window),
+        };
+        // A role with a model file and no endpoint: place it. Placements
+        // are made one at a time, each seeing the slots the last one took.
+        let _placing = self.placing.lock().await;
+        let mut machine = None;
+        let mut base_url = base_url;
+        if let Some((name, r)) = &role {
+            if let (Some(gguf), None) = (&r.gguf, &base_url) {
+                let ctx = r.ctx.unwrap_or(limits.context_window);
+                let (m, endpoint) = self
+                    .place(name, gguf, ctx)
+                    .map_err(FleetError::BadRequest)?;
+                machine = Some(m);
+                base_url = Some(endpoint);
+            }
+        }
         let model = match req.model.clone().or(role_model).or_else(|| self.config.default_model.clone()) {
             Some(m) => m,
             None => {
@@ -379,12 +510,6 @@ impl Supervisor {
                 }
             }
         }
-        let d = self.config.default_limits;
-        let limits = SessionLimits {
-            max_turns: req.max_turns.unwrap_or(d.max_turns),
-            wall_time_secs: req.wall_time_secs.unwrap_or(d.wall_time_secs),
-            context_window: req.context_window.unwrap_or(d.context_window),
-        };
         if limits.max_turns == 0 || limits.wall_time_secs == 0 || limits.context_window < 512 {
             return bad(
                 "max_turns and wall_time_secs must be positive and context_window at least 512"
@@ -413,6 +538,7 @@ impl Supervisor {
                     permissions: req.permissions.filter(|p| !p.is_empty()),
                     role: role.map(|(name, _)| name),
                     fallbacks,
+                    machine,
                 }],
             )
             .await?;
@@ -498,6 +624,7 @@ impl Supervisor {
             principal,
             permissions,
             fallbacks,
+            machine,
         } = session_origin(&self.store, id).await?;
         let client = spec.and_then(|s| {
             let primary = ModelRoute {
@@ -612,7 +739,14 @@ impl Supervisor {
                 }
             }
         });
-        running.insert(id.clone(), Running { cancel, task });
+        running.insert(
+            id.clone(),
+            Running {
+                cancel,
+                task,
+                machine,
+            },
+        );
         Ok(())
     }
 
@@ -838,6 +972,7 @@ struct Origin {
     principal: Option<String>,
     permissions: Option<SessionPermissions>,
     fallbacks: Vec<ModelRoute>,
+    machine: Option<String>,
 }
 
 async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreError> {
@@ -850,12 +985,14 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
                 principal,
                 permissions,
                 fallbacks,
+                machine,
                 ..
             } => Some(Origin {
                 base_url,
                 principal,
                 permissions,
                 fallbacks,
+                machine,
             }),
             _ => None,
         })

@@ -258,6 +258,10 @@ pub enum EventKind {
         /// Models tried in order when the session's model fails.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         fallbacks: Vec<crate::api::ModelRoute>,
+        /// The machine (`[[machines]]`) the session's local model was
+        /// placed on; its endpoint is `base_url`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        machine: Option<String>,
     },
     /// The session moved to a new state.
     StateChanged {

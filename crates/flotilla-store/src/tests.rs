@@ -11,6 +11,7 @@ fn created(task: &str) -> EventKind {
         permissions: None,
         role: None,
         fallbacks: Vec::new(),
+        machine: None,
     }
 }
 
