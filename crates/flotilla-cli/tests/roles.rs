@@ -218,7 +218,9 @@ slots = 1
         ),
     );
     let ws = env.ws_str();
-    let out = env.run(&["run", "--detach", "--json", "-w", &ws, "--role", "worker", "t1"]);
+    let out = env.run(&[
+        "run", "--detach", "--json", "-w", &ws, "--role", "worker", "t1",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = info["id"].as_str().unwrap().to_string();
