@@ -363,8 +363,10 @@ fn block_type(block: &Value) -> &str {
     block.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
-/// The `messages` array: see the module documentation for the rules.
-fn messages_json(messages: &[ChatMessage], with_tools: bool) -> Vec<Value> {
+/// The `messages` array: see the module documentation for the rules. The
+/// Bedrock client maps the same turns to Converse messages, so both
+/// providers repair a conversation the same way.
+pub(crate) fn messages_json(messages: &[ChatMessage], with_tools: bool) -> Vec<Value> {
     let mut turns: Vec<Turn> = Vec::new();
     for message in messages {
         let (assistant, blocks) = match message.role {

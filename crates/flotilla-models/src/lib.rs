@@ -8,7 +8,11 @@
 //! speak it. [`AnthropicClient`] speaks the Anthropic Messages wire
 //! protocol, streaming, with tool use: the roles and tool results of a
 //! [`ChatRequest`] are mapped to Anthropic's alternating user/assistant
-//! turns with `tool_use` and `tool_result` content blocks.
+//! turns with `tool_use` and `tool_result` content blocks. [`BedrockClient`]
+//! speaks Amazon Bedrock's Converse API (`ConverseStream`) through the
+//! official AWS SDK, with the standard AWS credential chain and SigV4; the
+//! conversation is repaired as for Anthropic and mapped to Converse's
+//! `toolUse` and `toolResult` blocks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use flotilla_protocol::{ToolCall, ToolSpec, Usage};
 
 mod anthropic;
+mod bedrock;
 mod clock;
 mod http;
 mod openai;
@@ -27,6 +32,7 @@ mod routing;
 mod sse;
 
 pub use anthropic::{AnthropicClient, AnthropicConfig, DEFAULT_ANTHROPIC_BASE_URL};
+pub use bedrock::{BedrockClient, BedrockConfig};
 /// GGUF reading, the memory-fit estimator and machine detection.
 pub use flotilla_fit as fit;
 

@@ -1,13 +1,12 @@
 //! [`MockAnthropicServer`]: the scripted mock speaking the Anthropic
 //! Messages protocol.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -17,7 +16,10 @@ use serde_json::Value;
 
 use crate::anthropic_wire::{self as wire, AnthropicInfo};
 use crate::script::{Failure, Reply, Script};
-use crate::serve::{lock, reset_connection, sse_response, ConnectionAbort, Running, Steps};
+use crate::serve::{
+    lock, recorded_request, reset_connection, sse_response, ConnectionAbort, RecordedRequest,
+    Running, Steps,
+};
 use crate::wire::{turns_marker, Answer};
 
 /// A scripted model server speaking the Anthropic Messages protocol on
@@ -59,25 +61,6 @@ impl std::fmt::Debug for MockAnthropicServer {
         f.debug_struct("MockAnthropicServer")
             .field("addr", &self.running.addr)
             .finish_non_exhaustive()
-    }
-}
-
-/// One request as the mock received it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RecordedRequest {
-    /// Headers by (lowercase) name; the values of a repeated header are
-    /// joined with `", "`.
-    pub headers: BTreeMap<String, String>,
-    /// The body; one that is not JSON is kept as a JSON string.
-    pub body: Value,
-}
-
-impl RecordedRequest {
-    /// The value of header `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
     }
 }
 
@@ -203,37 +186,16 @@ fn answer(info: &AnthropicInfo, answer: &Answer<'_>) -> Response {
     }
 }
 
-fn record(shared: &Shared, headers: &HeaderMap, body: &Result<Value, String>) {
-    let mut recorded = BTreeMap::<String, String>::new();
-    for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        recorded
-            .entry(name.as_str().to_owned())
-            .and_modify(|joined| {
-                joined.push_str(", ");
-                joined.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    let body = match body {
-        Ok(value) => value.clone(),
-        Err(raw) => Value::String(raw.clone()),
-    };
-    lock(&shared.requests).push(RecordedRequest {
-        headers: recorded,
-        body,
-    });
-}
-
 async fn messages(
     State(shared): State<Arc<Shared>>,
     abort: Option<Extension<ConnectionAbort>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let parsed: Result<Value, String> =
         serde_json::from_slice(&body).map_err(|_| String::from_utf8_lossy(&body).into_owned());
-    record(&shared, &headers, &parsed);
+    lock(&shared.requests).push(recorded_request(&uri, &headers, &parsed));
     let has_header = |name: &str| {
         headers
             .get(name)

@@ -1,8 +1,10 @@
 //! Test harness for flotilla: [`MockModelServer`], a scripted model server
 //! that speaks the OpenAI Chat Completions wire protocol on loopback, and
 //! [`MockAnthropicServer`], the same scripts spoken in the Anthropic
-//! Messages wire protocol (which also checks requests the way the real API
-//! does and records their headers).
+//! Messages wire protocol, and [`MockBedrockServer`], the same scripts
+//! spoken in the Amazon Bedrock Runtime Converse protocol (binary event
+//! streams, SigV4-signed requests); these two also check requests the way
+//! the real APIs do and record their paths and headers.
 //!
 //! The one part of the system that tests simulate is the paid model API. The
 //! mock replays [`Script`]s: which script answers is chosen by a
@@ -39,12 +41,16 @@
 
 mod anthropic;
 mod anthropic_wire;
+mod bedrock;
+mod bedrock_wire;
 mod script;
 mod serve;
 mod server;
 mod wire;
 
-pub use anthropic::{MockAnthropicServer, RecordedRequest};
+pub use anthropic::MockAnthropicServer;
+pub use bedrock::MockBedrockServer;
 pub use script::{Failure, Reply, Script, ScriptedCall, Step, DEFAULT_SCRIPT};
+pub use serve::RecordedRequest;
 pub use server::MockModelServer;
 pub use wire::{script_marker, script_name, step_index, turns_marker, NO_STREAM_MARKER};

@@ -2,7 +2,7 @@
 //! loopback (connections that can be reset on purpose), picking the
 //! scripted step of a request, SSE responses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd as _, OwnedFd};
@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Request, Uri};
 use axum::response::Response;
 use axum::{Extension, Router};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,14 +30,26 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Lets a handler drop its connection without answering (`Failure::Reset`).
+/// Lets a handler drop its connection: reset it without answering
+/// (`Failure::Reset`), or close it in the middle of a response body.
 #[derive(Clone)]
-pub(crate) struct ConnectionAbort(Arc<Notify>);
+pub(crate) struct ConnectionAbort {
+    reset: Arc<Notify>,
+    close: Arc<Notify>,
+}
+
+impl ConnectionAbort {
+    /// Closes the connection (FIN) as it is: a response body being sent
+    /// ends there, without its end marker.
+    pub(crate) fn close(&self) {
+        self.close.notify_one();
+    }
+}
 
 /// Resets the handler's connection (RST, no response) and never returns.
 pub(crate) async fn reset_connection(abort: Option<Extension<ConnectionAbort>>) -> Response {
-    if let Some(Extension(ConnectionAbort(abort))) = abort {
-        abort.notify_one();
+    if let Some(Extension(abort)) = abort {
+        abort.reset.notify_one();
     }
     std::future::pending().await
 }
@@ -145,8 +158,11 @@ async fn serve_connection(stream: TcpStream, router: Router, cancel: Cancellatio
     let _ = stream.set_nodelay(true);
     // A second handle on the socket, so an abort can turn the close into a reset.
     let keeper: Option<OwnedFd> = stream.as_fd().try_clone_to_owned().ok();
-    let abort = Arc::new(Notify::new());
-    let handle = ConnectionAbort(abort.clone());
+    let handle = ConnectionAbort {
+        reset: Arc::new(Notify::new()),
+        close: Arc::new(Notify::new()),
+    };
+    let (reset, close) = (handle.reset.clone(), handle.close.clone());
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(handle.clone());
         let mut router = router.clone();
@@ -158,7 +174,9 @@ async fn serve_connection(stream: TcpStream, router: Router, cancel: Cancellatio
     tokio::select! {
         _ = connection => {}
         _ = cancel.cancelled() => {}
-        _ = abort.notified() => {
+        // Dropping the connection closes the socket (and its second handle).
+        _ = close.notified() => {}
+        _ = reset.notified() => {
             if let Some(fd) = &keeper {
                 let _ = socket2::SockRef::from(fd).set_linger(Some(Duration::ZERO));
             }
@@ -215,4 +233,53 @@ pub(crate) fn sse_response(events: futures::stream::BoxStream<'static, Bytes>) -
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// One request as a mock received it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedRequest {
+    /// The request path, percent-encoded as it was sent (e.g.
+    /// `/v1/messages`, `/model/anthropic.claude-v2%3A1/converse-stream`).
+    pub path: String,
+    /// Headers by (lowercase) name; the values of a repeated header are
+    /// joined with `", "`.
+    pub headers: BTreeMap<String, String>,
+    /// The body; one that is not JSON is kept as a JSON string.
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// The record of a request with this URI, headers and (parsed or raw) body.
+pub(crate) fn recorded_request(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Result<Value, String>,
+) -> RecordedRequest {
+    let mut recorded = BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        recorded
+            .entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    RecordedRequest {
+        path: uri.path().to_owned(),
+        headers: recorded,
+        body: match body {
+            Ok(value) => value.clone(),
+            Err(raw) => Value::String(raw.clone()),
+        },
+    }
 }
