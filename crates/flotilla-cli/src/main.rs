@@ -341,14 +341,16 @@ fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxF
 }
 
 /// The environment variable naming the endpoint of a session's provider
-/// (the `--model` given, else the config's default model).
-fn base_url_var(paths: &Paths, model: Option<&str>) -> &'static str {
+/// (the `--model` given, else the config's default model); none for
+/// Bedrock, whose endpoint the daemon's AWS configuration decides.
+fn base_url_var(paths: &Paths, model: Option<&str>) -> Option<&'static str> {
     let model = model
         .map(str::to_owned)
         .or_else(|| config::load(&paths.config_file).ok().and_then(|c| c.model));
     match model.as_deref().and_then(|m| ModelSpec::parse(m).ok()) {
-        Some(spec) if spec.provider == "anthropic" => "ANTHROPIC_BASE_URL",
-        _ => "OPENAI_BASE_URL",
+        Some(spec) if spec.provider == "anthropic" => Some("ANTHROPIC_BASE_URL"),
+        Some(spec) if spec.provider == "bedrock" => None,
+        _ => Some("OPENAI_BASE_URL"),
     }
 }
 
@@ -368,8 +370,8 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         workspace: workspace.to_string_lossy().into_owned(),
         model: args.model,
         // The endpoint of this shell, for the provider the session uses.
-        base_url: std::env::var(base_url_var)
-            .ok()
+        base_url: base_url_var
+            .and_then(|v| std::env::var(v).ok())
             .filter(|v| shell_endpoint && !v.is_empty()),
         max_turns: args.max_turns,
         wall_time_secs: args.wall_time,

@@ -85,8 +85,51 @@ fn an_anthropic_session_uses_the_messages_api_with_the_daemon_key() {
 fn an_unknown_provider_is_refused_with_the_known_ones() {
     let env = Env::new(Script::single(vec![]));
     let ws = env.ws_str();
-    let out = env.run(&["run", "-w", &ws, "-m", "bedrock:x", "task"]);
+    let out = env.run(&["run", "-w", &ws, "-m", "gemini:x", "task"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("openai") && err.contains("anthropic"), "{err}");
+    assert!(
+        err.contains("openai") && err.contains("anthropic") && err.contains("bedrock"),
+        "{err}"
+    );
+}
+
+/// The attack: a session names its own endpoint, hoping the daemon sends
+/// its API key there. The key goes only to endpoints the daemon's own
+/// configuration names.
+#[test]
+fn the_daemon_key_never_goes_to_an_endpoint_a_session_names() {
+    let env = Env::new(Script::single(vec![]));
+    let thief =
+        MockAnthropicServer::start_blocking(Script::single(vec![Step::finish("x")])).unwrap();
+    // The daemon starts with the key and no ANTHROPIC_BASE_URL of its own.
+    let out = run_with_timeout(
+        {
+            let mut c = env.cmd(&["ps"]);
+            c.env("ANTHROPIC_API_KEY", "sk-ant-daemon-secret")
+                .env_remove("ANTHROPIC_BASE_URL");
+            c
+        },
+        std::time::Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ws = env.ws_str();
+    let out = run_with_timeout(
+        {
+            let mut c = env.cmd(&["run", "-w", &ws, "-m", "anthropic:claude-mock", "task"]);
+            c.env("ANTHROPIC_BASE_URL", thief.base_url());
+            c
+        },
+        std::time::Duration::from_secs(60),
+    );
+    // The server wants a key and got none: the session fails on 401.
+    assert!(!out.status.success());
+    let reqs = thief.requests();
+    assert!(!reqs.is_empty(), "the session did reach the endpoint");
+    for r in &reqs {
+        assert_eq!(r.header("x-api-key"), None, "the daemon's key was sent");
+        assert!(!serde_json::to_string(&r.body)
+            .unwrap()
+            .contains("sk-ant-daemon-secret"));
+    }
 }

@@ -22,8 +22,8 @@ use flotilla_agent::ApprovalAnswer;
 use flotilla_agent::{run_agent, AgentExit, AgentRun, AgentSettings};
 use flotilla_models::fit::machines::Machine;
 use flotilla_models::{
-    AnthropicClient, AnthropicConfig, ChainLink, FallbackClient, ModelClient, OpenAiClient,
-    OpenAiConfig, PriceTable, RetryPolicy,
+    AnthropicClient, AnthropicConfig, BedrockClient, BedrockConfig, ChainLink, FallbackClient,
+    ModelClient, OpenAiClient, OpenAiConfig, PriceTable, RetryPolicy,
 };
 use flotilla_protocol::{
     ApprovalInfo, CreateSessionRequest, EventKind, ModelRoute, ModelSpec, SessionId, SessionInfo,
@@ -67,6 +67,65 @@ pub struct FleetConfig {
     pub local_endpoints: Vec<String>,
     /// The configured machines, where local models are placed.
     pub machines: Vec<Machine>,
+}
+
+/// An endpoint as compared for trust: trimmed, without a trailing `/`,
+/// lowercase.
+fn normalize_endpoint(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// The endpoints the daemon's configuration names (provider defaults, its
+/// `*_BASE_URL`, roles and their fallbacks, `[[machines]]`): the only ones
+/// its API keys are sent to.
+fn trusted_endpoints(config: &FleetConfig) -> Vec<String> {
+    let mut out = vec![
+        flotilla_models::DEFAULT_OPENAI_BASE_URL.to_owned(),
+        flotilla_models::DEFAULT_ANTHROPIC_BASE_URL.to_owned(),
+    ];
+    out.extend(config.openai_base_url.clone());
+    out.extend(config.anthropic_base_url.clone());
+    for r in config.roles.values() {
+        out.extend(r.base_url.clone());
+        out.extend(r.fallbacks.iter().filter_map(|f| f.base_url.clone()));
+    }
+    out.extend(config.local_endpoints.iter().cloned());
+    out.iter().map(|u| normalize_endpoint(u)).collect()
+}
+
+/// A Bedrock client made at its first request: the AWS credential chain
+/// is loaded asynchronously, once. A chain that cannot be loaded (no
+/// region, no credentials) fails that request with the reason.
+struct LazyBedrock {
+    config: BedrockConfig,
+    client: tokio::sync::OnceCell<Result<BedrockClient, String>>,
+}
+
+impl ModelClient for LazyBedrock {
+    fn chat<'a>(
+        &'a self,
+        request: &'a flotilla_models::ChatRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<flotilla_models::ChatResponse, flotilla_models::ModelError>,
+    > {
+        Box::pin(async move {
+            let client = self
+                .client
+                .get_or_init(|| async {
+                    BedrockClient::new(self.config.clone())
+                        .await
+                        .map_err(|e| match e {
+                            flotilla_models::ModelError::Config(m) => m,
+                            other => other.to_string(),
+                        })
+                })
+                .await
+                .as_ref()
+                .map_err(|e| flotilla_models::ModelError::Config(e.clone()))?;
+            client.chat(request).await
+        })
+    }
 }
 
 /// One `[roles.NAME]` of the config.
@@ -113,46 +172,40 @@ pub fn is_frontier(
     if spec.provider != "openai" {
         return true;
     }
+    // The same trimming and fallback as the client's, then the host as the
+    // client's URL parser reads it: a URL this check reads one way and the
+    // client another would let a worker past it.
     let url = route
         .base_url
         .as_deref()
-        .or(default_openai_base)
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .or(default_openai_base.map(str::trim).filter(|u| !u.is_empty()))
         .unwrap_or(flotilla_models::DEFAULT_OPENAI_BASE_URL);
-    let host = |u: &str| {
-        let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let authority = authority
-            .rsplit_once('@')
-            .map(|(_, h)| h)
-            .unwrap_or(authority);
-        let host = if let Some(v6) = authority.strip_prefix('[') {
-            v6.split(']').next().unwrap_or("")
-        } else {
-            authority.split(':').next().unwrap_or("")
-        };
-        host.to_ascii_lowercase()
+    let Some(host) = flotilla_models::endpoint_host(url) else {
+        return true;
     };
-    let h = host(url);
-    if local.iter().any(|l| host(l) == h) {
-        return false;
-    }
-    if h == "localhost"
-        || h.ends_with(".local")
-        || h.ends_with(".localhost")
-        || (!h.contains('.') && !h.contains(':'))
+    if local
+        .iter()
+        .any(|l| flotilla_models::endpoint_host(l).as_ref() == Some(&host))
     {
         return false;
     }
-    match h.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
+    match host {
+        flotilla_models::EndpointHost::Domain(h) => {
+            !(h == "localhost"
+                || h.ends_with(".localhost")
+                || h.ends_with(".local")
+                || !h.contains('.'))
+        }
+        flotilla_models::EndpointHost::Ip(std::net::IpAddr::V4(ip)) => {
             !(ip.is_loopback() || ip.is_private() || ip.is_link_local())
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
+        flotilla_models::EndpointHost::Ip(std::net::IpAddr::V6(ip)) => {
             !(ip.is_loopback()
                 || (ip.segments()[0] & 0xfe00) == 0xfc00
                 || (ip.segments()[0] & 0xffc0) == 0xfe80)
         }
-        Err(_) => true,
     }
 }
 
@@ -217,21 +270,43 @@ impl Supervisor {
             let key = config.openai_api_key.clone();
             let anthropic_base = config.anthropic_base_url.clone();
             let anthropic_key = config.anthropic_api_key.clone();
+            let trusted = trusted_endpoints(&config);
             Arc::new(move |spec: &ModelSpec, url: Option<&str>| {
-                let client: Arc<dyn ModelClient> = if spec.provider == "anthropic" {
-                    let mut cfg = AnthropicConfig::from_env(
-                        url.map(str::to_owned).or(anthropic_base.clone()),
-                    );
-                    if anthropic_key.is_some() {
-                        cfg.api_key = anthropic_key.clone();
+                // The daemon's keys go only to endpoints the daemon's own
+                // configuration names: a session may name any endpoint,
+                // and must not be able to collect the keys with it.
+                let keyed = url.is_none_or(|u| trusted.contains(&normalize_endpoint(u)));
+                let client: Arc<dyn ModelClient> = match spec.provider.as_str() {
+                    "anthropic" => {
+                        let mut cfg = AnthropicConfig::from_env(
+                            url.map(str::to_owned).or(anthropic_base.clone()),
+                        );
+                        if anthropic_key.is_some() {
+                            cfg.api_key = anthropic_key.clone();
+                        }
+                        if !keyed {
+                            cfg.api_key = None;
+                        }
+                        Arc::new(AnthropicClient::new(cfg).map_err(|e| e.to_string())?)
                     }
-                    Arc::new(AnthropicClient::new(cfg).map_err(|e| e.to_string())?)
-                } else {
-                    let mut cfg = OpenAiConfig::from_env(url.map(str::to_owned).or(base.clone()));
-                    if key.is_some() {
-                        cfg.api_key = key.clone();
+                    "bedrock" => Arc::new(LazyBedrock {
+                        config: BedrockConfig {
+                            endpoint_url: url.map(str::to_owned),
+                            ..BedrockConfig::default()
+                        },
+                        client: tokio::sync::OnceCell::new(),
+                    }),
+                    _ => {
+                        let mut cfg =
+                            OpenAiConfig::from_env(url.map(str::to_owned).or(base.clone()));
+                        if key.is_some() {
+                            cfg.api_key = key.clone();
+                        }
+                        if !keyed {
+                            cfg.api_key = None;
+                        }
+                        Arc::new(OpenAiClient::new(cfg).map_err(|e| e.to_string())?)
                     }
-                    Arc::new(OpenAiClient::new(cfg).map_err(|e| e.to_string())?)
                 };
                 Ok(client)
             })
@@ -1089,6 +1164,33 @@ mod tests {
         );
         assert!(f("openai:m", Some("http://8.8.8.8/v1"), None));
         assert!(f("openai:m", Some("http://user@evil.example.com/v1"), None));
+        // URLs a naive parser reads as local while the client goes public.
+        for tricky in [
+            "http://api%2Eopenai%2Ecom/v1",
+            "http://evil.com\\@127.0.0.1/v1",
+            "http:///api.openai.com/v1",
+            "http://api\u{3002}openai\u{3002}com/v1",
+            "http://134744072/v1",
+            "http://0x08080808/v1",
+            "http://[::ffff:8.8.8.8]/v1",
+            "HTTP://API.OPENAI.COM./v1",
+        ] {
+            assert!(
+                f("openai:m", Some(tricky), None),
+                "{tricky} taken for local"
+            );
+        }
+        assert!(!f(
+            "openai:m",
+            Some("http://[::ffff:127.0.0.1]:8080/v1"),
+            None
+        ));
+        assert!(
+            !f("openai:m", Some("http://2130706433:8080/v1"), None),
+            "127.0.0.1"
+        );
+        // A blank endpoint means the default, as for the client.
+        assert!(f("openai:m", Some("  "), Some(" ")));
         // The daemon's OPENAI_BASE_URL when the route names none.
         assert!(!f("openai:m", None, Some("http://127.0.0.1:1234/v1")));
         // Only the planner by default; a role may opt in.

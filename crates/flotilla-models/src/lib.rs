@@ -41,6 +41,35 @@ pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;
 pub use routing::{ChainLink, FallbackClient, Price, PriceTable};
 
+/// The host an endpoint URL reaches, parsed exactly as the clients parse
+/// it (WHATWG URL rules: percent-decoding, IDNA, numeric IPv4 forms), so a
+/// check on it cannot be fooled by a URL the client reads differently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointHost {
+    /// An IP address.
+    Ip(std::net::IpAddr),
+    /// A domain name, lowercase, without a trailing dot.
+    Domain(String),
+}
+
+/// The host of `url` (trimmed, as the clients trim it), or `None` when it
+/// is not an http(s) URL with a host.
+pub fn endpoint_host(url: &str) -> Option<EndpointHost> {
+    let url = reqwest::Url::parse(url.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(EndpointHost::Ip(ip.into())),
+        url::Host::Ipv6(ip) => Some(EndpointHost::Ip(
+            ip.to_ipv4_mapped().map(Into::into).unwrap_or(ip.into()),
+        )),
+        url::Host::Domain(d) => Some(EndpointHost::Domain(
+            d.trim_end_matches('.').to_ascii_lowercase(),
+        )),
+    }
+}
+
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

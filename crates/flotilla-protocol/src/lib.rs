@@ -571,7 +571,7 @@ pub struct InvalidModelSpec {
 }
 
 /// Providers this build can talk to.
-pub const KNOWN_PROVIDERS: &str = "openai,anthropic";
+pub const KNOWN_PROVIDERS: &str = "openai,anthropic,bedrock";
 
 impl ModelSpec {
     /// Parses `PROVIDER:MODEL`.
