@@ -288,9 +288,9 @@ impl Loop {
                 Ok(r) => r,
                 Err(exit) => return Ok(exit),
             };
-            // Who answered (a fallback, or the session's model) and what
-            // it cost.
-            let answered = response.model.filter(|m| *m != self.conv.model);
+            // Who answered (a fallback names itself; else the session's
+            // model) and what it cost.
+            let answered = response.model;
             let cost_usd = self.run.settings.prices.cost(
                 answered.as_deref().unwrap_or(&self.conv.model),
                 &response.usage,

@@ -254,7 +254,13 @@ impl ConfigFile {
         let d = SessionLimits::default();
         let t = ToolLimits::default();
         let r = RetryPolicy::default();
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        // Blank counts as unset, as for the clients.
+        let env = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         FleetConfig {
             default_model: self.model.clone().or_else(|| env("FLOTILLA_MODEL")),
             default_limits: SessionLimits {

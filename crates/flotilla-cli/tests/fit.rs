@@ -174,6 +174,13 @@ fn fit_reads_a_real_gguf_and_refuses_broken_ones_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("truncated at byte"), "{err}");
+    // A header that is whole but data that is not: a partial download.
+    let partial = dir.path().join("partial.gguf");
+    std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();
+    let out = flotilla(home.path(), &["fit", partial.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("incomplete"), "{err}");
     // Not a GGUF file at all.
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"PK\x03\x04 this is a zip").unwrap();

@@ -38,6 +38,9 @@ pub const UBATCH: u64 = 512;
 /// Context used when neither the user nor a smaller trained context says.
 pub const DEFAULT_CTX: u64 = 32_768;
 const MIB: u64 = 1 << 20;
+/// More layers than any model has: a shape claiming more is refused
+/// rather than allocated for.
+const MAX_LAYERS: u32 = 100_000;
 
 /// The KV cache's element type (`--cache-type-k/-v` of llama.cpp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,7 +90,9 @@ impl KvType {
     /// Bytes of `elements` values (rounded up to whole blocks).
     fn bytes(self, elements: u64) -> u64 {
         let t = self.ggml();
-        elements.div_ceil(t.block_size()) * t.type_size()
+        elements
+            .div_ceil(t.block_size())
+            .saturating_mul(t.type_size())
     }
 }
 
@@ -180,6 +185,14 @@ pub enum FitError {
     /// A command-line shape is unusable.
     #[error("{0}")]
     BadShape(String),
+    /// The file is shorter than its tensors say (a partial download).
+    #[error("the file is incomplete: its tensor data ends at byte {end} but the file has {size} bytes (a partial download?)")]
+    Incomplete {
+        /// Where the tensor data ends.
+        end: u64,
+        /// The file's size.
+        size: u64,
+    },
 }
 
 /// The numbers a shape-only estimate needs (`flotilla fit --params ...`).
@@ -208,13 +221,20 @@ pub struct ShapeSpec {
 impl ModelShape {
     /// Reads the shape of a GGUF file's model.
     pub fn from_gguf(file: &GgufFile, file_name: Option<&str>) -> Result<ModelShape, FitError> {
+        // A file read from disk must hold every tensor it lists.
+        if let Some(size) = file.file_size {
+            let end = file.data_end();
+            if end > size {
+                return Err(FitError::Incomplete { end, size });
+            }
+        }
         let arch = file.architecture().map(str::to_owned);
         let layers = file
             .arch_u64("block_count")
             .ok_or_else(|| FitError::Missing("block_count".into()))?;
         let layers = u32::try_from(layers)
             .ok()
-            .filter(|&l| l <= 100_000)
+            .filter(|&l| l <= MAX_LAYERS)
             .ok_or_else(|| FitError::BadShape(format!("block_count {layers} is absurd")))?;
         let n = layers as usize;
         let embd = file.arch_u64("embedding_length").unwrap_or(0);
@@ -239,7 +259,7 @@ impl ModelShape {
             .collect();
         let ff = per_layer(file, "feed_forward_length", n)
             .and_then(|v| v.into_iter().max())
-            .unwrap_or(4 * embd);
+            .unwrap_or(embd.saturating_mul(4));
         let expert_count = file.arch_u64("expert_count").unwrap_or(0) as u32;
         let expert_used_count = file.arch_u64("expert_used_count").unwrap_or(0) as u32;
         let has_output = file.tensors.iter().any(|t| t.name == "output.weight");
@@ -314,6 +334,12 @@ impl ModelShape {
                 "--params, --layers, --kv-heads and --head-dim must all be above 0".into(),
             ));
         }
+        if spec.layers > MAX_LAYERS {
+            return Err(FitError::BadShape(format!(
+                "--layers {} is absurd (at most {MAX_LAYERS})",
+                spec.layers
+            )));
+        }
         let active = spec.active_params.unwrap_or(spec.params);
         if active > spec.params {
             return Err(FitError::BadShape(format!(
@@ -351,7 +377,7 @@ impl ModelShape {
                 })
                 .collect(),
             embedding_length: embd,
-            feed_forward_length: 4 * embd,
+            feed_forward_length: embd.saturating_mul(4),
             vocab,
             tied_output: false,
             expert_count: 0,
@@ -383,7 +409,9 @@ impl ModelShape {
 
     /// All weight bytes (the file's tensor data).
     pub fn weights_bytes(&self) -> u64 {
-        self.layer_bytes.iter().sum::<u64>() + self.input_bytes + self.output_bytes
+        sum(self.layer_bytes.iter().copied())
+            .saturating_add(self.input_bytes)
+            .saturating_add(self.output_bytes)
     }
 
     /// Sums tensor bytes per layer for `types` (one per tensor).
@@ -412,24 +440,24 @@ impl ModelShape {
                 // Cannot happen for shapes a file held; count it as F32.
                 elements.saturating_mul(4)
             });
-            params += elements;
+            params = params.saturating_add(elements);
             let (b, e) = if t.expert {
                 (share(bytes), share(elements))
             } else {
                 (bytes, elements)
             };
-            active_params += e;
+            active_params = active_params.saturating_add(e);
             match t.layer {
                 Some(l) if (l as usize) < n => {
-                    layer_bytes[l as usize] += bytes;
-                    active[l as usize] += b;
+                    layer_bytes[l as usize] = layer_bytes[l as usize].saturating_add(bytes);
+                    active[l as usize] = active[l as usize].saturating_add(b);
                 }
                 _ if t.name.starts_with("token_embd")
                     || t.name.starts_with("per_layer_token_embd") =>
                 {
-                    input += bytes;
+                    input = input.saturating_add(bytes);
                 }
-                _ => output += bytes,
+                _ => output = output.saturating_add(bytes),
             }
         }
         self.layer_bytes = layer_bytes;
@@ -443,10 +471,11 @@ impl ModelShape {
     /// Spreads `params` at `bpw` over the layers (shape-only estimates).
     fn spread(&mut self, bpw: f64) {
         let bytes = |p: u64| ((p as f64) * bpw / 8.0) as u64;
-        let embed = self.vocab * self.embedding_length;
-        let per_layer_params = self.params.saturating_sub(2 * embed) / u64::from(self.layers);
+        let embed = self.vocab.saturating_mul(self.embedding_length);
+        let per_layer_params =
+            self.params.saturating_sub(embed.saturating_mul(2)) / u64::from(self.layers);
         let per_layer_active =
-            self.active_params.saturating_sub(2 * embed) / u64::from(self.layers);
+            self.active_params.saturating_sub(embed.saturating_mul(2)) / u64::from(self.layers);
         let n = self.layers as usize;
         self.layer_bytes = vec![bytes(per_layer_params); n];
         self.layer_active_bytes = vec![bytes(per_layer_active); n];
@@ -458,16 +487,22 @@ impl ModelShape {
     fn kv_layer_bytes(&self, i: usize, ctx: u64, kv_type: KvType) -> u64 {
         let Some(l) = self.kv.get(i) else { return 0 };
         let cells = match l.window {
-            Some(w) => ctx.min(w + UBATCH),
+            Some(w) => ctx.min(w.saturating_add(UBATCH)),
             None => ctx,
         };
-        let row = l.heads * (l.key_length + l.value_length);
-        kv_type.bytes(row) * cells
+        let row = l
+            .heads
+            .saturating_mul(l.key_length.saturating_add(l.value_length));
+        kv_type.bytes(row).saturating_mul(cells)
     }
 
     /// The compute buffer for one micro-batch (see the module docs).
     fn compute_bytes(&self) -> u64 {
-        UBATCH * 4 * (self.vocab + 2 * self.embedding_length + 2 * self.feed_forward_length)
+        let width = self
+            .vocab
+            .saturating_add(self.embedding_length.saturating_mul(2))
+            .saturating_add(self.feed_forward_length.saturating_mul(2));
+        (UBATCH * 4).saturating_mul(width)
     }
 }
 
@@ -521,7 +556,8 @@ fn swa_layers(file: &GgufFile, arch: Option<&str>, n: usize, has_window: bool) -
 fn dominant_type(file: &GgufFile) -> String {
     let mut bytes: BTreeMap<&'static str, u64> = BTreeMap::new();
     for t in &file.tensors {
-        *bytes.entry(t.ggml_type.name()).or_default() += t.bytes();
+        let b = bytes.entry(t.ggml_type.name()).or_default();
+        *b = b.saturating_add(t.bytes());
     }
     bytes
         .into_iter()
@@ -582,6 +618,12 @@ pub struct MachineFit {
     pub tokens_per_s: f64,
 }
 
+/// A sum that stays at `u64::MAX` instead of wrapping: sizes come from
+/// untrusted files and command lines.
+fn sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
+}
+
 /// Runtime overhead of a device kind (see the module docs).
 pub fn overhead_bytes(kind: MachineKind) -> u64 {
     match kind {
@@ -620,7 +662,7 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
         tokens_per_s: 0.0,
     };
     let all_weights = model.weights_bytes();
-    let all_kv: u64 = kv.iter().sum();
+    let all_kv = sum(kv.iter().copied());
     // The output head, read whole every token.
     let head = model.output_bytes
         + if model.tied_output {
@@ -628,11 +670,12 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
         } else {
             0
         };
-    let per_token_all =
-        model.layer_active_bytes.iter().sum::<u64>() + head + kv_read.iter().sum::<u64>();
+    let per_token_all = sum(model.layer_active_bytes.iter().copied())
+        .saturating_add(head)
+        .saturating_add(sum(kv_read.iter().copied()));
     if !machine.kind.is_discrete() {
         // Unified or host memory: everything in one budget.
-        let total = all_weights + all_kv + compute + overhead;
+        let total = sum([all_weights, all_kv, compute, overhead]);
         let fits = total <= budget;
         return MachineFit {
             verdict: if fits { Verdict::Fits } else { Verdict::No },
@@ -650,21 +693,22 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
     }
     // A GPU: the last K layers go to the device; the output head too when
     // K is every layer; the token embedding stays on the host.
-    let fixed = compute + overhead;
-    let full_device = fixed + model.layer_bytes.iter().sum::<u64>() + all_kv + head;
+    let fixed = compute.saturating_add(overhead);
+    let layers_bytes = sum(model.layer_bytes.iter().copied());
+    let full_device = sum([fixed, layers_bytes, all_kv, head]);
     let (k, device_weights, device_kv) = if full_device <= budget {
-        (n, model.layer_bytes.iter().sum::<u64>() + head, all_kv)
+        (n, layers_bytes.saturating_add(head), all_kv)
     } else {
         let mut used = fixed;
         let (mut k, mut w, mut c) = (0usize, 0u64, 0u64);
         for i in (0..n).rev() {
-            let add = model.layer_bytes[i] + kv[i];
-            if used + add > budget {
+            let add = model.layer_bytes[i].saturating_add(kv[i]);
+            if used.saturating_add(add) > budget {
                 break;
             }
-            used += add;
-            w += model.layer_bytes[i];
-            c += kv[i];
+            used = used.saturating_add(add);
+            w = w.saturating_add(model.layer_bytes[i]);
+            c = c.saturating_add(kv[i]);
             k += 1;
         }
         (k, w, c)
@@ -672,12 +716,14 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
     let total = if k == 0 {
         fixed
     } else {
-        fixed + device_weights + device_kv
+        sum([fixed, device_weights, device_kv])
     };
     // The host keeps the token embedding and what is not on the device
     // (a tied head is a copy, so the embedding stays on the host too).
     let copied = if k == n { head - model.output_bytes } else { 0 };
-    let host = all_weights + copied - device_weights;
+    let host = all_weights
+        .saturating_add(copied)
+        .saturating_sub(device_weights);
     let verdict = match k {
         0 => Verdict::No,
         k if k == n => Verdict::Fits,
@@ -690,17 +736,17 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
         let mut dev = 0u64;
         let mut hostb = 0u64;
         for (i, (active, kv)) in model.layer_active_bytes.iter().zip(&kv_read).enumerate() {
-            let b = active + kv;
+            let b = active.saturating_add(*kv);
             if on_device(i) {
-                dev += b;
+                dev = dev.saturating_add(b);
             } else {
-                hostb += b;
+                hostb = hostb.saturating_add(b);
             }
         }
         if k == n {
-            dev += head;
+            dev = dev.saturating_add(head);
         } else {
-            hostb += head;
+            hostb = hostb.saturating_add(head);
         }
         let secs = dev as f64 / eff_bw(machine.bandwidth_gbps)
             + hostb as f64 / eff_bw(machine.host_bandwidth_gbps());

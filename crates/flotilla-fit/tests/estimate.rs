@@ -111,7 +111,7 @@ fn llama3_8b_sizes_match_llama_cpp_within_3_percent() {
         let predicted = base.requantized(ft).weights_bytes() as f64 / GIB;
         let err = (predicted - gib).abs() / gib;
         assert!(
-            err < 0.03,
+            err < 0.005, // the issue asks 3%; measured 0.22% at most, kept
             "{}: predicted {predicted:.3} GiB, published {gib} GiB ({:.1}% off)",
             ft.name(),
             err * 100.0
@@ -353,4 +353,73 @@ fn gemma3_270m_real_file() {
     let f = estimate(&m, &machine("laptop", MachineKind::Cpu, 8.0, 50.0), &opts);
     assert_eq!(f.verdict, Verdict::Fits);
     assert!(f.tokens_per_s > 10.0, "{}", f.tokens_per_s);
+}
+
+/// Hostile numbers in a file or on the command line: no panic, no wrap to
+/// a small size that would pass for a fit.
+#[test]
+fn absurd_shapes_neither_panic_nor_fit() {
+    let mut w = GgufWriter::new(3);
+    w.kv("general.architecture", s("llama"))
+        .kv("llama.block_count", MetaValue::U32(2))
+        .kv("llama.embedding_length", MetaValue::U64(u64::MAX / 2))
+        .kv("llama.feed_forward_length", MetaValue::U64(u64::MAX))
+        .kv("llama.attention.head_count", MetaValue::U64(u64::MAX))
+        .kv("llama.attention.head_count_kv", MetaValue::U64(u64::MAX))
+        .kv("llama.attention.key_length", MetaValue::U64(u64::MAX))
+        .kv("llama.attention.sliding_window", MetaValue::U64(u64::MAX))
+        .kv("llama.vocab_size", MetaValue::U64(u64::MAX));
+    // Two tensors of 2^61 bytes (near the most a file can place end to end).
+    for i in 0..2 {
+        w.tensor(
+            &format!("blk.{i}.ffn_up.weight"),
+            &[1 << 30, 1 << 29],
+            GgmlType::F32,
+        );
+    }
+    let file = GgufFile::parse(&w.to_bytes()).unwrap();
+    let m = ModelShape::from_gguf(&file, None).unwrap();
+    let big = machine("big", MachineKind::Cuda, 80.0, 2000.0);
+    let cpu = machine("cpu", MachineKind::Cpu, 512.0, 100.0);
+    for ctx in [1, 8192, u64::MAX] {
+        let opts = FitOptions {
+            ctx,
+            kv_type: KvType::F16,
+        };
+        for m2 in [&big, &cpu] {
+            let f = estimate(&m, m2, &opts);
+            assert_eq!(f.verdict, Verdict::No, "{f:?}");
+            let _ = recommend(&m, m2, &opts);
+        }
+    }
+    // A command-line shape with absurd numbers.
+    let absurd = ShapeSpec {
+        params: u64::MAX,
+        active_params: None,
+        quant: FileType::Q4_K_M,
+        layers: 4_000_000_000,
+        kv_heads: u64::MAX,
+        head_dim: u64::MAX,
+        context_length: None,
+        vocab: Some(u64::MAX),
+        embedding_length: None,
+    };
+    assert!(ModelShape::from_spec(&absurd, 8192).is_err(), "4e9 layers");
+    let shape = ModelShape::from_spec(
+        &ShapeSpec {
+            layers: 80,
+            ..absurd
+        },
+        u64::MAX,
+    )
+    .unwrap();
+    let f = estimate(
+        &shape,
+        &big,
+        &FitOptions {
+            ctx: u64::MAX,
+            kv_type: KvType::Q8_0,
+        },
+    );
+    assert_eq!(f.verdict, Verdict::No);
 }

@@ -35,7 +35,7 @@ use governance::{ApprovalQueue, SessionPolicy};
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the supervisor (from config files and the environment).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct FleetConfig {
     /// Model used when a request names none.
     pub default_model: Option<String>,
@@ -125,6 +125,22 @@ impl ModelClient for LazyBedrock {
                 .map_err(|e| flotilla_models::ModelError::Config(e.clone()))?;
             client.chat(request).await
         })
+    }
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |k: &Option<String>| k.as_ref().map(|_| "<redacted>");
+        f.debug_struct("FleetConfig")
+            .field("default_model", &self.default_model)
+            .field("default_limits", &self.default_limits)
+            .field("openai_base_url", &self.openai_base_url)
+            .field("openai_api_key", &redacted(&self.openai_api_key))
+            .field("anthropic_base_url", &self.anthropic_base_url)
+            .field("anthropic_api_key", &redacted(&self.anthropic_api_key))
+            .field("roles", &self.roles)
+            .field("machines", &self.machines)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,14 +252,33 @@ pub enum FleetError {
 struct Running {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    /// The machine its model was placed on: it holds one of its slots.
-    machine: Option<String>,
+}
+
+/// The machine slots held by session loops, by session.
+type Slots = Arc<Mutex<HashMap<SessionId, String>>>;
+
+/// A loop's hold on its machine's slot: released when the loop's task
+/// ends, however it ends (an answer, a cancel, a failure, a panic, an
+/// abort at shutdown), not when the loop is merely asked to stop.
+struct SlotHold {
+    slots: Slots,
+    session: SessionId,
+}
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.remove(&self.session);
+        }
+    }
 }
 
 /// Runs the sessions of one daemon.
 pub struct Supervisor {
     /// Held from placing a session on a machine until its loop holds the slot.
     placing: tokio::sync::Mutex<()>,
+    /// Machine slots held by running loops.
+    slots: Slots,
     store: Store,
     config: FleetConfig,
     executors: Arc<dyn ExecutorFactory>,
@@ -313,6 +348,7 @@ impl Supervisor {
         });
         Arc::new(Supervisor {
             placing: tokio::sync::Mutex::new(()),
+            slots: Arc::new(Mutex::new(HashMap::new())),
             store,
             config,
             executors,
@@ -388,15 +424,11 @@ impl Supervisor {
             ctx,
             kv_type: KvType::F16,
         };
-        let busy: HashMap<String, u32> = match self.running.lock() {
-            Ok(r) => {
-                r.values()
-                    .filter_map(|r| r.machine.clone())
-                    .fold(HashMap::new(), |mut acc, m| {
-                        *acc.entry(m).or_default() += 1;
-                        acc
-                    })
-            }
+        let busy: HashMap<String, u32> = match self.slots.lock() {
+            Ok(s) => s.values().fold(HashMap::new(), |mut acc, m| {
+                *acc.entry(m.clone()).or_default() += 1;
+                acc
+            }),
             Err(_) => return Err("supervisor state poisoned".into()),
         };
         let mut best: Option<(f64, &Machine)> = None;
@@ -535,13 +567,15 @@ impl Supervisor {
             wall_time_secs: req.wall_time_secs.unwrap_or(d.wall_time_secs),
             context_window: req.context_window.unwrap_or(d.context_window),
         };
-        // A role with a model file and no endpoint: place it. Placements
-        // are made one at a time, each seeing the slots the last one took.
-        let _placing = self.placing.lock().await;
+        // A role with a model file and no endpoint (and no other model
+        // asked for): place it. Placements are made one at a time, each
+        // seeing the slots the last one took.
+        let mut _placing = None;
         let mut machine = None;
         let mut base_url = base_url;
         if let Some((name, r)) = &role {
-            if let (Some(gguf), None) = (&r.gguf, &base_url) {
+            if let (Some(gguf), None, None) = (&r.gguf, &base_url, &req.model) {
+                _placing = Some(self.placing.lock().await);
                 let ctx = r.ctx.unwrap_or(limits.context_window);
                 let (m, endpoint) = self
                     .place(name, gguf, ctx)
@@ -775,7 +809,21 @@ impl Supervisor {
         if running.contains_key(id) {
             return Ok(());
         }
+        // The slot is held from now until the task ends.
+        let hold = match machine {
+            Some(m) => {
+                if let Ok(mut slots) = self.slots.lock() {
+                    slots.insert(id.clone(), m);
+                }
+                Some(SlotHold {
+                    slots: self.slots.clone(),
+                    session: id.clone(),
+                })
+            }
+            None => None,
+        };
         let task = tokio::spawn(async move {
+            let _hold = hold;
             // The session's sandbox is built at its first command and lives
             // as long as this task: dropping the executor ends it and every
             // process in it. What cannot work at all fails the session now.
@@ -814,14 +862,7 @@ impl Supervisor {
                 }
             }
         });
-        running.insert(
-            id.clone(),
-            Running {
-                cancel,
-                task,
-                machine,
-            },
-        );
+        running.insert(id.clone(), Running { cancel, task });
         Ok(())
     }
 

@@ -586,9 +586,12 @@ impl WireUsage {
 
     fn usage(&self) -> Usage {
         Usage {
-            prompt_tokens: self.input_tokens.unwrap_or(0)
-                + self.cache_creation_input_tokens.unwrap_or(0)
-                + self.cache_read_input_tokens.unwrap_or(0),
+            // Counts from the server: saturate rather than wrap or panic.
+            prompt_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0)),
             completion_tokens: self.output_tokens.unwrap_or(0),
         }
     }

@@ -29,7 +29,9 @@ pub struct ChainLink {
 /// Tries a chain of models in order within one attempt.
 ///
 /// The first link is the primary. On any failure of a link the next one is
-/// asked; the first answer wins and names its model. If every link fails,
+/// asked; the first answer wins, and an answer of a fallback names its
+/// model (even when it is the primary's model at another endpoint, the
+/// answer is marked as a fallback's). If every link fails,
 /// the primary's error is returned (it is the one the loop's retry policy
 /// should judge: a fallback's refusal says nothing about whether waiting
 /// for the primary helps), with the others' reasons appended.
@@ -62,12 +64,12 @@ impl ModelClient for FallbackClient {
         Box::pin(async move {
             let mut first: Option<ModelError> = None;
             let mut others: Vec<String> = Vec::new();
-            for link in &self.links {
+            for (n, link) in self.links.iter().enumerate() {
                 let mut req = request.clone();
                 req.model = link.model.clone();
                 match link.client.chat(&req).await {
                     Ok(mut response) => {
-                        response.model = Some(link.spec.clone());
+                        response.model = (n > 0).then(|| link.spec.clone());
                         return Ok(response);
                     }
                     Err(e) => {
@@ -228,6 +230,26 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("openai:mid"));
         assert_eq!(*a.asked.lock().unwrap(), vec!["big"]);
         assert!(c.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_primary_answer_is_not_marked() {
+        let chain = FallbackClient::new(vec![
+            link("openai:same", fake(None)),
+            link("openai:same", fake(None)),
+        ])
+        .unwrap();
+        assert_eq!(chain.chat(&request()).await.unwrap().model, None);
+        let chain = FallbackClient::new(vec![
+            link("openai:same", fake(Some(503))),
+            link("openai:same", fake(None)),
+        ])
+        .unwrap();
+        assert_eq!(
+            chain.chat(&request()).await.unwrap().model.as_deref(),
+            Some("openai:same"),
+            "the same model at another endpoint is still a fallback's answer"
+        );
     }
 
     #[tokio::test]

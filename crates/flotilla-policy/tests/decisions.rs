@@ -168,6 +168,21 @@ hard_deny = ["Shell(rm -rf /*)", "Fetch(domain:pastebin.com)"]
 allowed_modes = ["plan", "ask", "accept-edits", "auto", "bypass"]
 "#;
 
+/// Raw Cedar over every attribute and context key the engine provides: a
+/// row that must be allowed proves the attribute is there (a missing one is
+/// an evaluation error, and errors deny).
+const RAW_ATTRS: &str = r#"[permissions]
+allowed_modes = ["plan", "ask", "accept-edits", "auto", "bypass"]
+mfa_window = "1h"
+cedar = '''
+forbid(principal, action == Action::"Fetch", resource) when { resource.domain == "evil.example.com" };
+forbid(principal, action == Action::"Shell", resource) when { context.mode == "auto" && resource.command like "make release*" };
+forbid(principal, action == Action::"Edit", resource) when { resource.path like "*/secrets/*" && !principal.vetted.contains("ops") };
+forbid(principal, action == Action::"Shell", resource) when { resource.command like "deploy*" && !context.mfa_fresh };
+forbid(principal, action == Action::"Read", resource) when { resource.workspace == "/definitely/not/the/workspace" };
+'''
+"#;
+
 const ADMIN_TIERS: &str = r#"[permissions]
 allowed_modes = ["plan", "ask", "accept-edits", "auto", "bypass"]
 mfa_window = "1h"
@@ -330,6 +345,16 @@ fn table() -> Vec<Row> {
         // --- raw Cedar from the admin
         row("raw cedar forbid", admin("[permissions]\ncedar = '''\nforbid(principal, action == Action::\"Shell\", resource) when { resource.command like \"*curl*\" };\n'''", "auto"), "Shell", "curl x", DENY).by("admin"),
         row("raw cedar ask", admin("[permissions]\ncedar = '''\n@ask(\"docs\") permit(principal, action == Action::\"Edit\", resource) when { resource.path like \"*/docs/*\" };\n'''", "auto"), "Edit", "docs/a.md", ASK).by("admin"),
+        row("raw cedar: resource.domain", admin(RAW_ATTRS, "auto"), "Fetch", "evil.example.com", DENY).by("admin"),
+        row("raw cedar: resource.domain, other", admin(RAW_ATTRS, "auto"), "Fetch", "good.example.com", ALLOW),
+        row("raw cedar: context.mode auto", admin(RAW_ATTRS, "auto"), "Shell", "make release now", DENY).by("admin"),
+        row("raw cedar: context.mode ask", admin(RAW_ATTRS, "ask"), "Shell", "make release now", ASK),
+        row("raw cedar: resource.command, other", admin(RAW_ATTRS, "auto"), "Shell", "make test", ALLOW),
+        row("raw cedar: principal.vetted, not", admin(RAW_ATTRS, "auto"), "Edit", "secrets/key.txt", DENY).by("admin"),
+        row("raw cedar: principal.vetted, yes", admin(RAW_ATTRS, "auto"), "Edit", "secrets/key.txt", ALLOW).who(&["ops"], None),
+        row("raw cedar: context.mfa_fresh, stale", admin(RAW_ATTRS, "auto"), "Shell", "deploy prod", DENY).by("admin"),
+        row("raw cedar: context.mfa_fresh, fresh", admin(RAW_ATTRS, "auto"), "Shell", "deploy prod", ALLOW).who(&[], Some(1000)),
+        row("raw cedar: resource.workspace is there", admin(RAW_ATTRS, "auto"), "Read", "a.txt", ALLOW),
         row("raw cedar leaves the rest", admin("[permissions]\ncedar = '''\nforbid(principal, action == Action::\"Shell\", resource) when { resource.command like \"*curl*\" };\n'''", "auto"), "Shell", "wget x", ALLOW),
     ]
 }
