@@ -1,8 +1,7 @@
 //! [`MockAnthropicServer`]: the scripted mock speaking the Anthropic
 //! Messages protocol.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,8 +16,8 @@ use serde_json::Value;
 use crate::anthropic_wire::{self as wire, AnthropicInfo};
 use crate::script::{Failure, Reply, Script};
 use crate::serve::{
-    lock, recorded_request, reset_connection, sse_response, ConnectionAbort, RecordedRequest,
-    Running, Steps,
+    lock, recorded_request, recording_mock_api, reset_connection, sse_response, ConnectionAbort,
+    Running, Shared,
 };
 use crate::wire::{turns_marker, Answer};
 
@@ -56,82 +55,13 @@ pub struct MockAnthropicServer {
     running: Running,
 }
 
-impl std::fmt::Debug for MockAnthropicServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockAnthropicServer")
-            .field("addr", &self.running.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Shared {
-    steps: Steps,
-    requests: Mutex<Vec<RecordedRequest>>,
-}
-
-impl Shared {
-    fn new(script: Script) -> Arc<Shared> {
-        Arc::new(Shared {
-            steps: Steps::new(script),
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-}
+recording_mock_api!(MockAnthropicServer, "mock-anthropic", router);
 
 impl MockAnthropicServer {
-    /// Starts the server on a free port, on the current tokio runtime.
-    pub async fn start(script: Script) -> anyhow::Result<MockAnthropicServer> {
-        MockAnthropicServer::start_on_port(script, 0).await
-    }
-
-    /// Starts the server on `127.0.0.1:port` (0: any free port), on the
-    /// current tokio runtime.
-    pub async fn start_on_port(script: Script, port: u16) -> anyhow::Result<MockAnthropicServer> {
-        let shared = Shared::new(script);
-        let running = Running::start(router(shared.clone()), port, "mock-anthropic").await?;
-        Ok(MockAnthropicServer { shared, running })
-    }
-
-    /// Starts the server on its own runtime in a background thread, for
-    /// synchronous tests (e.g. ones that drive the CLI binary).
-    pub fn start_blocking(script: Script) -> anyhow::Result<MockAnthropicServer> {
-        let shared = Shared::new(script);
-        let running = Running::start_blocking(router(shared.clone()), "mock-anthropic")?;
-        Ok(MockAnthropicServer { shared, running })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
     /// `http://127.0.0.1:PORT`, the value for `ANTHROPIC_BASE_URL` (the
     /// client adds `/v1/messages`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.running.addr)
-    }
-
-    /// Every request received so far (headers and body), in arrival order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
-    }
-
-    /// The bodies of every request received so far, in arrival order.
-    pub fn bodies(&self) -> Vec<Value> {
-        lock(&self.shared.requests)
-            .iter()
-            .map(|request| request.body.clone())
-            .collect()
-    }
-
-    /// How many requests were received.
-    pub fn request_count(&self) -> usize {
-        lock(&self.shared.requests).len()
-    }
-
-    /// Stops the server and closes every connection.
-    pub fn shutdown(self) {
-        drop(self);
     }
 }
 

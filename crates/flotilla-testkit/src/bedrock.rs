@@ -2,8 +2,7 @@
 //! Runtime Converse protocol.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +19,7 @@ use serde_json::Value;
 use crate::bedrock_wire::{self as wire, BedrockInfo};
 use crate::script::{Failure, Reply, Script};
 use crate::serve::{
-    lock, recorded_request, reset_connection, ConnectionAbort, RecordedRequest, Running, Steps,
+    lock, recorded_request, recording_mock_api, reset_connection, ConnectionAbort, Running, Shared,
 };
 use crate::wire::{turns_marker, Answer};
 
@@ -73,83 +72,13 @@ pub struct MockBedrockServer {
     running: Running,
 }
 
-impl std::fmt::Debug for MockBedrockServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockBedrockServer")
-            .field("addr", &self.running.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Shared {
-    steps: Steps,
-    requests: Mutex<Vec<RecordedRequest>>,
-}
-
-impl Shared {
-    fn new(script: Script) -> Arc<Shared> {
-        Arc::new(Shared {
-            steps: Steps::new(script),
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-}
+recording_mock_api!(MockBedrockServer, "mock-bedrock", router);
 
 impl MockBedrockServer {
-    /// Starts the server on a free port, on the current tokio runtime.
-    pub async fn start(script: Script) -> anyhow::Result<MockBedrockServer> {
-        MockBedrockServer::start_on_port(script, 0).await
-    }
-
-    /// Starts the server on `127.0.0.1:port` (0: any free port), on the
-    /// current tokio runtime.
-    pub async fn start_on_port(script: Script, port: u16) -> anyhow::Result<MockBedrockServer> {
-        let shared = Shared::new(script);
-        let running = Running::start(router(shared.clone()), port, "mock-bedrock").await?;
-        Ok(MockBedrockServer { shared, running })
-    }
-
-    /// Starts the server on its own runtime in a background thread, for
-    /// synchronous tests (e.g. ones that drive the CLI binary).
-    pub fn start_blocking(script: Script) -> anyhow::Result<MockBedrockServer> {
-        let shared = Shared::new(script);
-        let running = Running::start_blocking(router(shared.clone()), "mock-bedrock")?;
-        Ok(MockBedrockServer { shared, running })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
     /// `http://127.0.0.1:PORT`, the endpoint URL for the AWS SDK
     /// (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`; the SDK adds `/model/...`).
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.running.addr)
-    }
-
-    /// Every request received so far (path, headers and body), in arrival
-    /// order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
-    }
-
-    /// The bodies of every request received so far, in arrival order.
-    pub fn bodies(&self) -> Vec<Value> {
-        lock(&self.shared.requests)
-            .iter()
-            .map(|request| request.body.clone())
-            .collect()
-    }
-
-    /// How many requests were received.
-    pub fn request_count(&self) -> usize {
-        lock(&self.shared.requests).len()
-    }
-
-    /// Stops the server and closes every connection.
-    pub fn shutdown(self) {
-        drop(self);
     }
 }
 

@@ -283,3 +283,90 @@ pub(crate) fn recorded_request(
         },
     }
 }
+
+/// What a recording mock's handlers share: the script's steps and every
+/// request received.
+pub(crate) struct Shared {
+    pub(crate) steps: Steps,
+    pub(crate) requests: Mutex<Vec<RecordedRequest>>,
+}
+
+impl Shared {
+    pub(crate) fn new(script: Script) -> Arc<Shared> {
+        Arc::new(Shared {
+            steps: Steps::new(script),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+/// The public API every recording mock has (`MockAnthropicServer`,
+/// `MockBedrockServer`): start (async, on a port, or on its own runtime),
+/// its address, the requests recorded, shutdown. `$router` builds the
+/// protocol's routes over the shared state; `$name` names its threads.
+macro_rules! recording_mock_api {
+    ($mock:ident, $name:literal, $router:path) => {
+        impl std::fmt::Debug for $mock {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($mock))
+                    .field("addr", &self.running.addr)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl $mock {
+            /// Starts the server on a free port, on the current tokio runtime.
+            pub async fn start(script: Script) -> anyhow::Result<$mock> {
+                $mock::start_on_port(script, 0).await
+            }
+
+            /// Starts the server on `127.0.0.1:port` (0: any free port), on the
+            /// current tokio runtime.
+            pub async fn start_on_port(script: Script, port: u16) -> anyhow::Result<$mock> {
+                let shared = $crate::serve::Shared::new(script);
+                let running =
+                    $crate::serve::Running::start($router(shared.clone()), port, $name).await?;
+                Ok($mock { shared, running })
+            }
+
+            /// Starts the server on its own runtime in a background thread, for
+            /// synchronous tests (e.g. ones that drive the CLI binary).
+            pub fn start_blocking(script: Script) -> anyhow::Result<$mock> {
+                let shared = $crate::serve::Shared::new(script);
+                let running =
+                    $crate::serve::Running::start_blocking($router(shared.clone()), $name)?;
+                Ok($mock { shared, running })
+            }
+
+            /// The address it listens on.
+            pub fn addr(&self) -> std::net::SocketAddr {
+                self.running.addr
+            }
+
+            /// Every request received so far (path, headers and body), in
+            /// arrival order.
+            pub fn requests(&self) -> Vec<$crate::serve::RecordedRequest> {
+                $crate::serve::lock(&self.shared.requests).clone()
+            }
+
+            /// The bodies of every request received so far, in arrival order.
+            pub fn bodies(&self) -> Vec<serde_json::Value> {
+                $crate::serve::lock(&self.shared.requests)
+                    .iter()
+                    .map(|request| request.body.clone())
+                    .collect()
+            }
+
+            /// How many requests were received.
+            pub fn request_count(&self) -> usize {
+                $crate::serve::lock(&self.shared.requests).len()
+            }
+
+            /// Stops the server and closes every connection.
+            pub fn shutdown(self) {
+                drop(self);
+            }
+        }
+    };
+}
+pub(crate) use recording_mock_api;
