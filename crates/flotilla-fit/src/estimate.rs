@@ -664,12 +664,11 @@ pub fn estimate(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Mac
     let all_weights = model.weights_bytes();
     let all_kv = sum(kv.iter().copied());
     // The output head, read whole every token.
-    let head = model.output_bytes
-        + if model.tied_output {
-            model.input_bytes
-        } else {
-            0
-        };
+    let head = model.output_bytes.saturating_add(if model.tied_output {
+        model.input_bytes
+    } else {
+        0
+    });
     let per_token_all = sum(model.layer_active_bytes.iter().copied())
         .saturating_add(head)
         .saturating_add(sum(kv_read.iter().copied()));

@@ -423,3 +423,26 @@ fn absurd_shapes_neither_panic_nor_fit() {
     );
     assert_eq!(f.verdict, Verdict::No);
 }
+
+/// Found by the `gguf_estimate` fuzz target: a file whose tied output head
+/// and token embedding add past u64::MAX (overlapping tensor offsets).
+#[test]
+fn fuzz_regression_tied_head_overflow() {
+    let bytes = include_bytes!("data/estimate-overflow-1.gguf");
+    let file = GgufFile::parse(bytes).unwrap();
+    let m = ModelShape::from_gguf(&file, None).unwrap();
+    for kind in [MachineKind::Cuda, MachineKind::Metal, MachineKind::Cpu] {
+        let machine = machine("m", kind, 12.0, 300.0);
+        for ctx in [0, 1, 4096] {
+            let opts = FitOptions {
+                ctx,
+                kv_type: KvType::F16,
+            };
+            let f = estimate(&m, &machine, &opts);
+            if f.verdict != Verdict::No {
+                assert!(f.total_bytes <= f.memory_budget_bytes, "{f:?}");
+            }
+            let _ = recommend(&m, &machine, &opts);
+        }
+    }
+}
