@@ -783,16 +783,7 @@ pub struct Recommendation {
 /// The highest-quality quantization of `model` that fits `machine` fully,
 /// else the one that offloads the most layers.
 pub fn recommend(model: &ModelShape, machine: &Machine, opts: &FitOptions) -> Recommendation {
-    let ladder = [
-        FileType::F16,
-        FileType::Q8_0,
-        FileType::Q6_K,
-        FileType::Q5_K_M,
-        FileType::Q4_K_M,
-        FileType::Q3_K_M,
-        FileType::Q2_K,
-    ];
-    let fits: Vec<(FileType, MachineFit)> = ladder
+    let fits: Vec<(FileType, MachineFit)> = FileType::LADDER
         .iter()
         .map(|&ft| (ft, estimate(&model.requantized(ft), machine, opts)))
         .collect();

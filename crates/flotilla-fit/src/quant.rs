@@ -68,13 +68,13 @@ impl FileType {
 
     /// The ones a recommendation chooses among, best quality first.
     pub const LADDER: [FileType; 7] = [
+        FileType::F16,
         FileType::Q8_0,
         FileType::Q6_K,
         FileType::Q5_K_M,
         FileType::Q4_K_M,
         FileType::Q3_K_M,
         FileType::Q2_K,
-        FileType::F16,
     ];
 
     /// The name `llama-quantize` and file names use (`Q4_K_M`).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::anthropic_wire::{self as wire, AnthropicInfo};
 use crate::script::{Failure, Reply, Script};
 use crate::serve::{
-    lock, recorded_request, recording_mock_api, reset_connection, sse_response, ConnectionAbort,
-    Running, Shared,
+    lock, recorded_request, recording_mock_api, reset_connection, scripted_status, sse_response,
+    ConnectionAbort, Running, Shared,
 };
 use crate::wire::{turns_marker, Answer};
 
@@ -80,32 +80,13 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 fn status_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = if body.is_empty() {
+    scripted_status(status, retry_after_secs, body, |code| {
         let message = match status {
             529 => "Overloaded".to_owned(),
             _ => format!("mock failure: HTTP {status}"),
         };
         error_response(code, &message)
-    } else {
-        let content_type = if serde_json::from_str::<Value>(body).is_ok() {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        (
-            code,
-            [(header::CONTENT_TYPE, content_type)],
-            body.to_owned(),
-        )
-            .into_response()
-    };
-    if let Some(secs) = retry_after_secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    })
 }
 
 fn answer(info: &AnthropicInfo, answer: &Answer<'_>) -> Response {

@@ -19,7 +19,8 @@ use serde_json::Value;
 use crate::bedrock_wire::{self as wire, BedrockInfo};
 use crate::script::{Failure, Reply, Script};
 use crate::serve::{
-    lock, recorded_request, recording_mock_api, reset_connection, ConnectionAbort, Running, Shared,
+    lock, recorded_request, recording_mock_api, reset_connection, scripted_status, ConnectionAbort,
+    Running, Shared,
 };
 use crate::wire::{turns_marker, Answer};
 
@@ -117,31 +118,15 @@ fn validation_error(message: &str) -> Response {
 }
 
 fn status_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let name = wire::exception_name(status);
-    let mut response = if body.is_empty() {
+    let mut response = scripted_status(status, retry_after_secs, body, |code| {
         exception_response(code, name, &wire::default_message(status))
-    } else {
-        let content_type = if serde_json::from_str::<Value>(body).is_ok() {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        let mut response = (
-            code,
-            [(header::CONTENT_TYPE, content_type)],
-            body.to_owned(),
-        )
-            .into_response();
+    });
+    // A scripted body still names its exception, as the service does.
+    if !body.is_empty() {
         if let Ok(value) = HeaderValue::from_str(&wire::error_type_header(name)) {
             response.headers_mut().insert("x-amzn-errortype", value);
         }
-        response
-    };
-    if let Some(secs) = retry_after_secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

@@ -370,3 +370,38 @@ macro_rules! recording_mock_api {
     };
 }
 pub(crate) use recording_mock_api;
+
+/// The answer to a scripted HTTP failure: the scripted body as given (JSON
+/// or text), or the protocol's own error answer (`empty`) when there is
+/// none; with `Retry-After` when the script sets it.
+pub(crate) fn scripted_status(
+    status: u16,
+    retry_after_secs: Option<u64>,
+    body: &str,
+    empty: impl FnOnce(axum::http::StatusCode) -> Response,
+) -> Response {
+    use axum::response::IntoResponse as _;
+    let code = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = if body.is_empty() {
+        empty(code)
+    } else {
+        let content_type = if serde_json::from_str::<Value>(body).is_ok() {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        (
+            code,
+            [(header::CONTENT_TYPE, content_type)],
+            body.to_owned(),
+        )
+            .into_response()
+    };
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}

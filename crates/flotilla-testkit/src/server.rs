@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -14,7 +14,9 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::script::{Failure, Reply, Script};
-use crate::serve::{lock, reset_connection, sse_response, ConnectionAbort, Running, Steps};
+use crate::serve::{
+    lock, reset_connection, scripted_status, sse_response, ConnectionAbort, Running, Steps,
+};
 use crate::wire::{self, Answer, RequestInfo};
 
 /// A scripted model server speaking the OpenAI Chat Completions protocol on
@@ -199,27 +201,8 @@ fn answer(info: &RequestInfo, answer: &Answer<'_>) -> Response {
 }
 
 fn status_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = if body.is_empty() {
+    scripted_status(status, retry_after_secs, body, |code| {
         let message = format!("mock failure: HTTP {status}");
         (code, Json(wire::error_body(&message, "mock_error"))).into_response()
-    } else {
-        let content_type = if serde_json::from_str::<Value>(body).is_ok() {
-            "application/json"
-        } else {
-            "text/plain; charset=utf-8"
-        };
-        (
-            code,
-            [(header::CONTENT_TYPE, content_type)],
-            body.to_owned(),
-        )
-            .into_response()
-    };
-    if let Some(secs) = retry_after_secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    })
 }
