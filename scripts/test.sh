@@ -19,6 +19,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi
 fi
 
+# Incremental caches only pay off across edits; in a one-shot run they are
+# gigabytes of disk for nothing.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
