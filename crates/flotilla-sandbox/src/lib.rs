@@ -29,6 +29,7 @@ pub mod cgroup;
 pub mod control;
 pub mod forwarder;
 mod handle;
+pub mod hook;
 pub mod init;
 pub mod landlock_rules;
 pub mod mounts;
