@@ -94,6 +94,17 @@ pub struct AgentRun {
     pub resume: bool,
     /// Governance of tool calls; `None` runs every call (tests, benchmarks).
     pub policy: Option<Arc<dyn CallPolicy>>,
+    /// Applied to every event before it is appended (the vault's redaction
+    /// of granted secret values); `None` stores events as they are.
+    pub redact: Option<Arc<dyn EventFilter>>,
+}
+
+/// Rewrites events before they are stored: the one funnel through which
+/// tool output, model replies and everything else reach the log (and from
+/// the log, the model and the API).
+pub trait EventFilter: Send + Sync {
+    /// Rewrites `event` in place.
+    fn filter(&self, event: &mut EventKind);
 }
 
 /// Reads a whole session log.
@@ -130,7 +141,12 @@ impl Loop {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let events = std::mem::take(&mut self.buffer);
+        let mut events = std::mem::take(&mut self.buffer);
+        if let Some(redact) = &self.run.redact {
+            for event in &mut events {
+                redact.filter(event);
+            }
+        }
         let appended = self.run.store.append(&self.run.session, events).await?;
         for e in &appended {
             self.conv.apply(e);

@@ -79,6 +79,7 @@ impl Harness {
             cancel,
             resume: false,
             policy: None,
+            redact: None,
         }
     }
 }

@@ -199,6 +199,7 @@ pub async fn run_session(
         cancel: CancellationToken::new(),
         resume: false,
         policy: None,
+        redact: None,
     })
     .await
     .with_context(|| format!("agent loop of {session}"))?;

@@ -155,6 +155,11 @@ pub struct NetworkSection {
     /// Domains always refused (deny wins over allow).
     #[serde(default)]
     pub deny: Vec<String>,
+    /// More root certificates (PEM files) the proxy trusts for the upstream
+    /// side of intercepted TLS (sessions with granted secrets), besides the
+    /// system's: a corporate CA, or a test server's.
+    #[serde(default)]
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 /// `[limits]`

@@ -7,6 +7,7 @@ mod policy_cmd;
 mod principal_cmd;
 mod render;
 mod sandbox_cmd;
+mod secrets_cmd;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -98,6 +99,12 @@ enum Command {
     Fit(fit_cmd::FitArgs),
     /// This machine (GPUs detected, else RAM) and the [[machines]] of the config.
     Machines(fit_cmd::MachinesArgs),
+    /// Manage secrets that sessions use without seeing them (`add`, `list`, `rm`).
+    #[command(after_help = secrets_cmd::SECRETS_HELP)]
+    Secrets {
+        #[command(subcommand)]
+        command: secrets_cmd::SecretsCommand,
+    },
     /// Manage the daemon.
     Daemon {
         #[command(subcommand)]
@@ -133,6 +140,12 @@ struct RunArgs {
     /// unless the role says `frontier = true`.
     #[arg(long)]
     role: Option<String>,
+    /// Let the session use a secret of the vault:
+    /// NAME[:ttl=2h][:host=H][:method=GET,POST][:path=/prefix]. Its sandbox
+    /// sees a placeholder; the proxy sends the value to the granted hosts
+    /// only. Repeat for several.
+    #[arg(long = "grant", value_name = "SPEC")]
+    grants: Vec<String>,
     /// Print the session id and return at once.
     #[arg(long, short = 'd')]
     detach: bool,
@@ -266,6 +279,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy { command } => policy_cmd::policy(&paths, command),
         Command::Fit(args) => fit_cmd::fit(&paths, args),
         Command::Machines(args) => fit_cmd::list(&paths, args),
+        Command::Secrets { command } => secrets_cmd::secrets(&paths, command).await,
         Command::Approvals(args) => policy_cmd::approvals(&paths, args).await,
         Command::Approve(args) => policy_cmd::approve(&paths, args).await,
         Command::Deny(args) => policy_cmd::deny(&paths, args).await,
@@ -321,12 +335,34 @@ fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxF
             .with_context(|| format!("cannot create {}", socket_dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        // The daemon's CA: sessions with granted secrets have their TLS
+        // intercepted with it (and trust it through SSL_CERT_FILE & co.).
+        let (ca, ca_bundle) = match flotilla_sandbox::ca::CertAuthority::load_or_create(
+            &paths.data_dir.join("ca"),
+        ) {
+            Ok(ca) => {
+                let bundle = socket_dir.join("ca-bundle.pem");
+                match ca.write_bundle(&bundle) {
+                    Ok(()) => (Some(Arc::new(ca)), Some(bundle)),
+                    Err(e) => {
+                        tracing::error!(path = %bundle.display(), error = %e, "cannot write the CA bundle; granted secrets cannot be used");
+                        (None, None)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no CA for the egress proxy; granted secrets cannot be used");
+                (None, None)
+            }
+        };
         Some(ProxySettings {
             policy: flotilla_sandbox::proxy::DomainPolicy::new(
                 &cfg.sandbox.network.allow,
                 &cfg.sandbox.network.deny,
             )?,
             socket_dir,
+            ca,
+            ca_bundle,
         })
     } else {
         None
@@ -378,6 +414,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         context_window: args.context_window,
         permissions: Some(args.permissions.into_permissions()),
         role: args.role,
+        grants: args.grants,
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client

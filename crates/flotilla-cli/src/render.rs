@@ -201,6 +201,28 @@ pub fn event_line(e: &Event) -> String {
         }
         EventKind::CancelRequested { by } => format!("cancel    requested by {by}"),
         EventKind::FinalAnswer { text } => format!("answer    {text}"),
+        EventKind::SecretsGranted { grants } => {
+            let list: Vec<String> = grants
+                .iter()
+                .map(|g| {
+                    let ttl = match g.expires_at_ms {
+                        Some(t) => format!(" until {}", crate::render::clock(t as i64)),
+                        None => String::new(),
+                    };
+                    format!("{} (${}) for {}{ttl}", g.secret, g.env, g.hosts.join(","))
+                })
+                .collect();
+            format!("secrets   granted {}", list.join("; "))
+        }
+        EventKind::SecretUsed { record } => format!(
+            "secret    {} {} {} {}{}: {}",
+            record.secret,
+            if record.allowed { "sent" } else { "BLOCKED" },
+            record.method,
+            record.host,
+            record.path,
+            clip(&record.reason, 200)
+        ),
     };
     head + &body
 }

@@ -333,6 +333,8 @@ async fn a_session_with_the_proxy_reaches_only_allowed_hosts() {
         Some(ProxySettings {
             policy: flotilla_sandbox::proxy::DomainPolicy::new(&["localhost".into()], &[]).unwrap(),
             socket_dir: sockets.path().to_path_buf(),
+            ca: None,
+            ca_bundle: None,
         }),
     );
     let session = factory.for_session(ws.path()).await.unwrap();

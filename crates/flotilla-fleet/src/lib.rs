@@ -10,6 +10,7 @@
 //!   the log when the log can be written at all.
 
 mod governance;
+mod secrets;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -288,6 +289,11 @@ pub struct Supervisor {
     queue: Arc<ApprovalQueue>,
     policies: Mutex<HashMap<SessionId, Arc<SessionPolicy>>>,
     principals: OnceLock<PrincipalLookup>,
+    /// The secrets vault (set once by the daemon); `Err` says why it is
+    /// unusable (a missing or wrong key).
+    vault: OnceLock<Result<Arc<flotilla_vault::store::Vault>, String>>,
+    /// The grants of sessions whose loop runs now.
+    grants: Mutex<HashMap<SessionId, Vec<flotilla_protocol::SecretGrant>>>,
 }
 
 impl Supervisor {
@@ -358,6 +364,8 @@ impl Supervisor {
             queue: Arc::new(ApprovalQueue::default()),
             policies: Mutex::new(HashMap::new()),
             principals: OnceLock::new(),
+            vault: OnceLock::new(),
+            grants: Mutex::new(HashMap::new()),
         })
     }
 
@@ -365,6 +373,33 @@ impl Supervisor {
     /// once, by the daemon).
     pub fn set_principal_lookup(&self, lookup: PrincipalLookup) {
         let _ = self.principals.set(lookup);
+    }
+
+    /// Gives the supervisor the daemon's vault (set once), or why there is
+    /// none: sessions with `--grant` are then refused with that reason.
+    pub fn set_vault(&self, vault: Result<Arc<flotilla_vault::store::Vault>, String>) {
+        let _ = self.vault.set(vault);
+    }
+
+    /// The vault, or why it cannot be used.
+    pub fn vault(&self) -> Result<Arc<flotilla_vault::store::Vault>, String> {
+        match self.vault.get() {
+            Some(v) => v.clone(),
+            None => Err("this daemon has no vault".to_owned()),
+        }
+    }
+
+    /// The grants held by sessions whose loop runs now.
+    pub fn grant_holders(&self) -> Vec<(SessionId, flotilla_protocol::SecretGrant)> {
+        let Ok(all) = self.grants.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = all
+            .iter()
+            .flat_map(|(id, gs)| gs.iter().map(move |g| (id.clone(), g.clone())))
+            .collect();
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        out
     }
 
     /// The store.
@@ -633,11 +668,20 @@ impl Supervisor {
             let cli = req.permissions.clone().unwrap_or_default();
             build_engine(policy, &workspace, &cli, &[]).map_err(FleetError::BadRequest)?;
         }
+        let grants = if req.grants.is_empty() {
+            Vec::new()
+        } else {
+            let vault = self
+                .vault()
+                .map_err(|e| FleetError::BadRequest(format!("secrets cannot be granted: {e}")))?;
+            let specs = req.grants.clone();
+            tokio::task::spawn_blocking(move || secrets::issue(&vault, &specs))
+                .await
+                .map_err(|e| FleetError::BadRequest(format!("checking grants failed: {e}")))?
+                .map_err(FleetError::BadRequest)?
+        };
         let id = SessionId::generate();
-        self.store
-            .append(
-                &id,
-                vec![EventKind::SessionCreated {
+        let mut first = vec![EventKind::SessionCreated {
                     task: req.task,
                     model: spec.to_string(),
                     workspace: workspace.to_string_lossy().into_owned(),
@@ -648,9 +692,11 @@ impl Supervisor {
                     role: role.map(|(name, _)| name),
                     fallbacks,
                     machine,
-                }],
-            )
-            .await?;
+                }];
+        if !grants.is_empty() {
+            first.push(EventKind::SecretsGranted { grants });
+        }
+        self.store.append(&id, first).await?;
         self.start(&id, false).await?;
         self.get(&id).await
     }
@@ -734,6 +780,7 @@ impl Supervisor {
             permissions,
             fallbacks,
             machine,
+            grants,
         } = session_origin(&self.store, id).await?;
         let client = spec.and_then(|s| {
             let primary = ModelRoute {
@@ -789,6 +836,23 @@ impl Supervisor {
                 }
             }
         };
+        // Granted secrets: the proxy hook, the placeholders, the redaction.
+        let session_secrets = if grants.is_empty() {
+            None
+        } else {
+            match self.vault() {
+                Ok(vault) => Some(secrets::for_session(&vault, &self.store, id, &grants)),
+                Err(e) => {
+                    self.fail(id, format!("the session's granted secrets cannot be used: {e}"))
+                        .await;
+                    return Ok(());
+                }
+            }
+        };
+        let (network, redact) = match session_secrets {
+            Some(s) => (s.network, Some(s.redact)),
+            None => (Default::default(), None),
+        };
         let cancel = CancellationToken::new();
         let settings = AgentSettings {
             model_name: spec.model.clone(),
@@ -808,6 +872,11 @@ impl Supervisor {
             .map_err(|_| FleetError::BadRequest("supervisor state poisoned".into()))?;
         if running.contains_key(id) {
             return Ok(());
+        }
+        if !grants.is_empty() {
+            if let Ok(mut all) = self.grants.lock() {
+                all.insert(id.clone(), grants);
+            }
         }
         // The slot is held from now until the task ends.
         let hold = match machine {
@@ -836,6 +905,7 @@ impl Supervisor {
             let executor: Arc<dyn CommandExecutor> = Arc::new(LazyExecutor {
                 factory: me.executors.clone(),
                 workspace,
+                network,
                 store: me.store.clone(),
                 session: sid.clone(),
                 current: tokio::sync::Mutex::new(None),
@@ -849,6 +919,7 @@ impl Supervisor {
                 cancel: loop_cancel,
                 resume,
                 policy,
+                redact,
             };
             let outcome = run_agent(run).await;
             match outcome {
@@ -887,6 +958,9 @@ impl Supervisor {
         }
         if let Ok(mut p) = self.policies.lock() {
             p.remove(sid);
+        }
+        if let Ok(mut g) = self.grants.lock() {
+            g.remove(sid);
         }
         self.queue.forget_session(sid);
     }
@@ -1089,11 +1163,20 @@ struct Origin {
     permissions: Option<SessionPermissions>,
     fallbacks: Vec<ModelRoute>,
     machine: Option<String>,
+    grants: Vec<flotilla_protocol::SecretGrant>,
 }
 
 async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreError> {
-    let first = store.events(id, 0, 1).await?;
-    Ok(first
+    // `SessionCreated`, then `SecretsGranted` when the session has grants.
+    let first = store.events(id, 0, 2).await?;
+    let grants = first
+        .iter()
+        .find_map(|e| match &e.event {
+            EventKind::SecretsGranted { grants } => Some(grants.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let origin = first
         .into_iter()
         .find_map(|e| match e.event {
             EventKind::SessionCreated {
@@ -1109,10 +1192,12 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
                 permissions,
                 fallbacks,
                 machine,
+                grants: Vec::new(),
             }),
             _ => None,
         })
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok(Origin { grants, ..origin })
 }
 
 /// A session's command executor, built by the factory at the session's first
@@ -1122,6 +1207,8 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
 struct LazyExecutor {
     factory: Arc<dyn ExecutorFactory>,
     workspace: std::path::PathBuf,
+    /// The session's proxy hook and placeholder environment.
+    network: flotilla_agent::tools::SessionNetwork,
     store: Store,
     session: SessionId,
     current: tokio::sync::Mutex<Option<Arc<dyn CommandExecutor>>>,
@@ -1137,7 +1224,7 @@ impl LazyExecutor {
         }
         let built = self
             .factory
-            .for_session(&self.workspace)
+            .for_session_with(&self.workspace, self.network.clone())
             .await
             .map_err(|e| {
                 std::io::Error::other(format!("no sandbox for the session's commands: {e}"))

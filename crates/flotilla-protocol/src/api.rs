@@ -34,6 +34,103 @@ pub struct CreateSessionRequest {
     /// (unless `model` is given), endpoint and fallbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Secrets the session may use, in the CLI form
+    /// `NAME[:ttl=2h][:host=H][:method=GET,POST][:path=/prefix]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+}
+
+/// A secret as listed (`GET /v1/secrets`): never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// The name.
+    pub name: String,
+    /// Hosts it may be sent to.
+    pub hosts: Vec<String>,
+    /// Headers the proxy adds for those hosts, as `Name: value {secret}`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The variable holding the placeholder in a sandbox.
+    pub env: String,
+    /// Placeholders are also replaced in query strings.
+    #[serde(default)]
+    pub inject_query: bool,
+    /// Placeholders are also replaced in request bodies.
+    #[serde(default)]
+    pub inject_body: bool,
+    /// Plain `http://` is allowed.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// When it was added, ms since the epoch.
+    pub created_ms: u64,
+    /// Its last use through a proxy, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<u64>,
+    /// Uses so far.
+    #[serde(default)]
+    pub uses: u64,
+    /// Live sessions holding a grant of it.
+    #[serde(default)]
+    pub grants: Vec<SecretGrantHolder>,
+}
+
+/// A live session holding a grant of a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGrantHolder {
+    /// The session.
+    pub session: SessionId,
+    /// When the grant stops working, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// `GET /v1/secrets`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretList {
+    /// Secrets by name.
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// `POST /v1/secrets`: add (or with `replace`, overwrite) a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddSecretRequest {
+    /// `[a-z][a-z0-9_-]{0,63}`.
+    pub name: String,
+    /// Hosts: `example.com` or `*.example.com`.
+    pub hosts: Vec<String>,
+    /// Header templates, `Name: value with {secret}`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The sandbox variable; `NAME_TOKEN` upper-cased when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Replace placeholders in query strings too.
+    #[serde(default)]
+    pub inject_query: bool,
+    /// Replace placeholders in request bodies too.
+    #[serde(default)]
+    pub inject_body: bool,
+    /// Allow plain `http://`.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Overwrite a secret of that name.
+    #[serde(default)]
+    pub replace: bool,
+    /// The value. Sent once, over the daemon's socket; never returned.
+    pub value: String,
+}
+
+impl std::fmt::Debug for AddSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddSecretRequest")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .field("headers", &self.headers)
+            .field("env", &self.env)
+            .field("replace", &self.replace)
+            .field("value", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// A model and where to reach it.

@@ -229,6 +229,49 @@ impl SessionPermissions {
     }
 }
 
+/// One secret a session may use (`flotilla run --grant`), with the
+/// placeholder its sandbox sees instead of the value. The value itself is
+/// never in an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGrant {
+    /// The secret's name.
+    pub secret: String,
+    /// Hosts it may be sent to: `example.com` or `*.example.com`.
+    pub hosts: Vec<String>,
+    /// Methods allowed (upper case); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Path prefixes allowed; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_prefixes: Vec<String>,
+    /// When it stops working, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// What the sandbox sees instead of the value (`flotilla-ph-...`).
+    pub placeholder: String,
+    /// The environment variable holding the placeholder.
+    pub env: String,
+}
+
+/// One use (or blocked use) of a secret at the egress proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretUse {
+    /// When, in milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The secret's name.
+    pub secret: String,
+    /// The request's host.
+    pub host: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's path (never the query string: it may hold values).
+    pub path: String,
+    /// Whether the secret was sent.
+    pub allowed: bool,
+    /// Why (for a block: what refused it).
+    pub reason: String,
+}
+
 /// Everything that can happen to a session. Each variant is one event kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -431,6 +474,18 @@ pub enum EventKind {
         /// The answer.
         text: String,
     },
+    /// The secrets the session may use, checked against the vault when the
+    /// session was created (right after `SessionCreated`).
+    SecretsGranted {
+        /// The grants, with their placeholders.
+        grants: Vec<SecretGrant>,
+    },
+    /// A secret was used, or a use was blocked, at the session's egress proxy.
+    SecretUsed {
+        /// What happened.
+        #[serde(rename = "use")]
+        record: SecretUse,
+    },
 }
 
 impl EventKind {
@@ -455,6 +510,8 @@ impl EventKind {
             EventKind::ApprovalRefused { .. } => "approval_refused",
             EventKind::CancelRequested { .. } => "cancel_requested",
             EventKind::FinalAnswer { .. } => "final_answer",
+            EventKind::SecretsGranted { .. } => "secrets_granted",
+            EventKind::SecretUsed { .. } => "secret_used",
         }
     }
 }

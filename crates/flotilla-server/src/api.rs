@@ -42,7 +42,7 @@ pub struct AppState {
 pub struct ApiFailure(StatusCode, ApiError);
 
 impl ApiFailure {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiFailure(status, ApiError::new(code, message))
     }
 }
@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/stream", get(stream_events))
         .merge(crate::principals::routes())
         .merge(crate::approvals::routes())
+        .merge(crate::secrets::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -204,6 +205,17 @@ async fn create_session(
     axum::Extension(caller): axum::Extension<crate::principals::Caller>,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<flotilla_protocol::SessionInfo>), ApiFailure> {
+    if !req.grants.is_empty() && !caller.has_role("admin") {
+        return Err(ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "granting secrets (--grant) needs the admin role; {} has {}",
+                caller.name,
+                caller.roles.join(", ")
+            ),
+        ));
+    }
     let info = st.fleet.create(req, &caller.name).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }

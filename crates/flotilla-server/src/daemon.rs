@@ -197,6 +197,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         },
     )?;
     let fleet = Supervisor::new(store.clone(), opts.fleet, opts.executor, opts.factory);
+    // The vault: a missing or wrong key is an error for every secret
+    // operation and grant (never a silently empty vault), not for the daemon.
+    let vault_dir = paths.data_dir.join("vault");
+    let vault = match tokio::task::spawn_blocking(move || flotilla_vault::store::Vault::open(&vault_dir)).await {
+        Ok(Ok(v)) => Ok(Arc::new(v)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the vault cannot be opened; secrets and grants are unavailable");
+            Err(e.to_string())
+        }
+        Err(e) => Err(format!("opening the vault failed: {e}")),
+    };
+    fleet.set_vault(vault);
     // Tier checks read a principal's vetting and last MFA at each call.
     let directory = principals.clone();
     fleet.set_principal_lookup(Arc::new(move |name: &str| {

@@ -6,6 +6,7 @@ pub mod approvals;
 pub mod daemon;
 pub mod paths;
 pub mod principals;
+pub mod secrets;
 
 pub use daemon::{acquire_lock, serve, DaemonError, DaemonLock, ServeOptions};
 pub use paths::Paths;

@@ -59,40 +59,10 @@ pub struct SecretSpec {
     pub allow_http: bool,
 }
 
-/// One secret a session may use, with its placeholder.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The secret's name.
-    pub secret: String,
-    /// Hosts (a subset of the secret's): `example.com` or `*.example.com`.
-    pub hosts: Vec<String>,
-    /// Methods allowed (upper case); empty: any.
-    pub methods: Vec<String>,
-    /// Path prefixes allowed; empty: any.
-    pub path_prefixes: Vec<String>,
-    /// When it stops working, in milliseconds since the Unix epoch.
-    pub expires_at_ms: Option<u64>,
-    /// What the sandbox sees instead of the value.
-    pub placeholder: String,
-    /// The environment variable holding the placeholder.
-    pub env: String,
-}
+/// One secret a session may use, with its placeholder (the event log's
+/// type: grants are recorded in `SecretsGranted`).
+pub use flotilla_protocol::SecretGrant as Grant;
 
-/// One use (or blocked use) of a secret, for the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretUse {
-    /// When, in milliseconds since the Unix epoch.
-    pub ts_ms: u64,
-    /// The secret's name.
-    pub secret: String,
-    /// The request's host.
-    pub host: String,
-    /// The request's method.
-    pub method: String,
-    /// The request's path (query strings left out: they may hold values).
-    pub path: String,
-    /// Whether the secret was sent.
-    pub allowed: bool,
-    /// Why (for a block: what rule refused it).
-    pub reason: String,
-}
+/// One use (or blocked use) of a secret, for the audit trail (recorded as
+/// `SecretUsed`).
+pub use flotilla_protocol::SecretUse;

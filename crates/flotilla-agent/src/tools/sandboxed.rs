@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flotilla_sandbox::proxy::{DomainPolicy, EgressProxy};
+use flotilla_sandbox::ca::CertAuthority;
+use flotilla_sandbox::hook::EgressHook;
+use flotilla_sandbox::proxy::{DomainPolicy, EgressProxy, ProxyOptions};
+use flotilla_sandbox::spec::{proxy_env_with_ca, PROXY_INSIDE_CA_BUNDLE};
 use flotilla_sandbox::{
     explain_refusal, proxy_env, ExitStatus, HelperCommand, NetworkMode, Sandbox, SandboxSpec,
     SpawnRequest,
@@ -31,6 +34,26 @@ pub struct SessionExecutor {
     pub degraded: Vec<String>,
 }
 
+/// What one session adds to its sandbox's network: the vault's hook on its
+/// egress proxy (placeholders swapped for granted secrets), and the
+/// placeholders in its commands' environment.
+#[derive(Clone, Default)]
+pub struct SessionNetwork {
+    /// Sees every request of the session's egress proxy.
+    pub hook: Option<Arc<dyn EgressHook>>,
+    /// Added to every command's environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for SessionNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionNetwork")
+            .field("hook", &self.hook.is_some())
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// Gives each session its executor (its sandbox), for the session's lifetime.
 pub trait ExecutorFactory: Send + Sync {
     /// The executor for a session working in `workspace`, built at the
@@ -40,6 +63,18 @@ pub trait ExecutorFactory: Send + Sync {
         &'a self,
         workspace: &'a Path,
     ) -> BoxFuture<'a, Result<SessionExecutor, String>>;
+
+    /// [`ExecutorFactory::for_session`] with the session's network
+    /// additions. The default ignores them: right for executors without a
+    /// network of their own (the host executor of tests).
+    fn for_session_with<'a>(
+        &'a self,
+        workspace: &'a Path,
+        network: SessionNetwork,
+    ) -> BoxFuture<'a, Result<SessionExecutor, String>> {
+        let _ = network;
+        self.for_session(workspace)
+    }
 
     /// A cheap check, when a session starts, that executors can be had at
     /// all: `Err` (a message for the user) fails the session before it runs
@@ -94,6 +129,12 @@ pub struct ProxySettings {
     pub policy: DomainPolicy,
     /// A private directory (0700) for the proxies' Unix sockets.
     pub socket_dir: PathBuf,
+    /// The daemon's CA, for intercepting the TLS of sessions with granted
+    /// secrets; `None`: such sessions cannot use their secrets.
+    pub ca: Option<Arc<CertAuthority>>,
+    /// The CA certificate followed by the system roots, mounted into each
+    /// sandbox that has a hook (`SSL_CERT_FILE` and friends point at it).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl SandboxFactory {
@@ -142,10 +183,19 @@ impl ExecutorFactory for SandboxFactory {
         &'a self,
         workspace: &'a Path,
     ) -> BoxFuture<'a, Result<SessionExecutor, String>> {
+        self.for_session_with(workspace, SessionNetwork::default())
+    }
+
+    fn for_session_with<'a>(
+        &'a self,
+        workspace: &'a Path,
+        network: SessionNetwork,
+    ) -> BoxFuture<'a, Result<SessionExecutor, String>> {
         Box::pin(async move {
             let mut spec = self.template.clone();
             spec.workspace = workspace.to_path_buf();
             let mut env = self.env.clone();
+            let mut degraded = Vec::new();
             let proxy = match &self.proxy {
                 Some(settings) => {
                     let socket = settings.socket_dir.join(format!(
@@ -153,26 +203,57 @@ impl ExecutorFactory for SandboxFactory {
                         std::process::id(),
                         PROXY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     ));
-                    let proxy = EgressProxy::bind_unix(&socket, settings.policy.clone(), None)
-                        .await
-                        .map_err(|err| format!("starting the egress proxy: {err}"))?;
-                    spec.network = NetworkMode::Proxy { socket };
+                    // Interception needs the CA; without it a hook could
+                    // see plain http only, so secrets are unusable.
+                    let (hook, ca, ca_bundle) = match (&network.hook, &settings.ca, &settings.ca_bundle) {
+                        (Some(hook), Some(ca), Some(bundle)) => {
+                            (Some(hook.clone()), Some(ca.clone()), Some(bundle.clone()))
+                        }
+                        (Some(_), _, _) => {
+                            degraded.push("secrets are granted but the daemon has no CA for its egress proxy; they cannot be used".to_owned());
+                            (None, None, None)
+                        }
+                        (None, _, _) => (None, None, None),
+                    };
+                    let options = ProxyOptions {
+                        hook,
+                        ca,
+                        ..ProxyOptions::default()
+                    };
+                    let proxy = EgressProxy::bind_unix_with(
+                        &socket,
+                        settings.policy.clone(),
+                        None,
+                        options,
+                    )
+                    .await
+                    .map_err(|err| format!("starting the egress proxy: {err}"))?;
+                    let inside_ca = ca_bundle.is_some();
+                    spec.network = NetworkMode::Proxy { socket, ca_bundle };
                     env.extend(proxy_env());
+                    if inside_ca {
+                        env.extend(proxy_env_with_ca(PROXY_INSIDE_CA_BUNDLE));
+                    }
                     Some(proxy)
                 }
                 None => {
+                    if network.hook.is_some() {
+                        degraded.push("secrets are granted but the sandbox has no network ([sandbox] network = \"none\"); they cannot be used".to_owned());
+                    }
                     spec.network = NetworkMode::None;
                     None
                 }
             };
+            env.extend(network.env);
             let sandbox = Sandbox::create(spec, &self.helper)
                 .await
                 .map_err(|err| err.to_string())?;
             let report = sandbox.report();
+            degraded.extend(report.degraded.iter().cloned());
             Ok(SessionExecutor {
                 confined: report.namespaces,
                 summary: report.summary(),
-                degraded: report.degraded.clone(),
+                degraded,
                 executor: Arc::new(SandboxExecutor {
                     sandbox,
                     env,
