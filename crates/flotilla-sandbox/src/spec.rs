@@ -20,6 +20,15 @@ pub enum NetworkMode {
     Proxy {
         /// The proxy's Unix socket on the host.
         socket: PathBuf,
+        /// The CA bundle tools inside should trust (the proxy's interception
+        /// CA followed by the system roots, see
+        /// [`crate::ca::CertAuthority::write_bundle`]), a file on the host.
+        /// With namespaces it is bind-mounted read-only at
+        /// [`PROXY_INSIDE_CA_BUNDLE`]; in the degraded mode it is read at
+        /// this host path. [`ca_bundle_path`] says which, and
+        /// [`proxy_env_with_ca`] gives the variables pointing tools at it.
+        #[serde(default)]
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -28,6 +37,10 @@ pub const PROXY_INSIDE_ADDR: &str = "127.0.0.1:3128";
 
 /// Where the proxy's socket is mounted inside the sandbox.
 pub const PROXY_INSIDE_SOCKET: &str = "/run/flotilla/proxy.sock";
+
+/// Where the CA bundle of [`NetworkMode::Proxy::ca_bundle`] is mounted
+/// inside the sandbox (read-only).
+pub const PROXY_INSIDE_CA_BUNDLE: &str = "/run/flotilla/ca.pem";
 
 /// Resource limits for everything that runs in one sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +237,46 @@ pub fn proxy_env() -> Vec<(String, String)> {
     env.push(("NO_PROXY".into(), "localhost,127.0.0.1,::1".into()));
     env.push(("no_proxy".into(), "localhost,127.0.0.1,::1".into()));
     env
+}
+
+/// The variables of [`proxy_env`], plus the ones that make common tools
+/// (OpenSSL and everything built on it, curl, git, cargo, Python
+/// `requests`, Node) trust the CA bundle at `ca_bundle`, a path as seen from
+/// inside the sandbox (see [`ca_bundle_path`]). Use it when the proxy
+/// intercepts TLS for some hosts; the bundle also holds the system roots, so
+/// hosts tunnelled untouched still verify.
+pub fn proxy_env_with_ca(ca_bundle: &str) -> Vec<(String, String)> {
+    let mut env = proxy_env();
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "CARGO_HTTP_CAINFO",
+        "CURL_CA_BUNDLE",
+    ] {
+        env.push((name.to_string(), ca_bundle.to_string()));
+    }
+    env
+}
+
+/// Where processes inside a sandbox find the CA bundle of `mode`, for
+/// [`proxy_env_with_ca`]: [`PROXY_INSIDE_CA_BUNDLE`] when the sandbox has
+/// its namespaces (`report.namespaces`), the host path itself in the
+/// degraded mode (no mount namespace, so nothing is mounted; Landlock lets
+/// the sandbox read that one file). `None` without a proxy or a bundle.
+pub fn ca_bundle_path(mode: &NetworkMode, report: &SandboxReport) -> Option<PathBuf> {
+    match mode {
+        NetworkMode::Proxy {
+            ca_bundle: Some(host_path),
+            ..
+        } => Some(if report.namespaces {
+            PathBuf::from(PROXY_INSIDE_CA_BUNDLE)
+        } else {
+            host_path.clone()
+        }),
+        _ => None,
+    }
 }
 
 /// Explains, for the model and the user, which sandbox rule most likely
