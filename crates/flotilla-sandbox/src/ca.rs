@@ -238,8 +238,7 @@ impl CertAuthority {
     }
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<CertAuthority, CaError> {
-        let cert_pem =
-            std::fs::read_to_string(cert_path).map_err(io_err("reading", cert_path))?;
+        let cert_pem = std::fs::read_to_string(cert_path).map_err(io_err("reading", cert_path))?;
         let key_pem = std::fs::read_to_string(key_path).map_err(io_err("reading", key_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Corrupt {
             path: key_path.to_path_buf(),
@@ -262,12 +261,13 @@ impl CertAuthority {
         };
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| corrupt_cert(format!("not a PEM certificate ({e})")))?;
-        let key_der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| {
-            CaError::Corrupt {
-                path: key_path.to_path_buf(),
-                problem: format!("not a PEM private key ({e})"),
-            }
-        })?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| {
+                CaError::Corrupt {
+                    path: key_path.to_path_buf(),
+                    problem: format!("not a PEM private key ({e})"),
+                }
+            })?;
         let provider = provider();
         CertifiedKey::from_der(vec![cert_der.clone()], key_der, &provider).map_err(|e| {
             CaError::Corrupt {
@@ -284,10 +284,12 @@ impl CertAuthority {
             problem: e.to_string(),
         };
         let leaf_key = KeyPair::generate().map_err(mint)?;
-        let leaf_der = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes())
-            .map_err(|e| CaError::Mint {
-                host: "leaves".into(),
-                problem: e.to_string(),
+        let leaf_der =
+            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).map_err(|e| {
+                CaError::Mint {
+                    host: "leaves".into(),
+                    problem: e.to_string(),
+                }
             })?;
         let leaf_signing_key = provider
             .key_provider
@@ -305,8 +307,9 @@ impl CertAuthority {
             leaves: Mutex::new(HashMap::new()),
             cert_path: cert_path.to_path_buf(),
         };
-        ca.self_check()
-            .map_err(|problem| corrupt_cert(format!("it is not a flotilla sandbox CA: {problem}")))?;
+        ca.self_check().map_err(|problem| {
+            corrupt_cert(format!("it is not a flotilla sandbox CA: {problem}"))
+        })?;
         Ok(ca)
     }
 
@@ -376,7 +379,10 @@ impl CertAuthority {
         let san = match bare.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
-                bare.to_string()
+                ServerName::try_from(bare)
+                    .map_err(|e| mint_err(format!("not a valid host name ({e})")))?
+                    .to_str()
+                    .into_owned()
                     .try_into()
                     .map_err(|e: rcgen::Error| mint_err(e.to_string()))?,
             ),

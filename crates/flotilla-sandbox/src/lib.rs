@@ -47,5 +47,6 @@ pub use handle::{
 };
 pub use init::{helper_main, HELPER_ARG};
 pub use spec::{
-    ca_bundle_path, explain_refusal, proxy_env, proxy_env_with_ca, NetworkMode, SandboxLimits, SandboxReport, SandboxSpec,
+    ca_bundle_path, explain_refusal, proxy_env, proxy_env_with_ca, NetworkMode, SandboxLimits,
+    SandboxReport, SandboxSpec,
 };

@@ -489,7 +489,10 @@ struct Interception {
 }
 
 impl Interception {
-    fn new(ca: Arc<CertAuthority>, upstream: Option<&rustls::ClientConfig>) -> Result<Self, ProxyError> {
+    fn new(
+        ca: Arc<CertAuthority>,
+        upstream: Option<&rustls::ClientConfig>,
+    ) -> Result<Self, ProxyError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client = match upstream {
             Some(config) => config.clone(),
@@ -1387,7 +1390,10 @@ impl Intercepted {
             method: method.to_string(),
             host: self.host.clone(),
             port: self.port,
-            target: format!("https://{}{path}", url_authority(&self.host, self.port, 443)),
+            target: format!(
+                "https://{}{path}",
+                url_authority(&self.host, self.port, 443)
+            ),
         }
     }
 
@@ -1451,8 +1457,7 @@ impl Intercepted {
         }
         strip_hop_by_hop(&mut parts.headers);
         if !parts.headers.contains_key(header::HOST) {
-            if let Ok(value) = HeaderValue::from_str(&url_authority(&self.host, self.port, 443))
-            {
+            if let Ok(value) = HeaderValue::from_str(&url_authority(&self.host, self.port, 443)) {
                 parts.headers.insert(header::HOST, value);
             }
         }
@@ -1474,7 +1479,11 @@ impl Intercepted {
             return response;
         }
         let Some(sender) = upstream.sender.as_mut() else {
-            return text_response(StatusCode::BAD_GATEWAY, None, "flotilla sandbox: no upstream connection\n".into());
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                None,
+                "flotilla sandbox: no upstream connection\n".into(),
+            );
         };
         let response = match sender.send_request(Request::from_parts(parts, body)).await {
             Ok(response) => response,
@@ -1531,29 +1540,28 @@ impl Intercepted {
         let Some(interception) = &shared.interception else {
             return Err(upstream_error("TLS interception is not set up".into()));
         };
-        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-            .map_err(|e| upstream_error(format!("{:?} is not a TLS server name: {e}", self.host)))?;
-        let tls = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            interception.connector.connect(name, tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(upstream_error(format!(
-                    "TLS handshake with {} failed: {e}",
-                    self.host
-                )))
-            }
-            Err(_) => {
-                return Err(upstream_error(format!(
-                    "TLS handshake with {} timed out after {} s",
-                    self.host,
-                    CONNECT_TIMEOUT.as_secs()
-                )))
-            }
-        };
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+            upstream_error(format!("{:?} is not a TLS server name: {e}", self.host))
+        })?;
+        let tls =
+            match tokio::time::timeout(CONNECT_TIMEOUT, interception.connector.connect(name, tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return Err(upstream_error(format!(
+                        "TLS handshake with {} failed: {e}",
+                        self.host
+                    )))
+                }
+                Err(_) => {
+                    return Err(upstream_error(format!(
+                        "TLS handshake with {} timed out after {} s",
+                        self.host,
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                }
+            };
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| upstream_error(format!("HTTP handshake failed: {e}")))?;
@@ -1577,8 +1585,19 @@ struct Stop {
 impl Stop {
     /// Records the refusal and answers it, with the reason in the body and
     /// in `X-Flotilla-Denied`.
-    fn respond(self, shared: &Shared, target: &Target, rule: Option<String>) -> Response<ProxyBody> {
-        shared.record(target, false, rule, self.reason.clone(), self.status.as_u16());
+    fn respond(
+        self,
+        shared: &Shared,
+        target: &Target,
+        rule: Option<String>,
+    ) -> Response<ProxyBody> {
+        shared.record(
+            target,
+            false,
+            rule,
+            self.reason.clone(),
+            self.status.as_u16(),
+        );
         text_response(
             self.status,
             Some(&self.reason),
@@ -1788,7 +1807,6 @@ where
     }
 }
 
-
 /// Copies bytes both ways until both sides are done (a side's EOF is passed
 /// on as a write shutdown to the other), or either fails.
 async fn tunnel<C>(mut client: C, mut upstream: TcpStream, label: &str)
@@ -1869,10 +1887,10 @@ async fn handle_absolute(req: Request<Incoming>, shared: &Shared) -> Response<Pr
                     let response =
                         finish_response(shared.hook.as_deref(), &info, response, response_filter);
                     shared.record(
-                    &target,
-                    true,
-                    decision.rule,
-                    decision.reason,
+                        &target,
+                        true,
+                        decision.rule,
+                        decision.reason,
                         response.status().as_u16(),
                     );
                     response

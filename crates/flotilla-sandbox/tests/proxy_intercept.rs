@@ -84,7 +84,10 @@ fn client_config(root: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut text = format!("{} {}\n", req.method(), req.uri());
     for (name, value) in req.headers() {
-        text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        text.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     text.push('\n');
     let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -111,16 +114,19 @@ async fn echo_server(tls: Option<Arc<rustls::ServerConfig>>) -> (u16, Arc<Atomic
                 let builder = hyper::server::conn::http1::Builder::new();
                 match tls {
                     Some(config) => {
-                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config)
-                            .accept(stream)
-                            .await
+                        let Ok(stream) =
+                            tokio_rustls::TlsAcceptor::from(config).accept(stream).await
                         else {
                             return;
                         };
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
                     }
                     None => {
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
                     }
                 }
             });
@@ -322,7 +328,9 @@ async fn intercepted_requests_are_rewritten_filtered_and_recorded() {
     let (port, hits) = echo_server(Some(s.pki.server.clone())).await;
     let authority = format!("localhost:{port}");
     let ca_der = s.ca.cert_der().clone();
-    let mut sender = tls_via_proxy(s.addr, "localhost", port, &ca_der).await.unwrap();
+    let mut sender = tls_via_proxy(s.addr, "localhost", port, &ca_der)
+        .await
+        .unwrap();
 
     // Rewritten on the way out, redacted on the way back.
     let (status, headers, body) = send(
@@ -462,8 +470,11 @@ async fn plain_http_goes_through_the_hook() {
         .unwrap();
     tokio::spawn(conn);
     let url = format!("http://localhost:{port}/echo?q=1");
-    let (status, headers, body) =
-        send(&mut sender, request("POST", &url, &format!("localhost:{port}"), "PLACEHOLDER!")).await;
+    let (status, headers, body) = send(
+        &mut sender,
+        request("POST", &url, &format!("localhost:{port}"), "PLACEHOLDER!"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers.get("x-hooked").unwrap(), "plain");
     assert!(!body.contains("REAL"), "{body}");
@@ -472,8 +483,11 @@ async fn plain_http_goes_through_the_hook() {
     assert!(body.starts_with("POST /echo?q=1\n"), "{body}");
 
     let url = format!("http://localhost:{port}/forbidden");
-    let (status, _, body) =
-        send(&mut sender, request("GET", &url, &format!("localhost:{port}"), "")).await;
+    let (status, _, body) = send(
+        &mut sender,
+        request("GET", &url, &format!("localhost:{port}"), ""),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("forbidden paths stay inside"), "{body}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
