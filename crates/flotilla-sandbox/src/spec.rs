@@ -344,3 +344,57 @@ pub fn explain_refusal(
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn ca_bundle_env_and_path() {
+        let env = proxy_env_with_ca(PROXY_INSIDE_CA_BUNDLE);
+        for name in [
+            "HTTPS_PROXY",
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "CARGO_HTTP_CAINFO",
+            "CURL_CA_BUNDLE",
+        ] {
+            assert!(env.iter().any(|(k, _)| k == name), "{name}");
+        }
+        assert!(env
+            .iter()
+            .filter(|(k, _)| k.ends_with("CA_BUNDLE") || k.ends_with("CAINFO"))
+            .all(|(_, v)| v == PROXY_INSIDE_CA_BUNDLE));
+
+        let host = PathBuf::from("/var/lib/flotilla/ca-bundle.pem");
+        let mode = NetworkMode::Proxy {
+            socket: "/run/proxy.sock".into(),
+            ca_bundle: Some(host.clone()),
+        };
+        let mut report = SandboxReport {
+            namespaces: true,
+            ..SandboxReport::default()
+        };
+        assert_eq!(
+            ca_bundle_path(&mode, &report),
+            Some(PathBuf::from(PROXY_INSIDE_CA_BUNDLE))
+        );
+        report.namespaces = false;
+        assert_eq!(ca_bundle_path(&mode, &report), Some(host));
+        assert_eq!(ca_bundle_path(&NetworkMode::None, &report), None);
+
+        // Specs from before the field still parse.
+        let old: NetworkMode =
+            serde_json::from_str(r#"{"mode":"proxy","socket":"/run/proxy.sock"}"#).unwrap();
+        assert_eq!(
+            old,
+            NetworkMode::Proxy {
+                socket: "/run/proxy.sock".into(),
+                ca_bundle: None
+            }
+        );
+    }
+}

@@ -551,3 +551,39 @@ fn the_ca_persists_and_refuses_corrupt_files() {
     let err = CertAuthority::load_or_create(dir.path()).unwrap_err();
     assert!(err.to_string().contains(CA_CERT_FILE), "{err}");
 }
+
+/// curl (OpenSSL or whatever it is built with) through the proxy, trusting
+/// the bundle `write_bundle` makes: the leaf certificates suit a real client.
+#[tokio::test]
+async fn curl_trusts_the_bundle() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("curl is not installed; skipping");
+        return;
+    }
+    let s = setup().await;
+    let (port, hits) = echo_server(Some(s.pki.server.clone())).await;
+    let bundle = s._dir.path().join("bundle.pem");
+    s.ca.write_bundle(&bundle).unwrap();
+    let proxy = format!("http://{}", s.addr);
+    let url = format!("https://localhost:{port}/echo");
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--noproxy", ""])
+        .args(["--proxy", &proxy, "--cacert"])
+        .arg(&bundle)
+        .args(["-H", "Authorization: Bearer PLACEHOLDER", &url])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.starts_with("GET /echo\n"), "{stdout}");
+    assert!(stdout.contains("Bearer [redacted]"), "{stdout}");
+    assert!(!stdout.contains("REAL"), "{stdout}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    s.proxy.shutdown().await;
+}
