@@ -719,10 +719,25 @@ fn validate(mut spec: SandboxSpec) -> Result<SandboxSpec, SandboxError> {
             )));
         }
     }
-    if let crate::spec::NetworkMode::Proxy { socket } = &mut spec.network {
+    if let crate::spec::NetworkMode::Proxy { socket, ca_bundle } = &mut spec.network {
         *socket = std::fs::canonicalize(&*socket).map_err(|err| {
             SandboxError::InvalidSpec(format!("proxy socket {}: {err}", socket.display()))
         })?;
+        if let Some(bundle) = ca_bundle {
+            let resolved = std::fs::canonicalize(&*bundle).map_err(|err| {
+                SandboxError::InvalidSpec(format!(
+                    "proxy CA bundle {}: {err}; write it first with CertAuthority::write_bundle",
+                    bundle.display()
+                ))
+            })?;
+            if !resolved.is_file() {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "proxy CA bundle {} is not a regular file",
+                    bundle.display()
+                )));
+            }
+            *bundle = resolved;
+        }
     }
     Ok(spec)
 }

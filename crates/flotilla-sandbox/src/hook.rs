@@ -72,8 +72,11 @@ pub trait EgressHook: Send + Sync {
 
     /// Called for each request after the domain gate and before anything is
     /// sent upstream. May rewrite the head (headers, URI).
-    fn on_request(&self, info: &RequestInfo<'_>, head: &mut hyper::http::request::Parts)
-        -> HookVerdict;
+    fn on_request(
+        &self,
+        info: &RequestInfo<'_>,
+        head: &mut hyper::http::request::Parts,
+    ) -> HookVerdict;
 
     /// Called with each response head before it is relayed into the
     /// sandbox. May rewrite headers.

@@ -243,6 +243,14 @@ fn init_main(
         report.network = "host".into();
         let mut readable = degraded_readable();
         readable.extend(write.iter().cloned());
+        // The proxy's CA bundle, read at its host path (nothing is mounted).
+        if let NetworkMode::Proxy {
+            ca_bundle: Some(bundle),
+            ..
+        } = &spec.network
+        {
+            readable.push(bundle.clone());
+        }
         let unenforced: Vec<String> = spec
             .hidden_paths()
             .into_iter()

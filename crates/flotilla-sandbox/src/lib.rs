@@ -14,7 +14,10 @@
 //!   kernel; `no_new_privs`; every capability dropped;
 //! - **limits**: rlimits and cgroup `pids`/`memory` ([`cgroup`]);
 //! - **network**: none, or only the [`proxy::EgressProxy`] through a Unix
-//!   socket bridged into the namespace ([`forwarder`]).
+//!   socket bridged into the namespace ([`forwarder`]); the proxy may
+//!   terminate TLS for hosts a [`hook::EgressHook`] asks to see, with leaf
+//!   certificates from a per-daemon [`ca::CertAuthority`] whose bundle is
+//!   mounted into the sandbox.
 //!
 //! Without unprivileged user namespaces it degrades to Landlock + seccomp +
 //! rlimits and says so in [`SandboxReport::degraded`];
@@ -25,6 +28,7 @@
 
 #![cfg(target_os = "linux")]
 
+pub mod ca;
 pub mod cgroup;
 pub mod control;
 pub mod forwarder;
@@ -43,5 +47,6 @@ pub use handle::{
 };
 pub use init::{helper_main, HELPER_ARG};
 pub use spec::{
-    explain_refusal, proxy_env, NetworkMode, SandboxLimits, SandboxReport, SandboxSpec,
+    ca_bundle_path, explain_refusal, proxy_env, proxy_env_with_ca, NetworkMode, SandboxLimits,
+    SandboxReport, SandboxSpec,
 };

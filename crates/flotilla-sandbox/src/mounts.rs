@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
 
-use crate::spec::{NetworkMode, SandboxSpec, PROXY_INSIDE_SOCKET};
+use crate::spec::{NetworkMode, SandboxSpec, PROXY_INSIDE_CA_BUNDLE, PROXY_INSIDE_SOCKET};
 
 /// Where the staging tmpfs is mounted (inside our namespace only).
 const STAGE: &str = "/tmp";
@@ -248,7 +248,7 @@ pub fn build(spec: &SandboxSpec) -> Result<View> {
         }
     }
 
-    if let NetworkMode::Proxy { socket } = &spec.network {
+    if let NetworkMode::Proxy { socket, ca_bundle } = &spec.network {
         let inside = new(Path::new(PROXY_INSIDE_SOCKET));
         if let Some(parent) = inside.parent() {
             io_ctx(
@@ -261,6 +261,15 @@ pub fn build(spec: &SandboxSpec) -> Result<View> {
             fs::write(&inside, b""),
         )?;
         bind(&old(socket), &inside, false)?;
+        if let Some(bundle) = ca_bundle {
+            let inside = new(Path::new(PROXY_INSIDE_CA_BUNDLE));
+            io_ctx(
+                || format!("creating {}", inside.display()),
+                fs::write(&inside, b""),
+            )?;
+            bind(&old(bundle), &inside, false)?;
+            remount_readonly(&inside)?;
+        }
     }
 
     // Masks last, so they also cover anything bound above.

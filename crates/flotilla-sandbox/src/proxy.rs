@@ -19,19 +19,41 @@
 //! and only then is a connection opened, to exactly the checked addresses.
 //! Each request yields one [`EgressRecord`] for the observer and one
 //! `tracing` line.
+//!
+//! With an [`EgressHook`] and a [`CertAuthority`] in [`ProxyOptions`], the
+//! proxy can intercept TLS. After the gate has allowed a `CONNECT` (and the
+//! connection to the checked address is open), it asks
+//! [`EgressHook::intercept`]; on `true` it answers `200`, terminates the
+//! client's TLS with a leaf certificate for the `CONNECT` host minted by the
+//! CA (ALPN `http/1.1` only; a client that does not start TLS is closed), and
+//! serves HTTP/1.1 on the decrypted stream. Each request inside must name the
+//! `CONNECT` host (another `Host` is domain fronting: `421`); the hook sees
+//! its head ([`EgressHook::on_request`]) and may rewrite it, refuse it, or
+//! filter its bodies ([`BodyFilters`]; a filtered request body is buffered,
+//! up to 16 MiB, and sent with a fresh `Content-Length`; a filtered response
+//! body streams without one). Requests go upstream over TLS verified against
+//! real roots (or [`ProxyOptions::upstream_tls`]), with the `CONNECT` host as
+//! SNI, on one upstream connection per tunnel: the one the gate opened, then,
+//! if it closes, a fresh one through the gate again. Every request inside
+//! yields its own record (target `https://host[:port]/path`, without the
+//! query). Plain `http://` requests go through the same hook, with
+//! `tls == false`. Tunnels the hook does not intercept are copied untouched.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::ext::ReasonPhrase;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -41,6 +63,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+
+use crate::ca::CertAuthority;
+use crate::hook::{BodyFilter, BodyFilters, EgressHook, HookVerdict, RequestInfo};
 
 /// Connections served at once; the ones beyond get `503`.
 const MAX_CONNECTIONS: usize = 256;
@@ -54,6 +80,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Header carrying the reason of a refusal on `403` responses.
 const DENIED_HEADER: &str = "x-flotilla-denied";
+/// The largest request body buffered for a request body filter (`413` beyond).
+const MAX_FILTERED_BODY: usize = 16 * 1024 * 1024;
+/// A client must finish its TLS handshake on an intercepted tunnel within
+/// this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The only application protocol spoken on intercepted tunnels.
+const HTTP11_ALPN: &[u8] = b"http/1.1";
 /// Status line reason of a successful `CONNECT`.
 const CONNECTION_ESTABLISHED: ReasonPhrase = ReasonPhrase::from_static(b"Connection Established");
 
@@ -76,6 +109,12 @@ pub enum ProxyError {
         /// Which list it was in: "allow list" or "deny list".
         list: &'static str,
         /// What is wrong with it.
+        problem: String,
+    },
+    /// The TLS configuration for interception could not be built.
+    #[error("egress proxy cannot set up TLS interception: {problem}")]
+    Tls {
+        /// What failed.
         problem: String,
     },
     /// The proxy could not listen on the socket path or address.
@@ -410,16 +449,151 @@ fn now_ms() -> u64 {
 // ---------------------------------------------------------------------------
 // The proxy
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a proxy does beyond its policy: TLS interception and the hook.
+/// `Default` is none of it (the proxy of [`EgressProxy::bind_unix`]).
+#[derive(Clone, Default)]
+pub struct ProxyOptions {
+    /// Sees every request it can: plain `http://` ones always, and the ones
+    /// inside tunnels it asks to intercept (which also needs [`Self::ca`]).
+    pub hook: Option<Arc<dyn EgressHook>>,
+    /// Mints the certificates of intercepted hosts; without it no tunnel is
+    /// intercepted.
+    pub ca: Option<Arc<CertAuthority>>,
+    /// How upstream servers of intercepted tunnels are verified; `None`: the
+    /// webpki roots plus the system's native certificates. ALPN is always
+    /// set to `http/1.1`, whatever the config says.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("hook", &self.hook.as_ref().map(|_| "<dyn EgressHook>"))
+            .field("ca", &self.ca)
+            .field(
+                "upstream_tls",
+                &self.upstream_tls.as_ref().map(|_| "<rustls::ClientConfig>"),
+            )
+            .finish()
+    }
+}
+
+/// What interception needs, present when both a hook and a CA are set.
+struct Interception {
+    ca: Arc<CertAuthority>,
+    connector: TlsConnector,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Interception {
+    fn new(
+        ca: Arc<CertAuthority>,
+        upstream: Option<&rustls::ClientConfig>,
+    ) -> Result<Self, ProxyError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = match upstream {
+            Some(config) => config.clone(),
+            None => default_client_config(&provider)?,
+        };
+        client.alpn_protocols = vec![HTTP11_ALPN.to_vec()];
+        Ok(Interception {
+            ca,
+            connector: TlsConnector::from(Arc::new(client)),
+            provider,
+        })
+    }
+
+    /// The server side of one intercepted tunnel, presenting `leaf`.
+    fn server_config(
+        &self,
+        leaf: Arc<rustls::sign::CertifiedKey>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(leaf)));
+        config.alpn_protocols = vec![HTTP11_ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The upstream client TLS configuration by default: webpki roots plus the
+/// system's native certificates.
+fn default_client_config(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ClientConfig, ProxyError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "egress proxy: cannot load some native root certificates");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "egress proxy: native root certificates");
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProxyError::Tls {
+                problem: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Presents one certificate, whatever the client asks for (the tunnel's
+/// host is known from its `CONNECT`).
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
 
 /// State shared by every connection of one proxy.
 struct Shared {
     policy: DomainPolicy,
     observer: Option<EgressObserver>,
     shutdown: watch::Receiver<bool>,
+    hook: Option<Arc<dyn EgressHook>>,
+    /// Set when both a hook and a CA are.
+    interception: Option<Interception>,
+}
+
+/// The interception state of `options`, when it has both a hook and a CA.
+fn interception(options: &ProxyOptions) -> Result<Option<Interception>, ProxyError> {
+    match (&options.hook, &options.ca) {
+        (Some(_), Some(ca)) => {
+            Interception::new(ca.clone(), options.upstream_tls.as_deref()).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 impl Shared {
+    fn new(
+        policy: DomainPolicy,
+        observer: Option<EgressObserver>,
+        hook: Option<Arc<dyn EgressHook>>,
+        interception: Option<Interception>,
+    ) -> impl FnOnce(watch::Receiver<bool>) -> Shared {
+        move |shutdown| Shared {
+            policy,
+            observer,
+            shutdown,
+            hook,
+            interception,
+        }
+    }
+
     /// Emits the one record (and log line) of a request.
     fn record(
         &self,
@@ -500,15 +674,28 @@ impl EgressProxy {
         policy: DomainPolicy,
         observer: Option<EgressObserver>,
     ) -> Result<EgressProxy, ProxyError> {
-        Self::bind_unix_with_limit(path, policy, observer, MAX_CONNECTIONS).await
+        Self::bind_unix_with(path, policy, observer, ProxyOptions::default()).await
+    }
+
+    /// [`EgressProxy::bind_unix`] with [`ProxyOptions`] (a hook, TLS
+    /// interception).
+    pub async fn bind_unix_with(
+        path: &Path,
+        policy: DomainPolicy,
+        observer: Option<EgressObserver>,
+        options: ProxyOptions,
+    ) -> Result<EgressProxy, ProxyError> {
+        Self::bind_unix_with_limit(path, policy, observer, options, MAX_CONNECTIONS).await
     }
 
     async fn bind_unix_with_limit(
         path: &Path,
         policy: DomainPolicy,
         observer: Option<EgressObserver>,
+        options: ProxyOptions,
         max_connections: usize,
     ) -> Result<EgressProxy, ProxyError> {
+        let interception = interception(&options)?;
         let bind_error = |source: io::Error| ProxyError::Bind {
             path_or_addr: path.display().to_string(),
             source,
@@ -526,8 +713,7 @@ impl EgressProxy {
             Listener::Unix(listener),
             Local::Unix(path.to_path_buf()),
             Some(path.to_path_buf()),
-            policy,
-            observer,
+            Shared::new(policy, observer, options.hook, interception),
             max_connections,
         ))
     }
@@ -540,15 +726,28 @@ impl EgressProxy {
         policy: DomainPolicy,
         observer: Option<EgressObserver>,
     ) -> Result<EgressProxy, ProxyError> {
-        Self::bind_tcp_with_limit(addr, policy, observer, MAX_CONNECTIONS).await
+        Self::bind_tcp_with(addr, policy, observer, ProxyOptions::default()).await
+    }
+
+    /// [`EgressProxy::bind_tcp`] with [`ProxyOptions`] (a hook, TLS
+    /// interception).
+    pub async fn bind_tcp_with(
+        addr: SocketAddr,
+        policy: DomainPolicy,
+        observer: Option<EgressObserver>,
+        options: ProxyOptions,
+    ) -> Result<EgressProxy, ProxyError> {
+        Self::bind_tcp_with_limit(addr, policy, observer, options, MAX_CONNECTIONS).await
     }
 
     async fn bind_tcp_with_limit(
         addr: SocketAddr,
         policy: DomainPolicy,
         observer: Option<EgressObserver>,
+        options: ProxyOptions,
         max_connections: usize,
     ) -> Result<EgressProxy, ProxyError> {
+        let interception = interception(&options)?;
         let bind_error = |source: io::Error| ProxyError::Bind {
             path_or_addr: addr.to_string(),
             source,
@@ -559,8 +758,7 @@ impl EgressProxy {
             Listener::Tcp(listener),
             Local::Tcp(local),
             None,
-            policy,
-            observer,
+            Shared::new(policy, observer, options.hook, interception),
             max_connections,
         ))
     }
@@ -569,16 +767,11 @@ impl EgressProxy {
         listener: Listener,
         local: Local,
         socket_file: Option<PathBuf>,
-        policy: DomainPolicy,
-        observer: Option<EgressObserver>,
+        shared: impl FnOnce(watch::Receiver<bool>) -> Shared,
         max_connections: usize,
     ) -> EgressProxy {
         let (stop, shutdown) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            policy,
-            observer,
-            shutdown,
-        });
+        let shared = Arc::new(shared(shutdown));
         let limit = Arc::new(Semaphore::new(max_connections));
         let accept_task = tokio::spawn(accept_loop(listener, shared, limit));
         EgressProxy {
@@ -734,7 +927,7 @@ where
         service_fn(move |req| {
             let shared = shared.clone();
             let permit = permit.clone();
-            async move { Ok::<_, Infallible>(handle_request(req, &shared, permit).await) }
+            async move { Ok::<_, Infallible>(handle_request(req, shared, permit).await) }
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -771,15 +964,15 @@ where
 /// Routes one request by its form.
 async fn handle_request(
     req: Request<Incoming>,
-    shared: &Shared,
+    shared: Arc<Shared>,
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         handle_connect(req, shared, permit).await
     } else if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        handle_absolute(req, shared).await
+        handle_absolute(req, &shared).await
     } else {
-        handle_origin_form(&req, shared)
+        handle_origin_form(&req, &shared)
     }
 }
 
@@ -994,12 +1187,14 @@ fn internal_v4_kind(v4: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// `CONNECT host:port`: the gate, then a tunnel copying bytes both ways.
+/// `CONNECT host:port`: the gate, then a tunnel copying bytes both ways, or
+/// an intercepted tunnel when the hook asks for it.
 async fn handle_connect(
     mut req: Request<Incoming>,
-    shared: &Shared,
+    shared: Arc<Shared>,
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<ProxyBody> {
+    let shared = &shared;
     let authority = req.uri().authority().cloned();
     let (host, port) = match &authority {
         Some(a) => (a.host().to_string(), a.port_u16()),
@@ -1026,15 +1221,64 @@ async fn handle_connect(
     match open_upstream(shared, &target.host, port).await {
         Err(refusal) => refusal.respond(shared, &target),
         Ok((upstream, decision)) => {
-            shared.record(&target, true, decision.rule, decision.reason, 200);
+            let intercept = match (&shared.hook, &shared.interception) {
+                (Some(hook), Some(interception)) if hook.intercept(&target.host, port) => {
+                    let server = interception
+                        .ca
+                        .leaf_for(&target.host)
+                        .map_err(|e| e.to_string())
+                        .and_then(|leaf| {
+                            interception.server_config(leaf).map_err(|e| e.to_string())
+                        });
+                    match server {
+                        Ok(server) => Some((hook.clone(), server)),
+                        Err(error) => {
+                            let reason = format!("cannot intercept TLS: {error}");
+                            shared.record(&target, false, decision.rule, reason.clone(), 502);
+                            return text_response(
+                                StatusCode::BAD_GATEWAY,
+                                None,
+                                format!("flotilla sandbox: {reason}\n"),
+                            );
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let reason = if intercept.is_some() {
+                format!("{}; TLS intercepted", decision.reason)
+            } else {
+                decision.reason.clone()
+            };
+            shared.record(&target, true, decision.rule.clone(), reason, 200);
             let on_upgrade = hyper::upgrade::on(&mut req);
             let label = target.target;
-            shared.spawn(async move {
+            let shared = shared.clone();
+            let host = target.host;
+            shared.clone().spawn(async move {
                 let _permit = permit;
-                match on_upgrade.await {
-                    Ok(upgraded) => tunnel(TokioIo::new(upgraded), upstream, &label).await,
+                let upgraded = match on_upgrade.await {
+                    Ok(upgraded) => upgraded,
                     Err(e) => {
-                        tracing::debug!(target = %label, error = %e, "CONNECT upgrade failed")
+                        tracing::debug!(target = %label, error = %e, "CONNECT upgrade failed");
+                        return;
+                    }
+                };
+                match intercept {
+                    None => tunnel(TokioIo::new(upgraded), upstream, &label).await,
+                    Some((hook, server)) => {
+                        let tunnel = Arc::new(Intercepted {
+                            shared,
+                            hook,
+                            host,
+                            port,
+                            decision,
+                            upstream: tokio::sync::Mutex::new(UpstreamConn {
+                                tcp: Some(upstream),
+                                sender: None,
+                            }),
+                        });
+                        serve_intercepted(TokioIo::new(upgraded), server, tunnel, &label).await
                     }
                 }
             });
@@ -1042,6 +1286,524 @@ async fn handle_connect(
             response.extensions_mut().insert(CONNECTION_ESTABLISHED);
             response
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Interception
+
+/// One intercepted tunnel: its target, the gate's decision, and the upstream
+/// connection its requests share.
+struct Intercepted {
+    shared: Arc<Shared>,
+    hook: Arc<dyn EgressHook>,
+    /// The `CONNECT` host, normalised.
+    host: String,
+    port: u16,
+    /// The gate's decision on the `CONNECT`.
+    decision: Decision,
+    upstream: tokio::sync::Mutex<UpstreamConn>,
+}
+
+/// The upstream side of an intercepted tunnel, opened at the first request.
+struct UpstreamConn {
+    /// The connection the gate opened for the `CONNECT`, until used.
+    tcp: Option<TcpStream>,
+    sender: Option<SendRequest<ProxyBody>>,
+}
+
+/// Terminates the client's TLS on an intercepted tunnel and serves the
+/// HTTP/1.1 requests inside it.
+async fn serve_intercepted<C>(
+    client: C,
+    server: Arc<rustls::ServerConfig>,
+    tunnel: Arc<Intercepted>,
+    label: &str,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+            .await
+            .map_err(|e| {
+                format!("the client did not start TLS on a tunnel the hook intercepts ({e})")
+            })?;
+        start
+            .into_stream(server)
+            .await
+            .map_err(|e| format!("TLS handshake with the client failed: {e}"))
+    };
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::warn!(target = %label, %error, "intercepted tunnel closed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(target = %label, "intercepted tunnel closed: no TLS handshake in time");
+            return;
+        }
+    };
+    let service = service_fn(move |req| {
+        let tunnel = tunnel.clone();
+        async move { Ok::<_, Infallible>(tunnel.handle(req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+        tracing::debug!(target = %label, error = %e, "intercepted connection ended with an error");
+    }
+}
+
+/// `host` as it appears in a URL authority (IPv6 in brackets), with `:port`
+/// unless it is `default_port`.
+fn url_authority(host: &str, port: u16, default_port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Whether an authority (`host` or `host:port`, from a `Host` header or a
+/// request target) names `host` (normalised) and, when it has a port, `port`.
+fn names_host(authority: &str, host: &str, port: u16) -> bool {
+    let Ok(parsed) = authority.parse::<hyper::http::uri::Authority>() else {
+        return false;
+    };
+    normalize_host(parsed.host()).as_deref() == Some(host)
+        && parsed.port_u16().is_none_or(|p| p == port)
+}
+
+impl Intercepted {
+    fn inner_target(&self, method: &Method, path: &str) -> Target {
+        let path = path.split('?').next().unwrap_or_default();
+        Target {
+            method: method.to_string(),
+            host: self.host.clone(),
+            port: self.port,
+            target: format!(
+                "https://{}{path}",
+                url_authority(&self.host, self.port, 443)
+            ),
+        }
+    }
+
+    /// One request inside the tunnel: the `Host` check, the hook, upstream.
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let shared = &*self.shared;
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|pq| !pq.is_empty())
+            .unwrap_or("/")
+            .to_string();
+        let target = self.inner_target(&parts.method, &path);
+
+        // Every name the request gives must be the tunnel's host.
+        let mut named: Vec<String> = parts
+            .headers
+            .get_all(header::HOST)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if let Some(authority) = parts.uri.authority() {
+            named.push(authority.to_string());
+        }
+        if let Some(other) = named
+            .iter()
+            .find(|name| !names_host(name, &self.host, self.port))
+        {
+            let reason = format!(
+                "the request names host {other:?}, but the tunnel was opened to {}; a request                  for another host must open its own CONNECT (domain fronting is refused)",
+                url_authority(&self.host, self.port, 0)
+            );
+            shared.record(
+                &target,
+                false,
+                self.decision.rule.clone(),
+                reason.clone(),
+                421,
+            );
+            return text_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                Some(&reason),
+                format!("flotilla sandbox: {reason}.\n"),
+            );
+        }
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            match path.parse::<Uri>() {
+                Ok(uri) => parts.uri = uri,
+                Err(e) => {
+                    let reason = format!("bad request target: {e}");
+                    shared.record(&target, false, None, reason.clone(), 400);
+                    return text_response(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        format!("flotilla sandbox: {reason}\n"),
+                    );
+                }
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(value) = HeaderValue::from_str(&url_authority(&self.host, self.port, 443)) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+        parts.version = Version::HTTP_11;
+
+        let info = RequestInfo {
+            host: &self.host,
+            port: self.port,
+            tls: true,
+        };
+        let (body, response_filter) =
+            match run_hook(self.hook.as_ref(), &info, &mut parts, body).await {
+                Ok(prepared) => prepared,
+                Err(stop) => return stop.respond(shared, &target, self.decision.rule.clone()),
+            };
+
+        let mut upstream = self.upstream.lock().await;
+        if let Err(response) = self.ensure_upstream(&mut upstream, &target).await {
+            return response;
+        }
+        let Some(sender) = upstream.sender.as_mut() else {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                None,
+                "flotilla sandbox: no upstream connection\n".into(),
+            );
+        };
+        let response = match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(e) => {
+                upstream.sender = None;
+                return Refusal::Upstream {
+                    decision: self.decision.clone(),
+                    error: format!("upstream HTTP error: {e}"),
+                }
+                .respond(shared, &target);
+            }
+        };
+        drop(upstream);
+        let response = finish_response(Some(self.hook.as_ref()), &info, response, response_filter);
+        shared.record(
+            &target,
+            true,
+            self.decision.rule.clone(),
+            self.decision.reason.clone(),
+            response.status().as_u16(),
+        );
+        response
+    }
+
+    /// Makes `upstream.sender` a ready HTTP/1.1 connection over TLS to the
+    /// tunnel's host: the current one, or a new one on the connection the
+    /// gate opened for the `CONNECT`, or through the gate again.
+    async fn ensure_upstream(
+        &self,
+        upstream: &mut UpstreamConn,
+        target: &Target,
+    ) -> Result<(), Response<ProxyBody>> {
+        let shared = &*self.shared;
+        if let Some(sender) = upstream.sender.as_mut() {
+            match tokio::time::timeout(CONNECT_TIMEOUT, sender.ready()).await {
+                Ok(Ok(())) => return Ok(()),
+                _ => upstream.sender = None,
+            }
+        }
+        let tcp = match upstream.tcp.take() {
+            Some(tcp) => tcp,
+            None => match open_upstream(shared, &self.host, self.port).await {
+                Ok((tcp, _)) => tcp,
+                Err(refusal) => return Err(refusal.respond(shared, target)),
+            },
+        };
+        let upstream_error = |error: String| {
+            Refusal::Upstream {
+                decision: self.decision.clone(),
+                error,
+            }
+            .respond(shared, target)
+        };
+        let Some(interception) = &shared.interception else {
+            return Err(upstream_error("TLS interception is not set up".into()));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+            upstream_error(format!("{:?} is not a TLS server name: {e}", self.host))
+        })?;
+        let tls =
+            match tokio::time::timeout(CONNECT_TIMEOUT, interception.connector.connect(name, tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return Err(upstream_error(format!(
+                        "TLS handshake with {} failed: {e}",
+                        self.host
+                    )))
+                }
+                Err(_) => {
+                    return Err(upstream_error(format!(
+                        "TLS handshake with {} timed out after {} s",
+                        self.host,
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                }
+            };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| upstream_error(format!("HTTP handshake failed: {e}")))?;
+        shared.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTPS connection ended with an error");
+            }
+        });
+        upstream.sender = Some(sender);
+        Ok(())
+    }
+}
+
+/// Why a request stops before going upstream: the hook refused it, its body
+/// filter failed, or its body could not be read.
+struct Stop {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Stop {
+    /// Records the refusal and answers it, with the reason in the body and
+    /// in `X-Flotilla-Denied`.
+    fn respond(
+        self,
+        shared: &Shared,
+        target: &Target,
+        rule: Option<String>,
+    ) -> Response<ProxyBody> {
+        shared.record(
+            target,
+            false,
+            rule,
+            self.reason.clone(),
+            self.status.as_u16(),
+        );
+        text_response(
+            self.status,
+            Some(&self.reason),
+            format!(
+                "flotilla sandbox: the request to {} was refused: {}\n",
+                display_host(&target.host),
+                self.reason
+            ),
+        )
+    }
+}
+
+/// Asks the hook about a request whose head is ready to go upstream (origin
+/// form, no hop-by-hop headers) and applies its answer: the body to send
+/// (filtered and buffered when the hook filters it) and the filter for the
+/// response body.
+async fn run_hook(
+    hook: &dyn EgressHook,
+    info: &RequestInfo<'_>,
+    parts: &mut hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<(ProxyBody, Option<Box<dyn BodyFilter>>), Stop> {
+    let filters = match hook.on_request(info, parts) {
+        HookVerdict::Refuse { status, reason } => {
+            return Err(Stop {
+                status: StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::FORBIDDEN),
+                reason,
+            })
+        }
+        HookVerdict::Forward(filters) => filters,
+    };
+    // The hook may have set an absolute URI; upstream gets origin form.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|pq| !pq.is_empty())
+            .unwrap_or("/");
+        parts.uri = path.parse::<Uri>().map_err(|e| Stop {
+            status: StatusCode::BAD_GATEWAY,
+            reason: format!("the hook set a bad request target: {e}"),
+        })?;
+    }
+    let BodyFilters { request, response } = filters;
+    let body = match request {
+        None => body.map_err(BoxError::from).boxed_unsync(),
+        Some(filter) => {
+            let had_body = !body.is_end_stream();
+            let filtered = filter_request_body(body, filter).await?;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            if had_body || !filtered.is_empty() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
+            }
+            Full::new(filtered)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+    };
+    Ok((body, response))
+}
+
+/// Reads a whole request body through `filter`, up to
+/// [`MAX_FILTERED_BODY`] bytes.
+async fn filter_request_body(
+    mut body: Incoming,
+    mut filter: Box<dyn BodyFilter>,
+) -> Result<Bytes, Stop> {
+    let refused = |reason: String| Stop {
+        status: StatusCode::FORBIDDEN,
+        reason,
+    };
+    let mut out = BytesMut::new();
+    let push = |out: &mut BytesMut, chunk: Bytes| {
+        if out.len() + chunk.len() > MAX_FILTERED_BODY {
+            return Err(Stop {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                reason: format!(
+                    "the request body is larger than {} MiB, the most the proxy buffers for a \
+                     filtered request",
+                    MAX_FILTERED_BODY >> 20
+                ),
+            });
+        }
+        out.extend_from_slice(&chunk);
+        Ok(())
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Stop {
+            status: StatusCode::BAD_REQUEST,
+            reason: format!("cannot read the request body: {e}"),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            let passed = filter.filter(data).map_err(refused)?;
+            push(&mut out, passed)?;
+        }
+    }
+    let rest = filter.finish().map_err(refused)?;
+    push(&mut out, rest)?;
+    Ok(out.freeze())
+}
+
+/// Prepares a response from upstream for the client: no hop-by-hop
+/// headers, HTTP/1.1, the hook's `on_response`, and the body filter (which
+/// drops `Content-Length`).
+fn finish_response(
+    hook: Option<&dyn EgressHook>,
+    info: &RequestInfo<'_>,
+    response: Response<Incoming>,
+    filter: Option<Box<dyn BodyFilter>>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    if let Some(hook) = hook {
+        hook.on_response(info, &mut parts);
+    }
+    let body = match filter {
+        None => body.map_err(BoxError::from).boxed_unsync(),
+        Some(filter) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            FilteredBody {
+                inner: body,
+                filter,
+                done: false,
+            }
+            .boxed_unsync()
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A body filter failed: the exchange is aborted.
+#[derive(Debug)]
+struct FilterAborted(String);
+
+impl std::fmt::Display for FilterAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "body filter aborted the exchange: {}", self.0)
+    }
+}
+
+impl std::error::Error for FilterAborted {}
+
+/// A body passed through a [`BodyFilter`] as it streams (trailers are
+/// dropped).
+struct FilteredBody<B> {
+    inner: B,
+    filter: Box<dyn BodyFilter>,
+    done: bool,
+}
+
+impl<B> Body for FilteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let next = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            let result = match next {
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.filter.filter(data),
+                    Err(_trailers) => continue,
+                },
+                None => {
+                    this.done = true;
+                    this.filter.finish()
+                }
+            };
+            match result {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(reason) => {
+                    this.done = true;
+                    tracing::warn!(%reason, "egress proxy: a body filter aborted an exchange");
+                    return Poll::Ready(Some(Err(Box::new(FilterAborted(reason)))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
@@ -1103,31 +1865,66 @@ async fn handle_absolute(req: Request<Incoming>, shared: &Shared) -> Response<Pr
 
     match open_upstream(shared, &target.host, target.port).await {
         Err(refusal) => refusal.respond(shared, &target),
-        Ok((upstream, decision)) => match forward(req, upstream, &authority, &path, shared).await {
-            Ok(response) => {
-                shared.record(
-                    &target,
-                    true,
-                    decision.rule,
-                    decision.reason,
-                    response.status().as_u16(),
-                );
-                response
+        Ok((upstream, decision)) => {
+            let (mut parts, body) = req.into_parts();
+            if let Err(error) = to_origin_form(&mut parts, &authority, &path) {
+                return Refusal::Upstream { decision, error }.respond(shared, &target);
             }
-            Err(error) => Refusal::Upstream { decision, error }.respond(shared, &target),
-        },
+            let info = RequestInfo {
+                host: &target.host,
+                port: target.port,
+                tls: false,
+            };
+            let (body, response_filter) = match &shared.hook {
+                None => (body.map_err(BoxError::from).boxed_unsync(), None),
+                Some(hook) => match run_hook(hook.as_ref(), &info, &mut parts, body).await {
+                    Ok(prepared) => prepared,
+                    Err(stop) => return stop.respond(shared, &target, decision.rule),
+                },
+            };
+            match forward(Request::from_parts(parts, body), upstream, shared).await {
+                Ok(response) => {
+                    let response =
+                        finish_response(shared.hook.as_deref(), &info, response, response_filter);
+                    shared.record(
+                        &target,
+                        true,
+                        decision.rule,
+                        decision.reason,
+                        response.status().as_u16(),
+                    );
+                    response
+                }
+                Err(error) => Refusal::Upstream { decision, error }.respond(shared, &target),
+            }
+        }
     }
 }
 
-/// Sends `req` in origin form on `upstream` and returns the response, whose
-/// body streams from the upstream connection.
-async fn forward(
-    req: Request<Incoming>,
-    upstream: TcpStream,
+/// Turns the head of an absolute-form request into the one sent upstream:
+/// origin form, `Host` set to `authority`, no hop-by-hop headers, HTTP/1.1.
+fn to_origin_form(
+    parts: &mut hyper::http::request::Parts,
     authority: &str,
     path: &str,
+) -> Result<(), String> {
+    strip_hop_by_hop(&mut parts.headers);
+    let host_value = HeaderValue::from_str(authority).map_err(|e| format!("bad host: {e}"))?;
+    parts.headers.insert(header::HOST, host_value);
+    parts.uri = path
+        .parse::<Uri>()
+        .map_err(|e| format!("bad request path: {e}"))?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// Sends `req` (already in origin form) on `upstream` and returns the
+/// response, whose body streams from the upstream connection.
+async fn forward(
+    req: Request<ProxyBody>,
+    upstream: TcpStream,
     shared: &Shared,
-) -> Result<Response<ProxyBody>, String> {
+) -> Result<Response<Incoming>, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
@@ -1136,22 +1933,10 @@ async fn forward(
             tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
         }
     });
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let host_value = HeaderValue::from_str(authority).map_err(|e| format!("bad host: {e}"))?;
-    parts.headers.insert(header::HOST, host_value);
-    parts.uri = path
-        .parse::<Uri>()
-        .map_err(|e| format!("bad request path: {e}"))?;
-    parts.version = Version::HTTP_11;
-    let response = sender
-        .send_request(Request::from_parts(parts, body))
+    sender
+        .send_request(req)
         .await
-        .map_err(|e| format!("upstream HTTP error: {e}"))?;
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, body.boxed()))
+        .map_err(|e| format!("upstream HTTP error: {e}"))
 }
 
 /// Removes the headers meant for one hop: those the `Connection` header
@@ -1213,7 +1998,7 @@ fn handle_origin_form(req: &Request<Incoming>, shared: &Shared) -> Response<Prox
 fn empty_body() -> ProxyBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// A `text/plain` response, with `X-Flotilla-Denied` when `denied` is given.
@@ -1221,7 +2006,7 @@ fn text_response(status: StatusCode, denied: Option<&str>, body: String) -> Resp
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -1937,6 +2722,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             policy(&["localhost"], &[]),
             None,
+            ProxyOptions::default(),
             1,
         )
         .await

@@ -20,6 +20,15 @@ pub enum NetworkMode {
     Proxy {
         /// The proxy's Unix socket on the host.
         socket: PathBuf,
+        /// The CA bundle tools inside should trust (the proxy's interception
+        /// CA followed by the system roots, see
+        /// [`crate::ca::CertAuthority::write_bundle`]), a file on the host.
+        /// With namespaces it is bind-mounted read-only at
+        /// [`PROXY_INSIDE_CA_BUNDLE`]; in the degraded mode it is read at
+        /// this host path. [`ca_bundle_path`] says which, and
+        /// [`proxy_env_with_ca`] gives the variables pointing tools at it.
+        #[serde(default)]
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -28,6 +37,10 @@ pub const PROXY_INSIDE_ADDR: &str = "127.0.0.1:3128";
 
 /// Where the proxy's socket is mounted inside the sandbox.
 pub const PROXY_INSIDE_SOCKET: &str = "/run/flotilla/proxy.sock";
+
+/// Where the CA bundle of [`NetworkMode::Proxy::ca_bundle`] is mounted
+/// inside the sandbox (read-only).
+pub const PROXY_INSIDE_CA_BUNDLE: &str = "/run/flotilla/ca.pem";
 
 /// Resource limits for everything that runs in one sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +239,46 @@ pub fn proxy_env() -> Vec<(String, String)> {
     env
 }
 
+/// The variables of [`proxy_env`], plus the ones that make common tools
+/// (OpenSSL and everything built on it, curl, git, cargo, Python
+/// `requests`, Node) trust the CA bundle at `ca_bundle`, a path as seen from
+/// inside the sandbox (see [`ca_bundle_path`]). Use it when the proxy
+/// intercepts TLS for some hosts; the bundle also holds the system roots, so
+/// hosts tunnelled untouched still verify.
+pub fn proxy_env_with_ca(ca_bundle: &str) -> Vec<(String, String)> {
+    let mut env = proxy_env();
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "CARGO_HTTP_CAINFO",
+        "CURL_CA_BUNDLE",
+    ] {
+        env.push((name.to_string(), ca_bundle.to_string()));
+    }
+    env
+}
+
+/// Where processes inside a sandbox find the CA bundle of `mode`, for
+/// [`proxy_env_with_ca`]: [`PROXY_INSIDE_CA_BUNDLE`] when the sandbox has
+/// its namespaces (`report.namespaces`), the host path itself in the
+/// degraded mode (no mount namespace, so nothing is mounted; Landlock lets
+/// the sandbox read that one file). `None` without a proxy or a bundle.
+pub fn ca_bundle_path(mode: &NetworkMode, report: &SandboxReport) -> Option<PathBuf> {
+    match mode {
+        NetworkMode::Proxy {
+            ca_bundle: Some(host_path),
+            ..
+        } => Some(if report.namespaces {
+            PathBuf::from(PROXY_INSIDE_CA_BUNDLE)
+        } else {
+            host_path.clone()
+        }),
+        _ => None,
+    }
+}
+
 /// Explains, for the model and the user, which sandbox rule most likely
 /// refused a failed command, and how the user can allow it when they mean
 /// to. `output` is what the command printed; empty when nothing matches.
@@ -290,4 +343,58 @@ pub fn explain_refusal(
         );
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn ca_bundle_env_and_path() {
+        let env = proxy_env_with_ca(PROXY_INSIDE_CA_BUNDLE);
+        for name in [
+            "HTTPS_PROXY",
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "CARGO_HTTP_CAINFO",
+            "CURL_CA_BUNDLE",
+        ] {
+            assert!(env.iter().any(|(k, _)| k == name), "{name}");
+        }
+        assert!(env
+            .iter()
+            .filter(|(k, _)| k.ends_with("CA_BUNDLE") || k.ends_with("CAINFO"))
+            .all(|(_, v)| v == PROXY_INSIDE_CA_BUNDLE));
+
+        let host = PathBuf::from("/var/lib/flotilla/ca-bundle.pem");
+        let mode = NetworkMode::Proxy {
+            socket: "/run/proxy.sock".into(),
+            ca_bundle: Some(host.clone()),
+        };
+        let mut report = SandboxReport {
+            namespaces: true,
+            ..SandboxReport::default()
+        };
+        assert_eq!(
+            ca_bundle_path(&mode, &report),
+            Some(PathBuf::from(PROXY_INSIDE_CA_BUNDLE))
+        );
+        report.namespaces = false;
+        assert_eq!(ca_bundle_path(&mode, &report), Some(host));
+        assert_eq!(ca_bundle_path(&NetworkMode::None, &report), None);
+
+        // Specs from before the field still parse.
+        let old: NetworkMode =
+            serde_json::from_str(r#"{"mode":"proxy","socket":"/run/proxy.sock"}"#).unwrap();
+        assert_eq!(
+            old,
+            NetworkMode::Proxy {
+                socket: "/run/proxy.sock".into(),
+                ca_bundle: None
+            }
+        );
+    }
 }
