@@ -360,6 +360,13 @@ fn session_sandboxes(paths: &Paths, cfg: &config::ConfigFile) -> Result<SandboxF
                 &cfg.sandbox.network.allow,
                 &cfg.sandbox.network.deny,
             )?,
+            upstream_tls: match &ca {
+                Some(_) => Some(
+                    flotilla_sandbox::proxy::upstream_client_config(&cfg.sandbox.network.ca_files)
+                        .context("invalid [sandbox.network] ca_files")?,
+                ),
+                None => None,
+            },
             socket_dir,
             ca,
             ca_bundle,

@@ -178,7 +178,10 @@ pub async fn sandbox(paths: &flotilla_server::Paths, args: SandboxArgs) -> Resul
             );
         });
         proxy = Some(EgressProxy::bind_unix(&socket, policy, Some(observer)).await?);
-        spec.network = NetworkMode::Proxy { socket };
+        spec.network = NetworkMode::Proxy {
+            socket,
+            ca_bundle: None,
+        };
         env.extend(proxy_env());
         _proxy_dir = Some(dir);
     } else if !args.allow_domain.is_empty() || !args.deny_domain.is_empty() {

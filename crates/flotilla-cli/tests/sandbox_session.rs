@@ -335,6 +335,7 @@ async fn a_session_with_the_proxy_reaches_only_allowed_hosts() {
             socket_dir: sockets.path().to_path_buf(),
             ca: None,
             ca_bundle: None,
+            upstream_tls: None,
         }),
     );
     let session = factory.for_session(ws.path()).await.unwrap();

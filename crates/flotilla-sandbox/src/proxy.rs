@@ -520,6 +520,49 @@ impl Interception {
     }
 }
 
+/// The upstream client TLS configuration of intercepted tunnels: webpki
+/// roots, the system's native certificates, and the certificates of each
+/// PEM file in `extra_roots` (a corporate CA; a test server's). Build it once
+/// and share it: loading the native roots reads the system's bundle.
+pub fn upstream_client_config(
+    extra_roots: &[PathBuf],
+) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = default_client_config(&provider)?;
+    if extra_roots.is_empty() {
+        return Ok(Arc::new(config));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for path in extra_roots {
+        let bad = |problem: String| ProxyError::Tls {
+            problem: format!("root certificates in {}: {problem}", path.display()),
+        };
+        let mut n = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+        {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(bad("no PEM certificate in the file".to_owned()));
+        }
+    }
+    config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Tls {
+            problem: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The upstream client TLS configuration by default: webpki roots plus the
 /// system's native certificates.
 fn default_client_config(

@@ -46,6 +46,7 @@ mod bedrock_wire;
 mod script;
 mod serve;
 mod server;
+pub mod tls;
 mod wire;
 
 pub use anthropic::MockAnthropicServer;
@@ -53,4 +54,5 @@ pub use bedrock::MockBedrockServer;
 pub use script::{Failure, Reply, Script, ScriptedCall, Step, DEFAULT_SCRIPT};
 pub use serve::RecordedRequest;
 pub use server::MockModelServer;
+pub use tls::TlsEchoServer;
 pub use wire::{script_marker, script_name, step_index, turns_marker, NO_STREAM_MARKER};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use flotilla_sandbox::ca::CertAuthority;
 use flotilla_sandbox::hook::EgressHook;
 use flotilla_sandbox::proxy::{DomainPolicy, EgressProxy, ProxyOptions};
-use flotilla_sandbox::spec::{proxy_env_with_ca, PROXY_INSIDE_CA_BUNDLE};
+use flotilla_sandbox::spec::{ca_bundle_path, proxy_env_with_ca};
 use flotilla_sandbox::{
     explain_refusal, proxy_env, ExitStatus, HelperCommand, NetworkMode, Sandbox, SandboxSpec,
     SpawnRequest,
@@ -135,6 +135,8 @@ pub struct ProxySettings {
     /// The CA certificate followed by the system roots, mounted into each
     /// sandbox that has a hook (`SSL_CERT_FILE` and friends point at it).
     pub ca_bundle: Option<PathBuf>,
+    /// Roots for the upstream side of intercepted TLS; `None`: the system's.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl SandboxFactory {
@@ -218,7 +220,7 @@ impl ExecutorFactory for SandboxFactory {
                     let options = ProxyOptions {
                         hook,
                         ca,
-                        ..ProxyOptions::default()
+                        upstream_tls: settings.upstream_tls.clone(),
                     };
                     let proxy = EgressProxy::bind_unix_with(
                         &socket,
@@ -228,12 +230,7 @@ impl ExecutorFactory for SandboxFactory {
                     )
                     .await
                     .map_err(|err| format!("starting the egress proxy: {err}"))?;
-                    let inside_ca = ca_bundle.is_some();
                     spec.network = NetworkMode::Proxy { socket, ca_bundle };
-                    env.extend(proxy_env());
-                    if inside_ca {
-                        env.extend(proxy_env_with_ca(PROXY_INSIDE_CA_BUNDLE));
-                    }
                     Some(proxy)
                 }
                 None => {
@@ -244,11 +241,19 @@ impl ExecutorFactory for SandboxFactory {
                     None
                 }
             };
-            env.extend(network.env);
+            let network_mode = spec.network.clone();
             let sandbox = Sandbox::create(spec, &self.helper)
                 .await
                 .map_err(|err| err.to_string())?;
             let report = sandbox.report();
+            // The CA bundle is at a fixed path inside a namespaced sandbox,
+            // at its host path in the degraded mode.
+            match ca_bundle_path(&network_mode, report) {
+                Some(bundle) => env.extend(proxy_env_with_ca(&bundle.to_string_lossy())),
+                None if proxy.is_some() => env.extend(proxy_env()),
+                None => {}
+            }
+            env.extend(network.env);
             degraded.extend(report.degraded.iter().cloned());
             Ok(SessionExecutor {
                 confined: report.namespaces,
