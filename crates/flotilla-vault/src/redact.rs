@@ -33,8 +33,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, Input, MatchKind};
-use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use bytes::Bytes;
 use flotilla_sandbox::hook::BodyFilter;
 
@@ -94,13 +94,20 @@ fn aligned_base64(engine: &base64::engine::GeneralPurpose, value: &[u8], offset:
     if first >= last {
         return Vec::new();
     }
-    encoded.get(first..last).map(<[u8]>::to_vec).unwrap_or_default()
+    encoded
+        .get(first..last)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }
 
 /// Percent-encodes every byte outside RFC 3986's unreserved set
 /// (`A-Z a-z 0-9 - . _ ~`); with `plus`, space becomes `+`.
 fn percent_encode(value: &[u8], upper: bool, plus: bool) -> Vec<u8> {
-    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let digits: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
     let mut out = Vec::with_capacity(value.len() * 3);
     for &b in value {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -108,7 +115,11 @@ fn percent_encode(value: &[u8], upper: bool, plus: bool) -> Vec<u8> {
         } else if plus && b == b' ' {
             out.push(b'+');
         } else {
-            out.extend_from_slice(&[b'%', digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+            out.extend_from_slice(&[
+                b'%',
+                digits[usize::from(b >> 4)],
+                digits[usize::from(b & 15)],
+            ]);
         }
     }
     out
@@ -123,7 +134,11 @@ fn json_escape(text: &str, ascii_only: bool, upper: bool, html_safe: bool) -> St
     let mut out = String::with_capacity(text.len() + 8);
     let unicode = |out: &mut String, unit: u16| {
         // Writing to a String cannot fail.
-        let _ = if upper { write!(out, "\\u{unit:04X}") } else { write!(out, "\\u{unit:04x}") };
+        let _ = if upper {
+            write!(out, "\\u{unit:04X}")
+        } else {
+            write!(out, "\\u{unit:04x}")
+        };
     };
     for c in text.chars() {
         match c {
@@ -169,12 +184,19 @@ pub(crate) fn forms(value: &[u8]) -> Vec<Vec<u8>> {
 pub(crate) fn form_pairs(value: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (i, (form, target)) in all_forms(value).into_iter().zip(all_forms(to)).enumerate() {
-        if form.is_empty() || (i > 0 && form.len() < MIN_FORM_LEN) || out.iter().any(|(f, _)| *f == form) {
+        if form.is_empty()
+            || (i > 0 && form.len() < MIN_FORM_LEN)
+            || out.iter().any(|(f, _)| *f == form)
+        {
             continue;
         }
         // A kind that does not apply to `to` (JSON of non-UTF-8 bytes):
         // fall back to the raw target rather than leave the value.
-        let target = if target.is_empty() { to.to_vec() } else { target };
+        let target = if target.is_empty() {
+            to.to_vec()
+        } else {
+            target
+        };
         out.push((form, target));
     }
     out
@@ -230,8 +252,16 @@ impl Redactor {
                 }
             }
         }
-        let automaton = if patterns.is_empty() { None } else { build(&patterns) };
-        Redactor { automaton, owner, labels }
+        let automaton = if patterns.is_empty() {
+            None
+        } else {
+            build(&patterns)
+        };
+        Redactor {
+            automaton,
+            owner,
+            labels,
+        }
     }
 
     /// Whether there is nothing to redact.
@@ -286,7 +316,9 @@ impl Redactor {
             // Extend the span with every match starting inside it.
             let mut next = start + 1;
             while next < end {
-                let Some(o) = ac.find(Input::new(bytes).span(next..bytes.len())) else { break };
+                let Some(o) = ac.find(Input::new(bytes).span(next..bytes.len())) else {
+                    break;
+                };
                 if o.start() >= end {
                     break;
                 }
@@ -380,7 +412,7 @@ impl std::fmt::Debug for Redactor {
 }
 
 /// A callback told the index of the pattern a filter acted on.
-pub type PatternCallback = Box<dyn FnMut(usize) + Send>;
+pub type PatternCallback = Box<dyn FnMut(usize) + Send + Sync>;
 
 /// A streaming search-and-replace over a body (leftmost-longest, as if the
 /// whole body had been searched at once): the last (longest pattern - 1)
@@ -408,7 +440,11 @@ impl StreamReplacer {
             }
         }
         let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let automaton = if patterns.is_empty() { None } else { build(&patterns).map(Arc::new) };
+        let automaton = if patterns.is_empty() {
+            None
+        } else {
+            build(&patterns).map(Arc::new)
+        };
         StreamReplacer {
             automaton,
             replacements: Arc::new(replacements),
@@ -421,7 +457,7 @@ impl StreamReplacer {
     /// Calls `f` with the index (in the pairs given to
     /// [`StreamReplacer::new`], after dropping empty and repeated
     /// patterns) of each pattern replaced.
-    pub fn on_match(mut self, f: impl FnMut(usize) + Send + 'static) -> StreamReplacer {
+    pub fn on_match(mut self, f: impl FnMut(usize) + Send + Sync + 'static) -> StreamReplacer {
         self.on_match = Some(Box::new(f));
         self
     }
@@ -441,6 +477,25 @@ impl StreamReplacer {
     /// Whether it has no patterns (and passes everything through).
     pub fn is_empty(&self) -> bool {
         self.replacements.is_empty()
+    }
+
+    /// Replaces every match in one whole buffer (no state kept; the
+    /// callback is not called). [`Cow::Borrowed`] when nothing matched.
+    /// `None` when the automaton could not be built (fail closed).
+    pub fn replace_all<'a>(&self, bytes: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if self.is_empty() {
+            return Some(Cow::Borrowed(bytes));
+        }
+        let ac = self.automaton.as_ref()?;
+        if ac.find(bytes).is_none() {
+            return Some(Cow::Borrowed(bytes));
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        ac.replace_all_with_bytes(bytes, &mut out, |m, _, dst| {
+            dst.extend_from_slice(&self.replacements[m.pattern().as_usize()]);
+            true
+        });
+        Some(Cow::Owned(out))
     }
 
     /// Replaces the matches in `buf` that start before `safe`, returning
@@ -525,12 +580,19 @@ impl StreamBlocker {
             }
         }
         let automaton = if kept.is_empty() { None } else { build(&kept) };
-        StreamBlocker { automaton, patterns: kept, reasons, carry: Vec::new(), tripped: None, on_block: None }
+        StreamBlocker {
+            automaton,
+            patterns: kept,
+            reasons,
+            carry: Vec::new(),
+            tripped: None,
+            on_block: None,
+        }
     }
 
     /// Calls `f` with the index of the pattern (as kept by
     /// [`StreamBlocker::new`]) when it fires.
-    pub fn on_block(mut self, f: impl FnMut(usize) + Send + 'static) -> StreamBlocker {
+    pub fn on_block(mut self, f: impl FnMut(usize) + Send + Sync + 'static) -> StreamBlocker {
         self.on_block = Some(Box::new(f));
         self
     }
@@ -570,7 +632,9 @@ impl StreamBlocker {
             .rev()
             .find(|&k| {
                 let tail = &self.carry[len - k..];
-                self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail))
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > k && p.starts_with(tail))
             })
             .unwrap_or(0)
     }
