@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use bytes::Bytes;
 use flotilla_sandbox::hook::BodyFilter;
 use flotilla_vault::redact::{Redactor, StreamBlocker, StreamReplacer};
@@ -12,8 +12,10 @@ use flotilla_vault::redact::{Redactor, StreamBlocker, StreamReplacer};
 const TOKEN: &str = "ghp_Ab3+x/Yz 9\"q\\Lk~w.Z-";
 
 fn redactor(secrets: &[(&str, &str)]) -> Redactor {
-    let owned: Vec<(String, Vec<u8>)> =
-        secrets.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+    let owned: Vec<(String, Vec<u8>)> = secrets
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
     Redactor::new(&owned)
 }
 
@@ -39,7 +41,11 @@ fn base64_forms_all_alignments() {
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
         // The value alone.
         let enc = engine.encode(TOKEN);
-        assert_eq!(r.redact(&format!("x {enc} y")), "x [secret:github] y", "{enc}");
+        assert_eq!(
+            r.redact(&format!("x {enc} y")),
+            "x [secret:github] y",
+            "{enc}"
+        );
         // Inside a longer encoded string, at each offset mod 3, with
         // something after it too.
         for prefix in ["", "u", "us", "user:", "x-access-token:", "ab:"] {
@@ -47,7 +53,10 @@ fn base64_forms_all_alignments() {
                 let enc = engine.encode(format!("{prefix}{TOKEN}{suffix}"));
                 let text = format!("Authorization: Basic {enc}");
                 let out = r.redact(&text);
-                assert!(out.contains("[secret:github]"), "{prefix:?}+{suffix:?}: {out}");
+                assert!(
+                    out.contains("[secret:github]"),
+                    "{prefix:?}+{suffix:?}: {out}"
+                );
                 // What is left of the encoding cannot decode to the value.
                 assert!(!out.contains(&engine.encode(TOKEN)[..8]));
             }
@@ -82,9 +91,18 @@ fn percent_hex_and_json_forms() {
         })
         .collect();
     assert_eq!(r.redact(&format!("t={lower}")), "t=[secret:github]");
-    assert_eq!(r.redact(&format!("t={}", upper.replace("%20", "+"))), "t=[secret:github]");
-    assert_eq!(r.redact(&format!("h={}", hex::encode(TOKEN))), "h=[secret:github]");
-    assert_eq!(r.redact(&format!("h={}", hex::encode_upper(TOKEN))), "h=[secret:github]");
+    assert_eq!(
+        r.redact(&format!("t={}", upper.replace("%20", "+"))),
+        "t=[secret:github]"
+    );
+    assert_eq!(
+        r.redact(&format!("h={}", hex::encode(TOKEN))),
+        "h=[secret:github]"
+    );
+    assert_eq!(
+        r.redact(&format!("h={}", hex::encode_upper(TOKEN))),
+        "h=[secret:github]"
+    );
     // JSON-escaped (the value holds a quote and a backslash).
     let json = serde_json::json!({ "token": TOKEN }).to_string();
     assert_eq!(r.redact(&json), r#"{"token":"[secret:github]"}"#);
@@ -135,7 +153,10 @@ fn short_value_keeps_only_raw_and_long_forms() {
     // A 4-byte value: its trimmed base64 fragments are 3-5 characters and
     // are not searched for; the raw value and 8-char hex are.
     let r = redactor(&[("pin", "k3y!")]);
-    assert_eq!(r.redact("pin k3y! hex 6b337921"), "pin [secret:pin] hex [secret:pin]");
+    assert_eq!(
+        r.redact("pin k3y! hex 6b337921"),
+        "pin [secret:pin] hex [secret:pin]"
+    );
     assert!(matches!(r.redact("azM5 bigram text"), Cow::Borrowed(_)));
 }
 
@@ -159,7 +180,11 @@ fn redact_json_nested_values_and_keys() {
 }
 
 /// Runs `filter` over `input` cut at the given points.
-fn run_chunks(filter: &mut dyn BodyFilter, input: &[u8], cuts: &[usize]) -> Result<Vec<u8>, String> {
+fn run_chunks(
+    filter: &mut dyn BodyFilter,
+    input: &[u8],
+    cuts: &[usize],
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut start = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
@@ -184,9 +209,16 @@ fn stream_replacer_every_split() {
     let expected = b"start V2 mid VALUE-ONEx <abc><abc> flotilla-ph-01 end <abc>".to_vec();
     assert_eq!(run_chunks(&mut replacer(), input, &[]).unwrap(), expected);
     for cut in 0..=input.len() {
-        assert_eq!(run_chunks(&mut replacer(), input, &[cut]).unwrap(), expected, "cut at {cut}");
+        assert_eq!(
+            run_chunks(&mut replacer(), input, &[cut]).unwrap(),
+            expected,
+            "cut at {cut}"
+        );
         for cut2 in cut..=input.len() {
-            assert_eq!(run_chunks(&mut replacer(), input, &[cut, cut2]).unwrap(), expected);
+            assert_eq!(
+                run_chunks(&mut replacer(), input, &[cut, cut2]).unwrap(),
+                expected
+            );
         }
     }
     let ones: Vec<usize> = (1..input.len()).collect();
@@ -195,7 +227,10 @@ fn stream_replacer_every_split() {
     let mut counted = replacer().on_match(move |_| *seen.lock().unwrap() += 1);
     assert_eq!(run_chunks(&mut counted, input, &ones).unwrap(), expected);
     assert_eq!(*count.lock().unwrap(), 5);
-    assert_eq!(replacer().replace_all(input).unwrap().as_ref(), expected.as_slice());
+    assert_eq!(
+        replacer().replace_all(input).unwrap().as_ref(),
+        expected.as_slice()
+    );
 }
 
 fn blocker() -> StreamBlocker {
@@ -209,9 +244,15 @@ fn blocker() -> StreamBlocker {
 fn stream_blocker_every_split() {
     let clean = b"data: flotilla-ph-aaab and flotilla-ph- then flotilla-ph-bbb";
     let bad = b"{\"x\": \"some text flotilla-ph-bbbb more\"}";
-    let start = bad.windows(16).position(|w| w == b"flotilla-ph-bbbb").unwrap();
+    let start = bad
+        .windows(16)
+        .position(|w| w == b"flotilla-ph-bbbb")
+        .unwrap();
     for cut in 0..=bad.len() {
-        assert_eq!(run_chunks(&mut blocker(), clean, &[cut.min(clean.len())]).unwrap(), clean.to_vec());
+        assert_eq!(
+            run_chunks(&mut blocker(), clean, &[cut.min(clean.len())]).unwrap(),
+            clean.to_vec()
+        );
         // Nothing of the pattern is passed on before the refusal.
         let mut b = blocker();
         let mut passed: Vec<u8> = Vec::new();
@@ -229,7 +270,11 @@ fn stream_blocker_every_split() {
             result = b.finish().map(|out| passed.extend_from_slice(&out));
         }
         assert_eq!(result, Err("blocked bbbb".to_string()), "cut at {cut}");
-        assert!(passed.len() <= start, "cut at {cut}: passed {:?}", String::from_utf8_lossy(&passed));
+        assert!(
+            passed.len() <= start,
+            "cut at {cut}: passed {:?}",
+            String::from_utf8_lossy(&passed)
+        );
         // It stays failed.
         assert!(b.filter(Bytes::from_static(b"x")).is_err());
     }
@@ -240,15 +285,24 @@ fn stream_blocker_every_split() {
     assert!(run_chunks(&mut b, bad, &ones).is_err());
     assert_eq!(*fired.lock().unwrap(), vec![1]);
     let ones: Vec<usize> = (1..clean.len()).collect();
-    assert_eq!(run_chunks(&mut blocker(), clean, &ones).unwrap(), clean.to_vec());
+    assert_eq!(
+        run_chunks(&mut blocker(), clean, &ones).unwrap(),
+        clean.to_vec()
+    );
 }
 
 #[test]
 fn stream_blocker_holds_back_only_possible_starts() {
     let mut b = blocker();
     // "flotilla-ph-" could begin a match: held back.
-    assert_eq!(b.filter(Bytes::from_static(b"hello flotilla-ph-")).unwrap(), Bytes::from_static(b"hello "));
+    assert_eq!(
+        b.filter(Bytes::from_static(b"hello flotilla-ph-")).unwrap(),
+        Bytes::from_static(b"hello ")
+    );
     // Now it cannot: released.
-    assert_eq!(b.filter(Bytes::from_static(b"zz ok")).unwrap(), Bytes::from_static(b"flotilla-ph-zz ok"));
+    assert_eq!(
+        b.filter(Bytes::from_static(b"zz ok")).unwrap(),
+        Bytes::from_static(b"flotilla-ph-zz ok")
+    );
     assert_eq!(b.finish().unwrap(), Bytes::new());
 }
