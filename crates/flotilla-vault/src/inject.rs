@@ -468,11 +468,12 @@ impl<A: BodyFilter, B: BodyFilter> BodyFilter for Chain<A, B> {
 }
 
 impl EgressHook for Injector {
-    fn intercept(&self, host: &str, port: u16) -> bool {
-        // Any HTTPS connection is intercepted while a secret is granted, so
-        // that a placeholder sent to an ungranted host is seen and refused.
+    fn intercept(&self, _host: &str, _port: u16) -> bool {
+        // Every tunnel is intercepted while a secret is granted, whatever
+        // its port, so that a placeholder sent to an ungranted host is seen
+        // and refused (a tunnel left alone could carry it anywhere). The
+        // price: a session with grants speaks only TLS through CONNECT.
         !self.grants.is_empty()
-            && (port == 443 || self.grants.iter().any(|g| covers(&g.grant.hosts, host)))
     }
 
     fn on_request(&self, info: &RequestInfo<'_>, head: &mut http::request::Parts) -> HookVerdict {
