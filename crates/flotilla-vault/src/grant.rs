@@ -251,7 +251,7 @@ fn format_ttl(ttl: Duration) -> String {
     let secs = ttl.as_secs();
     if ttl.subsec_nanos() == 0 && secs > 0 {
         for (unit, scale) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if secs % scale == 0 {
+            if secs.is_multiple_of(scale) {
                 return format!("{}{unit}", secs / scale);
             }
         }
@@ -405,6 +405,16 @@ impl FromStr for GrantRequest {
                         v.push(':');
                         v.push_str(part);
                     }
+                    Some((k, v)) if k == "host" => {
+                        return Err(invalid(
+                            "host",
+                            format!(
+                                "{:?} in {s:?}: give the host alone, without scheme or port \
+                                 (e.g. host=api.github.com)",
+                                format!("{v}:{part}")
+                            ),
+                        ));
+                    }
                     _ => {
                         return Err(invalid(
                             "key",
@@ -497,9 +507,7 @@ fn covers(outer: &str, inner: &str) -> bool {
         // A wildcard is covered only by a wildcard over the same or a
         // parent domain.
         Some(inner_base) => match outer.strip_prefix("*.") {
-            Some(outer_base) => {
-                inner_base == outer_base || host_matches(outer, inner_base)
-            }
+            Some(outer_base) => inner_base == outer_base || host_matches(outer, inner_base),
             None => false,
         },
         None => host_matches(outer, inner),

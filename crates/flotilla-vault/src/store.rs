@@ -189,7 +189,9 @@ pub enum VaultError {
         reason: String,
     },
     /// A secret with that name exists and replacing was not asked for.
-    #[error("a secret named {name:?} exists; pass --replace to overwrite it, or pick another name")]
+    #[error(
+        "a secret named {name:?} exists; pass --replace to overwrite it, or pick another name"
+    )]
     Exists {
         /// The name.
         name: String,
@@ -688,7 +690,10 @@ pub fn validate_spec(spec: &SecretSpec) -> Result<SecretSpec, VaultError> {
 /// Checks an environment variable name for a placeholder (see
 /// [`validate_spec`]).
 pub fn validate_env(env: &str) -> Result<(), VaultError> {
-    let invalid = |detail: String| VaultError::Invalid { field: "env", detail };
+    let invalid = |detail: String| VaultError::Invalid {
+        field: "env",
+        detail,
+    };
     let mut chars = env.chars();
     let first_ok = chars
         .next()
@@ -738,7 +743,10 @@ pub fn validate_value(value: &[u8]) -> Result<(), VaultError> {
                 .into(),
         ));
     }
-    if value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+    if value
+        .iter()
+        .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+    {
         return Err(invalid("the value contains a control character".into()));
     }
     if std::str::from_utf8(value).is_err() {
@@ -852,8 +860,10 @@ fn open_db(path: &Path) -> Result<Connection, VaultError> {
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql)?;
     conn.execute_batch(SCHEMA).map_err(sql)?;
     Ok(conn)
 }

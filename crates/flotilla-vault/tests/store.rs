@@ -350,7 +350,15 @@ fn validation_rules() {
     let add = |s: &SecretSpec, value: &[u8]| v.add(s, value, false);
 
     // Names.
-    for bad in ["", "Github", "1github", "-x", "git hub", "gh.token", &"a".repeat(65)] {
+    for bad in [
+        "",
+        "Github",
+        "1github",
+        "-x",
+        "git hub",
+        "gh.token",
+        &"a".repeat(65),
+    ] {
         let mut s = spec("x");
         s.name = bad.to_string();
         assert_eq!(invalid_field(add(&s, b"v")), "name", "{bad:?}");
@@ -483,7 +491,9 @@ fn vault_is_send_and_sync() {
 fn concurrent_use_from_two_threads_and_two_handles() {
     let tmp = tempfile::tempdir().unwrap();
     let shared = Arc::new(Vault::open(tmp.path()).unwrap());
-    shared.add(&spec("shared"), VALUE.as_bytes(), false).unwrap();
+    shared
+        .add(&spec("shared"), VALUE.as_bytes(), false)
+        .unwrap();
     let other = Arc::new(Vault::open(tmp.path()).unwrap()); // like a second process
     let handles: Vec<_> = [shared.clone(), shared.clone(), other.clone()]
         .into_iter()
@@ -528,7 +538,9 @@ fn two_processes_creating_a_vault_at_once_agree_on_one_key() {
         })
         .collect();
     let vaults: Vec<Vault> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    vaults[0].add(&spec("github"), VALUE.as_bytes(), false).unwrap();
+    vaults[0]
+        .add(&spec("github"), VALUE.as_bytes(), false)
+        .unwrap();
     for v in &vaults {
         assert_eq!(v.get("github").unwrap().unwrap().1.as_str(), VALUE);
     }
