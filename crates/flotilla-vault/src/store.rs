@@ -893,7 +893,9 @@ fn read_key(path: &Path) -> Result<Option<VaultKey>, VaultError> {
     if meta.len() > 1024 {
         return Err(malformed("longer than a key"));
     }
-    let mut text = Zeroizing::new(String::new());
+    // Sized up front (the length was checked): a reallocation would leave a
+    // copy behind.
+    let mut text = Zeroizing::new(String::with_capacity(1025));
     file.read_to_string(&mut text)
         .map_err(|_| malformed("not text"))?;
     let hex_text = text.trim();
@@ -925,9 +927,10 @@ fn create_key(dir: &Path, path: &Path) -> Result<VaultKey, VaultError> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        let mut text = Zeroizing::new(hex::encode(&key.0[..]));
-        text.push('\n');
-        f.write_all(text.as_bytes())?;
+        let mut text = Zeroizing::new([b'\n'; KEY_LEN * 2 + 1]);
+        hex::encode_to_slice(&key.0[..], &mut text[..KEY_LEN * 2])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        f.write_all(&text[..])?;
         f.sync_all()?;
         fs::hard_link(&tmp, path)
     })();
