@@ -246,6 +246,8 @@ impl Conversation {
             EventKind::SessionResumed { .. }
             | EventKind::PolicyDecided { .. }
             | EventKind::SandboxReady { .. }
+            | EventKind::SecretsGranted { .. }
+            | EventKind::SecretUsed { .. }
             | EventKind::ModelRequested { .. }
             | EventKind::ModelFailed { .. } => {}
         }

@@ -212,7 +212,9 @@ fn a_granted_secret_reaches_only_its_host_and_never_the_log() {
         .collect();
     assert_eq!(blocked.len(), 2, "{uses:#?}");
     assert!(
-        blocked.iter().all(|u| !u["path"].as_str().unwrap().contains('?')),
+        blocked
+            .iter()
+            .all(|u| !u["path"].as_str().unwrap().contains('?')),
         "no query strings in records: {uses:#?}"
     );
 
@@ -220,7 +222,10 @@ fn a_granted_secret_reaches_only_its_host_and_never_the_log() {
     // sent, not in any file of the daemon's home (database, WAL, vault,
     // logs), not in the listing.
     assert!(!all.contains(VALUE), "the event log holds the value");
-    assert!(!all.contains(&b64), "the event log holds the value's base64");
+    assert!(
+        !all.contains(&b64),
+        "the event log holds the value's base64"
+    );
     let model_saw = serde_json::to_string(&env.mock.requests()).unwrap();
     assert!(!model_saw.contains(VALUE), "the model was sent the value");
     assert!(model_saw.contains("[secret:github]"), "{model_saw}");
@@ -277,16 +282,35 @@ fn grants_are_checked_against_the_vault() {
     // No such secret.
     let ws = env.ws_str();
     let out = env.run(&[
-        "run", "--detach", "-w", &ws, "-m", "openai:mock", "--grant", "nope", "task",
+        "run",
+        "--detach",
+        "-w",
+        &ws,
+        "-m",
+        "openai:mock",
+        "--grant",
+        "nope",
+        "task",
     ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no secret named \"nope\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no secret named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
     let out = add_secret(&env, &["github", "--host", "api.github.com"], VALUE);
     assert!(out.status.success(), "{}", stderr(&out));
     // A host the secret does not cover.
     let out = env.run(&[
-        "run", "--detach", "-w", &ws, "-m", "openai:mock", "--grant",
-        "github:host=evil.example", "task",
+        "run",
+        "--detach",
+        "-w",
+        &ws,
+        "-m",
+        "openai:mock",
+        "--grant",
+        "github:host=evil.example",
+        "task",
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("evil.example"), "{}", stderr(&out));
@@ -296,7 +320,11 @@ fn grants_are_checked_against_the_vault() {
     // Adding twice needs --replace.
     let out = add_secret(&env, &["github", "--host", "api.github.com"], "other");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--replace") || stderr(&out).contains("exists"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--replace") || stderr(&out).contains("exists"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["secrets", "rm", "github"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = env.run(&["secrets", "list", "--json"]);

@@ -682,17 +682,17 @@ impl Supervisor {
         };
         let id = SessionId::generate();
         let mut first = vec![EventKind::SessionCreated {
-                    task: req.task,
-                    model: spec.to_string(),
-                    workspace: workspace.to_string_lossy().into_owned(),
-                    base_url,
-                    limits,
-                    principal: Some(principal.to_owned()),
-                    permissions: req.permissions.filter(|p| !p.is_empty()),
-                    role: role.map(|(name, _)| name),
-                    fallbacks,
-                    machine,
-                }];
+            task: req.task,
+            model: spec.to_string(),
+            workspace: workspace.to_string_lossy().into_owned(),
+            base_url,
+            limits,
+            principal: Some(principal.to_owned()),
+            permissions: req.permissions.filter(|p| !p.is_empty()),
+            role: role.map(|(name, _)| name),
+            fallbacks,
+            machine,
+        }];
         if !grants.is_empty() {
             first.push(EventKind::SecretsGranted { grants });
         }
@@ -843,8 +843,11 @@ impl Supervisor {
             match self.vault() {
                 Ok(vault) => Some(secrets::for_session(&vault, &self.store, id, &grants)),
                 Err(e) => {
-                    self.fail(id, format!("the session's granted secrets cannot be used: {e}"))
-                        .await;
+                    self.fail(
+                        id,
+                        format!("the session's granted secrets cannot be used: {e}"),
+                    )
+                    .await;
                     return Ok(());
                 }
             }

@@ -108,7 +108,10 @@ pub(crate) fn for_session(
                 })
                 .await;
             }
-            if let Err(e) = store.append_one(&sid, EventKind::SecretUsed { record }).await {
+            if let Err(e) = store
+                .append_one(&sid, EventKind::SecretUsed { record })
+                .await
+            {
                 tracing::error!(session = %sid, error = %e, "cannot record a secret use");
             }
         }

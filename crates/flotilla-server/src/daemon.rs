@@ -200,7 +200,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     // The vault: a missing or wrong key is an error for every secret
     // operation and grant (never a silently empty vault), not for the daemon.
     let vault_dir = paths.data_dir.join("vault");
-    let vault = match tokio::task::spawn_blocking(move || flotilla_vault::store::Vault::open(&vault_dir)).await {
+    let vault = match tokio::task::spawn_blocking(move || {
+        flotilla_vault::store::Vault::open(&vault_dir)
+    })
+    .await
+    {
         Ok(Ok(v)) => Ok(Arc::new(v)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "the vault cannot be opened; secrets and grants are unavailable");

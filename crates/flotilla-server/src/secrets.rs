@@ -56,7 +56,9 @@ fn vault(st: &AppState) -> Result<Arc<Vault>, ApiFailure> {
 fn vault_failure(e: VaultError) -> ApiFailure {
     match e {
         VaultError::Exists { .. } => ApiFailure::new(StatusCode::CONFLICT, "exists", e.to_string()),
-        VaultError::Invalid(_) => ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        VaultError::Invalid { .. } => {
+            ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "vault error");
             ApiFailure::new(

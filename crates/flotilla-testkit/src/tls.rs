@@ -77,9 +77,8 @@ impl TlsEchoServer {
                             else {
                                 return;
                             };
-                            let service = hyper::service::service_fn(move |req| {
-                                echo(req, record.clone())
-                            });
+                            let service =
+                                hyper::service::service_fn(move |req| echo(req, record.clone()));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
                                 .await;

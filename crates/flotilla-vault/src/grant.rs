@@ -614,7 +614,7 @@ pub fn narrow(parent: &[Grant], req: &GrantRequest, now_ms: u64) -> Result<Grant
             if let Some(prefix) = req
                 .path_prefixes
                 .iter()
-                .find(|c| !p.path_prefixes.iter().any(|pp| c.starts_with(pp.as_str())))
+                .find(|c| !path_allowed(&p.path_prefixes, c))
             {
                 return Err(GrantError::PathNotAllowed {
                     secret,
@@ -677,21 +677,34 @@ pub fn permits(
     if !grant.methods.is_empty() && !grant.methods.iter().any(|m| m == method) {
         return Err(Refusal::Method);
     }
-    if !grant.path_prefixes.is_empty() {
-        let end = path.find(['?', '#']).unwrap_or(path.len());
-        let path = &path[..end];
-        if !path.starts_with('/') || has_dot_segment(path) {
-            return Err(Refusal::Path);
-        }
-        if !grant
-            .path_prefixes
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
-        {
-            return Err(Refusal::Path);
-        }
+    if !path_allowed(&grant.path_prefixes, path) {
+        return Err(Refusal::Path);
     }
     Ok(())
+}
+
+/// Whether `path` (a query or fragment ignored) is under one of
+/// `prefixes`; any path when there are none. A prefix matches on a segment
+/// boundary: `/repos/acme` allows `/repos/acme` and `/repos/acme/x`, not
+/// `/repos/acme-evil`. With prefixes, a path holding `.` or `..` segments
+/// (also percent-encoded, or behind `\`) is refused: the server would
+/// resolve it to somewhere the prefix does not cover. The one definition
+/// used by [`permits`], by [`narrow`] (a child's prefix must itself be an
+/// allowed path of the parent's) and by the proxy hook.
+pub fn path_allowed(prefixes: &[String], path: &str) -> bool {
+    if prefixes.is_empty() {
+        return true;
+    }
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let path = &path[..end];
+    if !path.starts_with('/') || has_dot_segment(path) {
+        return false;
+    }
+    prefixes.iter().any(|prefix| {
+        path == prefix
+            || (path.starts_with(prefix.as_str())
+                && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+    })
 }
 
 /// The git credential helper for a placeholder in `env`: it answers `get`

@@ -124,54 +124,10 @@ fn basic_credentials(name: &HeaderName, value: &HeaderValue) -> Option<Zeroizing
     BASIC.decode(encoded).ok().map(Zeroizing::new)
 }
 
-/// Whether `host` matches `pattern`: `example.com` exactly, or
-/// `*.example.com` for any subdomain (not the apex); case-insensitive, a
-/// trailing dot ignored. (grant.rs exports an equivalent
-/// `host_matches`; this private copy keeps the modules independent.)
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if pattern.is_empty() || host.is_empty() {
-        return false;
-    }
-    match pattern.strip_prefix("*.") {
-        // The suffix keeps its dot: `*.example.com` must not match
-        // `badexample.com`, nor `example.com` itself.
-        Some(rest) => {
-            host.len() > rest.len() + 1 && host.ends_with(rest) && {
-                let dot = host.len() - rest.len() - 1;
-                host.as_bytes()[dot] == b'.'
-            }
-        }
-        None => pattern == host,
-    }
-}
+use crate::grant::{host_matches, path_allowed};
 
 fn covers(hosts: &[String], host: &str) -> bool {
     hosts.iter().any(|p| host_matches(p, host))
-}
-
-/// Whether `path` is under one of `prefixes` (any when empty). A prefix
-/// matches on a segment boundary (`/repos/acme` allows `/repos/acme/x`,
-/// not `/repos/acme-evil`). With prefixes, a path holding `.` or `..`
-/// segments (also percent-encoded, or behind an encoded slash) is refused:
-/// the server would resolve them to somewhere the prefix does not cover.
-fn path_allowed(prefixes: &[String], path: &str) -> bool {
-    if prefixes.is_empty() {
-        return true;
-    }
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    if decoded
-        .split(['/', '\\'])
-        .any(|seg| seg == "." || seg == "..")
-    {
-        return false;
-    }
-    prefixes.iter().any(|prefix| {
-        path == prefix
-            || (path.starts_with(prefix.as_str())
-                && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
-    })
 }
 
 fn now_ms() -> u64 {

@@ -34,8 +34,7 @@ pub use exec::{
 pub use path::{refuse_protected, resolve_in_workspace, PathError, PathIntent};
 pub use sandboxed::{
     sandbox_base_env, ExecutorFactory, ProxySettings, SandboxExecutor, SandboxFactory,
-    SessionNetwork,
-    SessionExecutor, PASSED_ENV,
+    SessionExecutor, SessionNetwork, PASSED_ENV,
 };
 pub use specs::{shared_tool_specs, tool_specs};
 

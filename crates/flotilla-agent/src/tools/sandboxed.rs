@@ -207,7 +207,11 @@ impl ExecutorFactory for SandboxFactory {
                     ));
                     // Interception needs the CA; without it a hook could
                     // see plain http only, so secrets are unusable.
-                    let (hook, ca, ca_bundle) = match (&network.hook, &settings.ca, &settings.ca_bundle) {
+                    let (hook, ca, ca_bundle) = match (
+                        &network.hook,
+                        &settings.ca,
+                        &settings.ca_bundle,
+                    ) {
                         (Some(hook), Some(ca), Some(bundle)) => {
                             (Some(hook.clone()), Some(ca.clone()), Some(bundle.clone()))
                         }
