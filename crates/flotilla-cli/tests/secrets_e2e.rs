@@ -156,7 +156,8 @@ fn a_granted_secret_reaches_only_its_host_and_never_the_log() {
     assert_eq!(granted["event"]["grants"][0]["env"], "GITHUB_TOKEN");
 
     let outputs = tool_outputs(&events);
-    assert_eq!(outputs.len(), 3, "{outputs:#?}");
+    // Three commands, then `finish`.
+    assert_eq!(outputs.len(), 4, "{outputs:#?}");
     // 1. Placeholder inside; the value upstream; echoed back as placeholder.
     assert!(
         outputs[0].contains(&format!("token is {placeholder}")),
