@@ -332,3 +332,78 @@ fn grants_are_checked_against_the_vault() {
     let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed["secrets"], json!([]));
 }
+
+#[test]
+fn grants_survive_a_kill_9_of_the_daemon() {
+    let upstream = TlsEchoServer::start_blocking().unwrap();
+    let port = upstream.port();
+    let curl = format!(
+        "curl -sS --noproxy '' --max-time 20 https://localhost:{port}/user \
+         -H \"Authorization: Bearer $GITHUB_TOKEN\""
+    );
+    let script = Script::single(vec![
+        // Uses the secret, then hangs: the daemon is killed meanwhile.
+        shell(format!("{curl}; echo; sleep 300.5171")),
+        // After the restart: the same grant, a new sandbox, still working.
+        shell(format!("{curl}; echo; echo \"token is $GITHUB_TOKEN\"")),
+        Step::finish("done"),
+    ]);
+    let env = env_with_proxy(script, &upstream);
+    let out = add_secret(&env, &["github", "--host", "localhost"], VALUE);
+    assert!(out.status.success(), "secrets add: {}", stderr(&out));
+    let id = env.start_with("use the API twice", &["--grant", "github:ttl=1h"]);
+    env.wait_event(&id, "secret_used", 60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::host_pids_with_arg("300.5171").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let daemon = env.daemon_pid().unwrap();
+    common::kill9(daemon);
+
+    // Any client command brings the daemon back; the session resumes.
+    assert_eq!(env.wait_state(&id, 120), "completed");
+    let events = env.events(&id);
+    common::assert_gapless(&events);
+    let ks = kinds(&events);
+    assert_eq!(
+        ks.iter().filter(|k| *k == "secrets_granted").count(),
+        1,
+        "{ks:?}"
+    );
+    assert!(ks.contains(&"tool_interrupted".to_owned()), "{ks:?}");
+    let placeholder = events
+        .iter()
+        .find(|e| e["event"]["type"] == "secrets_granted")
+        .map(|e| {
+            e["event"]["grants"][0]["placeholder"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap();
+    let outputs = tool_outputs(&events);
+    let after = outputs
+        .iter()
+        .find(|o| o.contains("token is"))
+        .expect("the second command ran");
+    assert!(
+        after.contains(&format!("token is {placeholder}")),
+        "{after}"
+    );
+    let allowed = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "secret_used" && e["event"]["use"]["allowed"] == true)
+        .count();
+    assert_eq!(allowed, 2, "one use before the kill, one after");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert!(seen
+        .iter()
+        .all(|r| r.contains(&format!("authorization: Bearer {VALUE}"))));
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(VALUE));
+}
