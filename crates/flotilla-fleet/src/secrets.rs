@@ -54,6 +54,9 @@ pub(crate) fn issue(vault: &Vault, specs: &[String]) -> Result<Vec<SecretGrant>,
     Ok(out)
 }
 
+/// Secret uses waiting to be appended, per session.
+const USE_QUEUE: usize = 4096;
+
 /// What a running session with grants uses.
 pub(crate) struct SessionSecrets {
     /// The proxy hook and the placeholder environment.
@@ -95,7 +98,10 @@ pub(crate) fn for_session(
     );
     // Uses are recorded in order by one task per session; the proxy's
     // callback must not block.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<flotilla_protocol::SecretUse>();
+    // Bounded: a sandbox looping on refused requests must not grow the
+    // daemon's memory; uses beyond the queue are counted and logged.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<flotilla_protocol::SecretUse>(USE_QUEUE);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (store, sid, v) = (store.clone(), session.clone(), vault.clone());
     tokio::spawn(async move {
         while let Some(record) = rx.recv().await {
@@ -116,8 +122,14 @@ pub(crate) fn for_session(
             }
         }
     });
+    let sid = session.clone();
     let observer = Arc::new(move |record: flotilla_protocol::SecretUse| {
-        let _ = tx.send(record);
+        if tx.try_send(record).is_err() {
+            let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(session = %sid, dropped = n, "secret uses arrive faster than they can be recorded; some are not");
+            }
+        }
     });
     let injector = Arc::new(Injector::new(granted, observer));
     SessionSecrets {
@@ -139,6 +151,8 @@ impl EventFilter for RedactEvents {
             return;
         }
         let Ok(mut value) = serde_json::to_value(&*event) else {
+            // Cannot look inside: do not store what might hold a value.
+            *event = withheld();
             return;
         };
         // The tag names the event kind; it is never a value to redact.
@@ -154,14 +168,19 @@ impl EventFilter for RedactEvents {
                     // A redaction that breaks the event's shape (a value in
                     // a tag) must not store the value: store a note instead.
                     tracing::error!(error = %e, "a redacted event no longer parses");
-                    *event = EventKind::ToolFinished {
-                        call_id: String::new(),
-                        output: "[event withheld: it contained a granted secret]".into(),
-                        is_error: true,
-                        duration_ms: 0,
-                    };
+                    *event = withheld();
                 }
             }
         }
+    }
+}
+
+/// What is stored instead of an event that could not be redacted.
+fn withheld() -> EventKind {
+    EventKind::ToolFinished {
+        call_id: String::new(),
+        output: "[event withheld: it may contain a granted secret]".into(),
+        is_error: true,
+        duration_ms: 0,
     }
 }

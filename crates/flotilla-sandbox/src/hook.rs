@@ -43,7 +43,7 @@ pub enum HookVerdict {
 /// Filters over the bodies of one exchange; `None` passes a body untouched.
 /// When a body has a filter the proxy drops its `Content-Length` (the filter
 /// may change the length) and sends it chunked, or buffers it to set the
-/// length again.
+/// length again; a filter that [`BodyFilter::preserves_length`] streams.
 #[derive(Default)]
 pub struct BodyFilters {
     /// Applied to the request body on its way upstream.
@@ -61,6 +61,13 @@ pub trait BodyFilter: Send {
     fn filter(&mut self, chunk: Bytes) -> Result<Bytes, String>;
     /// The body ended: returns what was held back.
     fn finish(&mut self) -> Result<Bytes, String>;
+
+    /// Whether the filter passes on exactly the bytes it is given (it may
+    /// only hold them back, or abort): then the proxy streams the body with
+    /// its own framing instead of buffering it to set a new length.
+    fn preserves_length(&self) -> bool {
+        false
+    }
 }
 
 /// A credential layer plugged into one proxy.

@@ -1691,6 +1691,14 @@ async fn run_hook(
     let BodyFilters { request, response } = filters;
     let body = match request {
         None => body.map_err(BoxError::from).boxed_unsync(),
+        // A filter that never changes the bytes (a blocker) streams, with
+        // the request's own framing: nothing is buffered.
+        Some(filter) if filter.preserves_length() => FilteredBody {
+            inner: body,
+            filter,
+            done: false,
+        }
+        .boxed_unsync(),
         Some(filter) => {
             let had_body = !body.is_end_stream();
             let filtered = filter_request_body(body, filter).await?;
@@ -1761,6 +1769,9 @@ fn finish_response(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     if let Some(hook) = hook {
+        // A custom reason phrase is relayed as is by hyper; the hook cannot
+        // see it, so it goes (the status code stays).
+        parts.extensions.remove::<ReasonPhrase>();
         hook.on_response(info, &mut parts);
     }
     let body = match filter {

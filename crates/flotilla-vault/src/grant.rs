@@ -221,7 +221,8 @@ fn parse_ttl(text: &str) -> Result<Duration, GrantError> {
             format!("{text:?}: give a number and a unit s, m, h or d (e.g. 90m, 2h, 1d)"),
         )
     };
-    let unit_at = text.len().checked_sub(1).ok_or_else(bad)?;
+    // The unit is the last character, which may be any char (`2é`).
+    let unit_at = text.char_indices().last().map(|(i, _)| i).ok_or_else(bad)?;
     let (digits, unit) = text.split_at(unit_at);
     if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad());

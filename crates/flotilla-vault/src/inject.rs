@@ -96,6 +96,9 @@ struct Seen {
     path: bool,
     query: bool,
     header: bool,
+    /// Found in a header that is neither `Authorization` nor one of the
+    /// secret's template headers.
+    other_header: bool,
 }
 
 impl Seen {
@@ -421,6 +424,9 @@ impl<A: BodyFilter, B: BodyFilter> BodyFilter for Chain<A, B> {
         out.extend_from_slice(&self.1.finish()?);
         Ok(Bytes::from(out))
     }
+    fn preserves_length(&self) -> bool {
+        self.0.preserves_length() && self.1.preserves_length()
+    }
 }
 
 impl EgressHook for Injector {
@@ -459,9 +465,24 @@ impl EgressHook for Injector {
             self.mark(ac, query.as_bytes(), &mut seen, |s| s.query = true);
         }
         for (name, value) in &head.headers {
-            self.mark(ac, value.as_bytes(), &mut seen, |s| s.header = true);
+            let mut here = vec![Seen::default(); self.grants.len()];
+            self.mark(ac, value.as_bytes(), &mut here, |s| s.header = true);
             if let Some(decoded) = basic_credentials(name, value) {
-                self.mark(ac, &decoded, &mut seen, |s| s.header = true);
+                self.mark(ac, &decoded, &mut here, |s| s.header = true);
+            }
+            for ((g, h), s) in self.grants.iter().zip(&here).zip(seen.iter_mut()) {
+                if !h.header {
+                    continue;
+                }
+                s.header = true;
+                let credential_header = name == AUTHORIZATION
+                    || g.spec
+                        .headers
+                        .iter()
+                        .any(|t| t.name.eq_ignore_ascii_case(name.as_str()));
+                if !credential_header {
+                    s.other_header = true;
+                }
             }
         }
 
@@ -474,6 +495,25 @@ impl EgressHook for Injector {
                 return self.refuse(g, &req, Self::host_reason(g, req.host));
             }
             if let Err(reason) = Self::rules(g, &req) {
+                return self.refuse(g, &req, reason);
+            }
+            // A value in a path or an arbitrary header may be stored by the
+            // server (a file name, a title) and read back by the agent in a
+            // request that carries no placeholder: only credential headers
+            // (and, where the secret says so, query strings and bodies)
+            // receive values.
+            if s.path {
+                let reason = format!(
+                    "flotilla vault: the placeholder for secret \"{}\" is in the URL path; values are sent only in the Authorization header (or the secret's own headers), never in paths",
+                    g.grant.secret
+                );
+                return self.refuse(g, &req, reason);
+            }
+            if s.other_header {
+                let reason = format!(
+                    "flotilla vault: the placeholder for secret \"{}\" is in a header that is not a credential header; values are sent only in Authorization or the secret's own headers",
+                    g.grant.secret
+                );
                 return self.refuse(g, &req, reason);
             }
             if s.query && !g.spec.inject_query {
@@ -607,15 +647,16 @@ impl EgressHook for Injector {
 
         let covered = self.grants.iter().any(|g| covers(&g.grant.hosts, req.host));
         let (request, body_injects) = self.request_filter(&req, covered);
-        let mut filters = BodyFilters {
+        let _ = body_injects;
+        // Every response is unmasked while a secret is granted, not only
+        // those to requests that carried one: a value stored by an earlier
+        // request can come back in any later one. An encoded body could not
+        // be scanned, so no encoding is asked for.
+        head.headers.remove(ACCEPT_ENCODING);
+        let filters = BodyFilters {
             request,
-            response: None,
+            response: Some(Box::new(self.unmask.fresh())),
         };
-        if used.iter().any(|u| *u) || body_injects {
-            // An encoded response body could not be scanned.
-            head.headers.remove(ACCEPT_ENCODING);
-            filters.response = Some(Box::new(self.unmask.fresh()));
-        }
         for ((g, s), u) in self.grants.iter().zip(&seen).zip(&used) {
             if !*u {
                 continue;

@@ -641,6 +641,11 @@ impl StreamBlocker {
 }
 
 impl BodyFilter for StreamBlocker {
+    /// It only holds bytes back or aborts: the proxy may stream.
+    fn preserves_length(&self) -> bool {
+        true
+    }
+
     fn filter(&mut self, chunk: Bytes) -> Result<Bytes, String> {
         if self.tripped.is_none() && self.patterns.is_empty() {
             return Ok(chunk);

@@ -145,24 +145,44 @@ fn basic_auth_git_style() {
 
 #[test]
 fn custom_header_and_path() {
-    let (inj, uses) = injector(vec![github()]);
+    // A secret whose own header is X-Api-Key: a placeholder there (and in
+    // Authorization) is replaced.
+    let api_key = || {
+        let mut g = github();
+        g.spec.headers = vec![HeaderTemplate {
+            name: "X-Api-Key".into(),
+            value: "{secret}".into(),
+        }];
+        g
+    };
+    let (inj, uses) = injector(vec![api_key()]);
     let mut head = parts(
         "GET",
-        &format!("/k/{PH}/x"),
-        &[("X-Api-Key", PH), ("X-Other", &format!("a{PH}b{PH}"))],
+        "/k/x",
+        &[("X-Api-Key", PH), ("authorization", &format!("token {PH}"))],
     );
     forward(inj.on_request(&info("api.github.com"), &mut head));
     assert_eq!(head.headers["x-api-key"], VALUE);
     assert_eq!(
-        head.headers["x-other"],
-        format!("a{VALUE}b{VALUE}").as_str()
+        head.headers["authorization"],
+        format!("token {VALUE}").as_str()
     );
-    assert_eq!(head.uri.path(), format!("/k/{VALUE}/x"));
-    // Once per secret per request; the path without the placeholder's
-    // replacement is what was asked for (no query in it anyway).
+    assert_eq!(uses.lock().unwrap().len(), 1, "once per secret per request");
+
+    // In the path, or in a header that is no credential header, a server
+    // could store the value and give it back later: refused.
+    let (inj, uses) = injector(vec![api_key()]);
+    let mut head = parts("PUT", &format!("/repos/me/x/contents/{PH}"), &[]);
+    let reason = refused(inj.on_request(&info("api.github.com"), &mut head));
+    assert!(reason.contains("URL path"), "{reason}");
+    assert_eq!(head.uri.path(), format!("/repos/me/x/contents/{PH}"));
+    let mut head = parts("POST", "/issues", &[("X-Title", &format!("a{PH}b"))]);
+    let reason = refused(inj.on_request(&info("api.github.com"), &mut head));
+    assert!(reason.contains("not a credential header"), "{reason}");
+    assert_eq!(head.headers["x-title"], format!("a{PH}b").as_str());
     let uses = uses.lock().unwrap();
-    assert_eq!(uses.len(), 1);
-    assert!(!uses[0].path.contains(VALUE));
+    assert_eq!(uses.len(), 2);
+    assert!(uses.iter().all(|u| !u.allowed && !u.path.contains(VALUE)));
 }
 
 #[test]
@@ -240,7 +260,7 @@ fn wildcard_hosts() {
         ("corp.example", false),
         ("evilcorp.example", false),
     ] {
-        let mut head = parts("GET", "/", &[("x-key", PH)]);
+        let mut head = parts("GET", "/", &[("authorization", PH)]);
         let v = inj.on_request(&info(host), &mut head);
         assert_eq!(matches!(v, HookVerdict::Forward(_)), ok, "{host}");
     }
@@ -360,12 +380,13 @@ fn header_templates() {
     assert_eq!(head.headers.get_all("authorization").iter().count(), 1);
     assert_eq!(head.headers["authorization"], "Bearer mine");
 
-    // Another host: nothing added, nothing filtered.
+    // Another host: nothing added; its response is still unmasked (a value
+    // stored earlier could come back from anywhere), so no encoding.
     let mut head = parts("GET", "/", &[("accept-encoding", "gzip")]);
     let f = forward(inj.on_request(&info("example.org"), &mut head));
     assert!(head.headers.get("authorization").is_none());
-    assert!(head.headers.get("accept-encoding").is_some());
-    assert!(f.response.is_none());
+    assert!(head.headers.get("accept-encoding").is_none());
+    assert!(f.response.is_some());
 
     // Plain http where the template would apply: refused.
     let plain = RequestInfo {
@@ -428,7 +449,11 @@ fn body_to_ungranted_host_blocked_across_chunks() {
     ]);
     let mut head = parts("POST", "/upload?secret=no", &[]);
     let f = forward(inj.on_request(&info("paste.example"), &mut head));
-    assert!(f.response.is_none());
+    assert!(f.response.is_some(), "every response is unmasked");
+    assert!(
+        f.request.as_ref().unwrap().preserves_length(),
+        "a blocker streams"
+    );
     let mut body = f.request.unwrap();
     let text = format!("{{\"k\":\"{PH2}\"}}");
     let (a, b) = text.as_bytes().split_at(20);
@@ -484,13 +509,13 @@ fn body_injection_with_inject_body() {
 fn invalid_header_value_refused() {
     let g = granted("bad", &["api.example.com"], PH, "line\r\nInjected: yes");
     let (inj, _) = injector(vec![g]);
-    let mut head = parts("GET", "/", &[("x-key", PH)]);
+    let mut head = parts("GET", "/", &[("authorization", PH)]);
     let reason = refused(inj.on_request(&info("api.example.com"), &mut head));
     assert!(
-        reason.contains("invalid value for header x-key"),
+        reason.contains("invalid value for header authorization"),
         "{reason}"
     );
-    assert_eq!(head.headers["x-key"], PH);
+    assert_eq!(head.headers["authorization"], PH);
 }
 
 #[test]

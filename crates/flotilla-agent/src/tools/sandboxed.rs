@@ -200,11 +200,11 @@ impl ExecutorFactory for SandboxFactory {
             let mut degraded = Vec::new();
             let proxy = match &self.proxy {
                 Some(settings) => {
-                    let socket = settings.socket_dir.join(format!(
-                        "egress-{}-{}.sock",
-                        std::process::id(),
-                        PROXY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    ));
+                    // Unguessable: in the degraded mode (no namespaces) a
+                    // sandbox might reach another session's socket by name.
+                    let socket = settings
+                        .socket_dir
+                        .join(format!("egress-{:032x}.sock", rand::random::<u128>()));
                     // Interception needs the CA; without it a hook could
                     // see plain http only, so secrets are unusable.
                     let (hook, ca, ca_bundle) = match (
@@ -307,8 +307,6 @@ pub struct SandboxExecutor {
     /// Lives (and serves) as long as the sandbox.
     _proxy: Option<EgressProxy>,
 }
-
-static PROXY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl SandboxExecutor {
     /// An executor over an existing sandbox.
