@@ -181,31 +181,7 @@ fn table(list: &[PrincipalView]) -> String {
             ]
         })
         .collect();
-    let head = ["NAME", "UID", "ROLES", "VETTED", "MFA", "TOKENS"];
-    let mut widths = head.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(head.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
+    crate::render::table(["NAME", "UID", "ROLES", "VETTED", "MFA", "TOKENS"], &rows)
 }
 
 fn print_token(t: &TokenIssued) {

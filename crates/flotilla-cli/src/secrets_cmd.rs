@@ -169,27 +169,7 @@ fn table(list: &[SecretInfo]) -> String {
             ]
         })
         .collect();
-    let head = ["NAME", "HOSTS", "ENV", "GRANTS", "LAST USE"];
-    let mut widths = head.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for cells in std::iter::once(head.map(str::to_owned)).chain(rows) {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::render::table(["NAME", "HOSTS", "ENV", "GRANTS", "LAST USE"], &rows)
 }
 
 /// Runs `flotilla secrets ...`.

@@ -327,7 +327,7 @@ impl Injector {
     }
 
     /// The request body filter (see the module documentation).
-    fn request_filter(&self, req: &Req<'_>, covered: bool) -> (Option<Box<dyn BodyFilter>>, bool) {
+    fn request_filter(&self, req: &Req<'_>, covered: bool) -> Option<Box<dyn BodyFilter>> {
         let host = req.host.to_string();
         let method = req.method.to_string();
         let path = req.path.to_string();
@@ -405,7 +405,7 @@ impl Injector {
             // replacer turns them into values.
             (Some(b), Some(r)) => Some(Box::new(Chain(b, r))),
         };
-        (filter, injects)
+        filter
     }
 }
 
@@ -646,8 +646,7 @@ impl EgressHook for Injector {
         }
 
         let covered = self.grants.iter().any(|g| covers(&g.grant.hosts, req.host));
-        let (request, body_injects) = self.request_filter(&req, covered);
-        let _ = body_injects;
+        let request = self.request_filter(&req, covered);
         // Every response is unmasked while a secret is granted, not only
         // those to requests that carried one: a value stored by an earlier
         // request can come back in any later one. An encoded body could not
