@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod api;
+pub mod audit;
 
 pub use api::*;
 
