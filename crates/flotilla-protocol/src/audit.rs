@@ -352,9 +352,17 @@ impl CallInfo {
         let target = serde_json::from_str::<serde_json::Value>(&call.arguments)
             .ok()
             .and_then(|v| {
-                ["command", "path", "file_path", "url", "pattern", "query", "name"]
-                    .iter()
-                    .find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(str::to_string))
+                [
+                    "command",
+                    "path",
+                    "file_path",
+                    "url",
+                    "pattern",
+                    "query",
+                    "name",
+                ]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(str::to_string))
             })
             .map(|t| clip(&t, MAX_TARGET));
         CallInfo {
@@ -789,28 +797,79 @@ mod tests {
         let h = rec.computed_hash();
         assert_eq!(h.len(), 64);
         let variants: Vec<AuditRecord> = vec![
-            AuditRecord { id: 8, ..rec.clone() },
-            AuditRecord { seq: 4, ..rec.clone() },
-            AuditRecord { ts_ms: 1001, ..rec.clone() },
-            AuditRecord { principal: Some("bob".into()), ..rec.clone() },
-            AuditRecord { principal: None, ..rec.clone() },
-            AuditRecord { agent: Some("worker".into()), ..rec.clone() },
-            AuditRecord { kind: AuditKind::Policy, ..rec.clone() },
-            AuditRecord { action: "read_file".into(), ..rec.clone() },
-            AuditRecord { target: None, ..rec.clone() },
-            AuditRecord { outcome: "error".into(), ..rec.clone() },
-            AuditRecord { reason: Some("x".into()), ..rec.clone() },
-            AuditRecord { detail: Some("{\"a\": 1}".into()), ..rec.clone() },
-            AuditRecord { event_seq: Some(10), ..rec.clone() },
-            AuditRecord { event_hash: Some("ac".into()), ..rec.clone() },
-            AuditRecord { prev_hash: "01".into(), ..rec.clone() },
-            AuditRecord { chain: AuditChain::Daemon, ..rec.clone() },
+            AuditRecord {
+                id: 8,
+                ..rec.clone()
+            },
+            AuditRecord {
+                seq: 4,
+                ..rec.clone()
+            },
+            AuditRecord {
+                ts_ms: 1001,
+                ..rec.clone()
+            },
+            AuditRecord {
+                principal: Some("bob".into()),
+                ..rec.clone()
+            },
+            AuditRecord {
+                principal: None,
+                ..rec.clone()
+            },
+            AuditRecord {
+                agent: Some("worker".into()),
+                ..rec.clone()
+            },
+            AuditRecord {
+                kind: AuditKind::Policy,
+                ..rec.clone()
+            },
+            AuditRecord {
+                action: "read_file".into(),
+                ..rec.clone()
+            },
+            AuditRecord {
+                target: None,
+                ..rec.clone()
+            },
+            AuditRecord {
+                outcome: "error".into(),
+                ..rec.clone()
+            },
+            AuditRecord {
+                reason: Some("x".into()),
+                ..rec.clone()
+            },
+            AuditRecord {
+                detail: Some("{\"a\": 1}".into()),
+                ..rec.clone()
+            },
+            AuditRecord {
+                event_seq: Some(10),
+                ..rec.clone()
+            },
+            AuditRecord {
+                event_hash: Some("ac".into()),
+                ..rec.clone()
+            },
+            AuditRecord {
+                prev_hash: "01".into(),
+                ..rec.clone()
+            },
+            AuditRecord {
+                chain: AuditChain::Daemon,
+                ..rec.clone()
+            },
         ];
         for v in variants {
             assert_ne!(v.computed_hash(), h, "{v:?}");
         }
         // A field's value cannot slide into its neighbour.
-        let a = AuditRecord { target: Some("a\",\"outcome\":\"x".into()), ..rec.clone() };
+        let a = AuditRecord {
+            target: Some("a\",\"outcome\":\"x".into()),
+            ..rec.clone()
+        };
         assert_ne!(a.computed_hash(), h);
     }
 
@@ -879,7 +938,10 @@ mod tests {
             &calls,
         )
         .unwrap();
-        assert_eq!((d.kind, d.outcome.as_str()), (AuditKind::Sandbox, "degraded"));
+        assert_eq!(
+            (d.kind, d.outcome.as_str()),
+            (AuditKind::Sandbox, "degraded")
+        );
         assert_eq!(d.reason.as_deref(), Some("no user namespaces"));
 
         // An unknown call id still records, as tool "unknown".
@@ -895,7 +957,10 @@ mod tests {
             &calls,
         )
         .unwrap();
-        assert_eq!((d.action.as_str(), d.outcome.as_str()), ("unknown", "error"));
+        assert_eq!(
+            (d.action.as_str(), d.outcome.as_str()),
+            ("unknown", "error")
+        );
         assert!(draft_for_event(
             &EventKind::ToolStarted {
                 call_id: "c1".into()

@@ -18,17 +18,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flotilla_protocol::audit::{
+    AuditCheckpoint, AuditDraft, AuditPage, AuditQuery, AuditRecord, VerifyReport,
+};
 use flotilla_protocol::{
     canonical_event_bytes, decode_canonical_event, sha256_hex, Event, EventKind, SessionId,
     SessionInfo, SessionState, GENESIS_HASH,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+
+mod audit;
+pub use audit::{VerifyOptions, CHECKPOINT_ACTION, PRUNE_ACTION};
+use flotilla_protocol::audit::AuditChain;
 use tokio::sync::{broadcast, oneshot};
 
 /// `PRAGMA application_id` of flotilla databases ("FLOT").
 pub const APPLICATION_ID: i32 = 0x464c_4f54;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Most concurrent readers.
@@ -136,6 +143,20 @@ enum WriteCmd {
         events: Vec<EventKind>,
         reply: oneshot::Sender<Result<Vec<Event>>>,
     },
+    /// Daemon-chain records; `reply` is `None` for fire-and-forget.
+    Audit {
+        drafts: Vec<AuditDraft>,
+        reply: Option<oneshot::Sender<Result<Vec<AuditRecord>>>>,
+    },
+    Prune {
+        before_ms: i64,
+        by: String,
+        reply: oneshot::Sender<Result<Option<AuditRecord>>>,
+    },
+    Checkpoint {
+        by: String,
+        reply: oneshot::Sender<Result<AuditCheckpoint>>,
+    },
     Rebuild {
         reply: oneshot::Sender<Result<u64>>,
     },
@@ -190,7 +211,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     cost_usd          REAL    NOT NULL DEFAULT 0,
     last_seq          INTEGER NOT NULL,
     final_answer      TEXT,
-    reason            TEXT
+    reason            TEXT,
+    principal         TEXT,
+    agent             TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_ms);
@@ -234,10 +257,14 @@ impl Store {
             conn.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(sql)?;
         }
+        let found: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
-        migrate(&conn).map_err(sql)?;
+        migrate(&conn, &path, existed.then_some(found))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
+        let audit_state = audit::AuditState::load(&conn, &path)?;
 
         let (tx, rx) = mpsc::channel();
         let (live, _) = broadcast::channel(8192);
@@ -246,6 +273,7 @@ impl Store {
             path: path.clone(),
             heads: HashMap::new(),
             live: live.clone(),
+            audit: audit_state,
         };
         let handle = std::thread::Builder::new()
             .name("flotilla-store-writer".into())
@@ -412,6 +440,64 @@ impl Store {
         .await
     }
 
+    /// Appends daemon-chain records (authentication, admin actions) and
+    /// returns them once committed.
+    pub async fn append_audit(&self, drafts: Vec<AuditDraft>) -> Result<Vec<AuditRecord>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteCmd::Audit {
+            drafts,
+            reply: Some(reply),
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a daemon-chain record without waiting for its commit (for the
+    /// hot request path); it commits with the writer's next batch.
+    pub fn record_audit(&self, draft: AuditDraft) {
+        if let Err(e) = self.send(WriteCmd::Audit {
+            drafts: vec![draft],
+            reply: None,
+        }) {
+            tracing::error!(error = %e, "audit record not queued");
+        }
+    }
+
+    /// One page of audit records.
+    pub async fn audit_query(&self, query: AuditQuery) -> Result<AuditPage> {
+        self.read(move |conn, path| audit::query(conn, path, &query))
+            .await
+    }
+
+    /// Recomputes the audit chains, their links to events, the event
+    /// chains, and checks the given checkpoints.
+    pub async fn audit_verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        self.read(move |conn, path| audit::verify(conn, path, &options))
+            .await
+    }
+
+    /// Removes audit records older than `before_ms` from both chains and
+    /// records the cut; `None` when nothing was that old.
+    pub async fn audit_prune(&self, before_ms: i64, by: &str) -> Result<Option<AuditRecord>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteCmd::Prune {
+            before_ms,
+            by: by.to_string(),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Takes a checkpoint (the chain heads and the event count), records
+    /// that it was taken, and returns it.
+    pub async fn audit_checkpoint(&self, by: &str) -> Result<AuditCheckpoint> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteCmd::Checkpoint {
+            by: by.to_string(),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Recomputes the hash chain of one session.
     pub async fn verify_session(&self, session: &SessionId) -> Result<ChainReport> {
         let session = session.clone();
@@ -438,6 +524,20 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Verifies a database file without a daemon (`flotilla audit verify
+/// --db FILE`): opens it read-only and changes nothing.
+pub fn verify_file(path: &Path, options: &VerifyOptions) -> Result<VerifyReport> {
+    if !path.exists() {
+        return Err(StoreError::NotFlotilla {
+            path: path.to_path_buf(),
+            detail: "no such file".into(),
+        });
+    }
+    let conn = open_reader(path)?;
+    check_identity(&conn, path, true)?;
+    audit::verify(&conn, path, options)
 }
 
 fn open_reader(path: &Path) -> Result<Connection> {
@@ -489,14 +589,62 @@ const SESSION_COLUMNS: &str = "id, state, model, workspace, task, limits, create
      turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason, cost_usd";
 
 /// Brings a database of an older schema up to [`SCHEMA_VERSION`]: the
-/// events never change; projections gain columns.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// events never change; projections gain columns; the audit log is built
+/// from the events already there.
+fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
+    let sql = |e| sqlite(path, e);
+    let has_column = |name: &str| -> Result<bool> {
+        conn.prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = ?1")
+            .and_then(|mut s| s.exists(params![name]))
+            .map_err(sql)
+    };
     // 1 -> 2: sessions.cost_usd. Version 1 recorded no costs, so 0 is right.
-    let has_cost: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'cost_usd'")?
-        .exists([])?;
-    if !has_cost {
-        conn.execute_batch("ALTER TABLE sessions ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")?;
+    if !has_column("cost_usd")? {
+        conn.execute_batch("ALTER TABLE sessions ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0")
+            .map_err(sql)?;
+    }
+    // 2 -> 3: sessions.principal and .agent, and the audit table, built
+    // from the log in one transaction (all of it or none).
+    if !has_column("principal")? {
+        conn.execute_batch(
+            "ALTER TABLE sessions ADD COLUMN principal TEXT; ALTER TABLE sessions ADD COLUMN agent TEXT;",
+        )
+        .map_err(sql)?;
+    }
+    conn.execute_batch(audit::AUDIT_SCHEMA).map_err(sql)?;
+    if found.is_some_and(|v| v < 3) {
+        let mut conn2 = Connection::open(path).map_err(sql)?;
+        conn2
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        let tx = conn2.transaction().map_err(sql)?;
+        {
+            let mut stmt = tx
+                .prepare("SELECT body FROM events WHERE kind = 'session_created'")
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let body: Vec<u8> = row.get(0).map_err(sql)?;
+                if let Ok(Event {
+                    session,
+                    event:
+                        EventKind::SessionCreated {
+                            principal, role, ..
+                        },
+                    ..
+                }) = decode_canonical_event(&body)
+                {
+                    tx.execute(
+                        "UPDATE sessions SET principal = ?2, agent = ?3 WHERE id = ?1",
+                        params![session.as_str(), principal, role],
+                    )
+                    .map_err(sql)?;
+                }
+            }
+        }
+        let n = audit::backfill(&tx, path)?;
+        tx.commit().map_err(sql)?;
+        tracing::info!(events = n, "audit log built from the existing event log");
     }
     Ok(())
 }
@@ -625,6 +773,7 @@ struct Writer {
     /// Last (seq, hash) per session; a miss reloads from the events table.
     heads: HashMap<SessionId, (u64, String)>,
     live: broadcast::Sender<Arc<Event>>,
+    audit: audit::AuditState,
 }
 
 struct Pending {
@@ -650,8 +799,10 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<WriteCmd>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut rebuilds = Vec::new();
+        let mut audits: Vec<AuditReply> = Vec::new();
         let result = (|| -> Result<()> {
             let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+            self.audit.ensure_fresh(&tx, &self.path)?;
             for cmd in batch {
                 match cmd {
                     WriteCmd::Append {
@@ -659,13 +810,66 @@ impl Writer {
                         events,
                         reply,
                     } => {
-                        let outcome =
-                            append_in_tx(&tx, &self.path, &mut self.heads, &session, events);
+                        let outcome = append_in_tx(
+                            &tx,
+                            &self.path,
+                            &mut self.heads,
+                            &mut self.audit,
+                            &session,
+                            events,
+                        );
                         pending.push(Pending { reply, outcome });
                     }
                     WriteCmd::Rebuild { reply } => {
                         let outcome = rebuild_in_tx(&tx, &self.path);
                         rebuilds.push((reply, outcome));
+                    }
+                    WriteCmd::Audit { drafts, reply } => {
+                        let outcome =
+                            in_savepoint(&tx, &self.path, &mut self.audit, |tx, path, a| {
+                                drafts
+                                    .into_iter()
+                                    .map(|d| {
+                                        a.insert(tx, path, AuditChain::Daemon, d, now_ms(), None)
+                                    })
+                                    .collect()
+                            });
+                        if let Err(e) = &outcome {
+                            tracing::error!(error = %e, "audit record not written");
+                        }
+                        audits.push(AuditReply::Records(reply, outcome));
+                    }
+                    WriteCmd::Prune {
+                        before_ms,
+                        by,
+                        reply,
+                    } => {
+                        let outcome =
+                            in_savepoint(&tx, &self.path, &mut self.audit, |tx, path, a| {
+                                a.prune(tx, path, before_ms, &by, now_ms())
+                            });
+                        audits.push(AuditReply::Prune(reply, Box::new(outcome)));
+                    }
+                    WriteCmd::Checkpoint { by, reply } => {
+                        let outcome =
+                            in_savepoint(&tx, &self.path, &mut self.audit, |tx, path, a| {
+                                let mut cp = audit::read_checkpoint(tx, path, now_ms())?;
+                                // The heads the writer holds (not yet committed
+                                // appends of this batch included).
+                                cp.chains = a.heads();
+                                let detail = serde_json::to_value(&cp)?;
+                                let draft = AuditDraft::new(
+                                    flotilla_protocol::audit::AuditKind::Admin,
+                                    audit::CHECKPOINT_ACTION,
+                                    "ok",
+                                )
+                                .by(by)
+                                .on("audit")
+                                .with_detail(&detail);
+                                a.insert(tx, path, AuditChain::Daemon, draft, now_ms(), None)?;
+                                Ok(cp)
+                            });
+                        audits.push(AuditReply::Checkpoint(reply, Box::new(outcome)));
                     }
                 }
             }
@@ -682,6 +886,7 @@ impl Writer {
                             if let EventKind::StateChanged { state, .. } = &last.event {
                                 if state.is_terminal() {
                                     self.heads.remove(&last.session);
+                                    self.audit.forget_session(&last.session);
                                 }
                             }
                         }
@@ -691,17 +896,24 @@ impl Writer {
                 for (reply, outcome) in rebuilds {
                     let _ = reply.send(outcome);
                 }
+                for a in audits {
+                    a.send_ok();
+                }
             }
             Err(err) => {
                 tracing::error!(error = %err, "event store commit failed");
                 // Nothing of the batch is on disk: forget the cached heads.
                 self.heads.clear();
+                self.audit.invalidate();
                 let msg = err.to_string();
                 for p in pending {
                     let _ = p.reply.send(Err(StoreError::CommitFailed(msg.clone())));
                 }
                 for (reply, _) in rebuilds {
                     let _ = reply.send(Err(StoreError::Closed));
+                }
+                for a in audits {
+                    a.send_failed(&msg);
                 }
             }
         }
@@ -729,6 +941,7 @@ fn append_in_tx(
     tx: &Transaction<'_>,
     path: &Path,
     heads: &mut HashMap<SessionId, (u64, String)>,
+    audit: &mut audit::AuditState,
     session: &SessionId,
     events: Vec<EventKind>,
 ) -> Result<Vec<Event>> {
@@ -745,6 +958,7 @@ fn append_in_tx(
         (Some((s, h)), _) => (*s, h.clone()),
     };
     // A savepoint keeps one bad append from poisoning the rest of the batch.
+    let mark = audit.mark();
     let sp_result = (|| -> Result<Vec<Event>> {
         tx.execute_batch("SAVEPOINT append")
             .map_err(|e| sqlite(path, e))?;
@@ -770,6 +984,7 @@ fn append_in_tx(
                 event: kind,
             };
             apply_projection(tx, path, &event)?;
+            audit.on_event(tx, path, &event)?;
             prev = hash;
             out.push(event);
         }
@@ -785,7 +1000,84 @@ fn append_in_tx(
         Err(e) => {
             let _ = tx.execute_batch("ROLLBACK TO append; RELEASE append");
             heads.remove(session);
+            audit.restore(mark);
+            audit.forget_session(session);
             Err(e)
+        }
+    }
+}
+
+/// Runs `f` in a savepoint; on failure the audit state and the database are
+/// both back where they were.
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    path: &Path,
+    audit: &mut audit::AuditState,
+    f: impl FnOnce(&Transaction<'_>, &Path, &mut audit::AuditState) -> Result<T>,
+) -> Result<T> {
+    let mark = audit.mark();
+    tx.execute_batch("SAVEPOINT audit")
+        .map_err(|e| sqlite(path, e))?;
+    match f(tx, path, audit) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE audit")
+                .map_err(|e| sqlite(path, e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK TO audit; RELEASE audit");
+            audit.restore(mark);
+            Err(e)
+        }
+    }
+}
+
+enum AuditReply {
+    Records(
+        Option<oneshot::Sender<Result<Vec<AuditRecord>>>>,
+        Result<Vec<AuditRecord>>,
+    ),
+    Prune(
+        oneshot::Sender<Result<Option<AuditRecord>>>,
+        Box<Result<Option<AuditRecord>>>,
+    ),
+    Checkpoint(
+        oneshot::Sender<Result<AuditCheckpoint>>,
+        Box<Result<AuditCheckpoint>>,
+    ),
+}
+
+impl AuditReply {
+    fn send_ok(self) {
+        match self {
+            AuditReply::Records(Some(r), o) => {
+                let _ = r.send(o);
+            }
+            AuditReply::Records(None, _) => {}
+            AuditReply::Prune(r, o) => {
+                let _ = r.send(*o);
+            }
+            AuditReply::Checkpoint(r, o) => {
+                let _ = r.send(*o);
+            }
+        }
+    }
+
+    fn send_failed(self, msg: &str) {
+        let err = || StoreError::CommitFailed(msg.to_string());
+        match self {
+            AuditReply::Records(Some(r), _) => {
+                let _ = r.send(Err(err()));
+            }
+            AuditReply::Records(None, _) => {
+                tracing::error!(error = msg, "audit record lost with a failed commit");
+            }
+            AuditReply::Prune(r, _) => {
+                let _ = r.send(Err(err()));
+            }
+            AuditReply::Checkpoint(r, _) => {
+                let _ = r.send(Err(err()));
+            }
         }
     }
 }
@@ -799,15 +1091,17 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
             model,
             workspace,
             limits,
+            principal,
+            role,
             ..
         } => {
             let limits = serde_json::to_string(limits)?;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq)
-                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq, principal, agent)
+                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
             )
             .and_then(|mut s| {
-                s.execute(params![id, model, workspace, task, limits, event.ts_ms, event.seq as i64])
+                s.execute(params![id, model, workspace, task, limits, event.ts_ms, event.seq as i64, principal, role])
             })
             .map_err(sql)?;
             return Ok(());
@@ -877,4 +1171,14 @@ fn rebuild_in_tx(tx: &Transaction<'_>, path: &Path) -> Result<u64> {
 }
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+fn audit_columns() -> &'static str {
+    audit::COLUMNS
+}
+#[cfg(test)]
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    audit::row_to_record(r)
+}
