@@ -47,6 +47,54 @@ pub struct ConfigFile {
     /// `[prices."provider:model"]`: US dollars per million tokens.
     #[serde(default)]
     pub prices: std::collections::HashMap<String, flotilla_models::Price>,
+    /// `[audit]`: retention and checkpoints of the activity log.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Keep records this long (`90d`, `12h`); older ones are cut hourly.
+    /// Default: forever.
+    pub retention: Option<String>,
+    /// Append a checkpoint to this file periodically; keep it on another
+    /// disk or machine to make truncation of the log detectable.
+    pub checkpoint_file: Option<std::path::PathBuf>,
+    /// How often (`1h` by default).
+    pub checkpoint_every: Option<String>,
+}
+
+impl AuditSection {
+    /// The daemon's audit settings; the digests of `layers`' files (and
+    /// the user config) are recorded at every start.
+    pub fn settings(
+        &self,
+        layers: &flotilla_policy::config::LayerPaths,
+    ) -> Result<flotilla_server::AuditSettings> {
+        let dur = |what: &str, v: &Option<String>| -> Result<Option<i64>> {
+            v.as_deref()
+                .map(|s| {
+                    flotilla_policy::config::parse_duration_ms(s)
+                        .filter(|ms| *ms > 0)
+                        .with_context(|| {
+                            format!(
+                                "[audit] {what} = {s:?}: use a number and s, m, h or d (e.g. 90d)"
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let mut config_files = layers.admin.clone();
+        config_files.push(layers.user.clone());
+        Ok(flotilla_server::AuditSettings {
+            retention_ms: dur("retention", &self.retention)?,
+            checkpoint_file: self.checkpoint_file.clone(),
+            checkpoint_every_ms: dur("checkpoint_every", &self.checkpoint_every)?,
+            config_files,
+        })
+    }
 }
 
 /// `[roles.NAME]`

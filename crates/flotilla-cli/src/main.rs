@@ -1,5 +1,6 @@
 //! `flotilla`: run fleets of coding agents under a durable daemon.
 
+mod audit_cmd;
 mod client;
 mod config;
 mod fit_cmd;
@@ -105,6 +106,10 @@ enum Command {
         #[command(subcommand)]
         command: secrets_cmd::SecretsCommand,
     },
+    /// The tamper-evident activity log: list and filter records, `verify`
+    /// the hash chains, `export`, `checkpoint`, `prune`.
+    #[command(after_help = audit_cmd::AUDIT_HELP)]
+    Audit(audit_cmd::AuditArgs),
     /// Manage the daemon.
     Daemon {
         #[command(subcommand)]
@@ -280,6 +285,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Fit(args) => fit_cmd::fit(&paths, args),
         Command::Machines(args) => fit_cmd::list(&paths, args),
         Command::Secrets { command } => secrets_cmd::secrets(&paths, command).await,
+        Command::Audit(args) => audit_cmd::audit(&paths, args).await,
         Command::Approvals(args) => policy_cmd::approvals(&paths, args).await,
         Command::Approve(args) => policy_cmd::approve(&paths, args).await,
         Command::Deny(args) => policy_cmd::deny(&paths, args).await,
@@ -308,6 +314,7 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
     // A session's sandbox gets a helper (and cgroup) prepared ahead of time.
     tokio::task::spawn_blocking(|| flotilla_sandbox::enable_prewarm(1)).await?;
     let policy = policy_cmd::policy_config(&paths);
+    let audit = cfg.audit.settings(&policy.paths)?;
     let served = flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
@@ -318,6 +325,7 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
         durability,
         executor,
         factory: None,
+        audit,
     })
     .await;
     flotilla_sandbox::drain_prewarmed().await;

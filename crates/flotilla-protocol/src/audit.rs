@@ -636,6 +636,9 @@ pub struct AuditQuery {
     /// Only this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// Only this action (`shell`, `session.start`, `principal.add`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// Only records whose acting principal is this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,

@@ -47,6 +47,12 @@ impl ApiFailure {
     }
 }
 
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.1.error.message, self.0.as_u16())
+    }
+}
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         (self.0, Json(self.1)).into_response()
@@ -146,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::principals::routes())
         .merge(crate::approvals::routes())
         .merge(crate::secrets::routes())
+        .merge(crate::compliance::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -192,7 +199,19 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
-async fn daemon_stop(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+async fn daemon_stop(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::principals::Caller>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    crate::compliance::record_admin(
+        st.fleet.store(),
+        &caller,
+        "daemon.stop",
+        "daemon",
+        None,
+        &Ok::<(), String>(()),
+    )
+    .await;
     st.shutdown.cancel();
     (
         StatusCode::ACCEPTED,

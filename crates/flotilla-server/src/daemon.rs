@@ -32,6 +32,149 @@ pub struct ServeOptions {
     pub executor: Arc<dyn ExecutorFactory>,
     /// Model clients (tests and benchmarks inject their own).
     pub factory: Option<ClientFactory>,
+    /// Retention, checkpoints, and the files whose digests are recorded.
+    pub audit: AuditSettings,
+}
+
+/// The daemon's audit duties (`[audit]` in the config).
+#[derive(Clone, Debug, Default)]
+pub struct AuditSettings {
+    /// Keep records this long (ms); older ones are cut hourly.
+    pub retention_ms: Option<i64>,
+    /// Append a checkpoint (a JSON line) to this file periodically.
+    pub checkpoint_file: Option<std::path::PathBuf>,
+    /// How often (ms); default one hour.
+    pub checkpoint_every_ms: Option<i64>,
+    /// Config and rule files: their SHA-256 is recorded at every start, and
+    /// a change since the last start is recorded as `config.changed`.
+    pub config_files: Vec<std::path::PathBuf>,
+}
+
+/// The digest of each file (`absent` when it does not exist).
+fn file_digests(files: &[std::path::PathBuf]) -> serde_json::Map<String, serde_json::Value> {
+    files
+        .iter()
+        .map(|f| {
+            let digest = match std::fs::read(f) {
+                Ok(bytes) => flotilla_protocol::sha256_hex(&bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "absent".to_string(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            (f.display().to_string(), serde_json::Value::String(digest))
+        })
+        .collect()
+}
+
+/// Records the start, and any change of the config files since the last one.
+async fn record_start(store: &Store, settings: &AuditSettings) {
+    use flotilla_protocol::audit::{AuditDraft, AuditKind, AuditQuery};
+    let digests = file_digests(&settings.config_files);
+    let last = store
+        .audit_query(AuditQuery {
+            kinds: vec![AuditKind::Admin],
+            action: Some("daemon.start".into()),
+            descending: true,
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .ok()
+        .and_then(|p| p.activities.into_iter().next())
+        .and_then(|r| r.detail)
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .and_then(|d| d.get("config").and_then(|c| c.as_object()).cloned());
+    let mut drafts = Vec::new();
+    if let Some(before) = last {
+        let changed: Vec<String> = digests
+            .iter()
+            .filter(|(f, d)| before.get(*f) != Some(*d))
+            .map(|(f, _)| f.clone())
+            .chain(before.keys().filter(|f| !digests.contains_key(*f)).cloned())
+            .collect();
+        if !changed.is_empty() {
+            drafts.push(
+                AuditDraft::new(AuditKind::Admin, "config.changed", "ok")
+                    .by("daemon")
+                    .on(changed.join(", "))
+                    .because("the files differ from what the previous start recorded")
+                    .with_detail(&serde_json::json!({ "before": before, "after": digests })),
+            );
+        }
+    }
+    drafts.push(
+        AuditDraft::new(AuditKind::Admin, "daemon.start", "ok")
+            .by("daemon")
+            .on(format!("pid {}", std::process::id()))
+            .with_detail(&serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": digests,
+            })),
+    );
+    if let Err(e) = store.append_audit(drafts).await {
+        tracing::error!(error = %e, "daemon start not recorded in the audit log");
+    }
+}
+
+/// Appends one checkpoint to `file` (a JSON line; the file is 0600).
+pub async fn write_checkpoint(
+    store: &Store,
+    file: &std::path::Path,
+    by: &str,
+) -> Result<flotilla_protocol::audit::AuditCheckpoint, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cp = store
+        .audit_checkpoint(by)
+        .await
+        .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(&cp).map_err(|e| e.to_string())?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", file.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(cp)
+}
+
+/// Retention cuts and periodic checkpoints, until `stop`.
+fn spawn_audit_duties(store: Store, settings: AuditSettings, stop: CancellationToken) {
+    if let Some(retention) = settings.retention_ms {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                match store.audit_prune(now_ms() - retention, "retention").await {
+                    Ok(Some(cut)) => tracing::info!(record = cut.id, "audit retention cut"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "audit retention failed"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+    if let Some(file) = settings.checkpoint_file {
+        let every = settings.checkpoint_every_ms.unwrap_or(3_600_000).max(1000) as u64;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(every)) => {}
+                }
+                if let Err(e) = write_checkpoint(&store, &file, "daemon").await {
+                    tracing::error!(error = %e, "audit checkpoint not written");
+                }
+            }
+        });
+    }
 }
 
 /// Why the daemon could not start or run.
@@ -196,6 +339,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
             durability: opts.durability,
         },
     )?;
+    record_start(&store, &opts.audit).await;
+    principals.set_audit(store.clone());
     let fleet = Supervisor::new(store.clone(), opts.fleet, opts.executor, opts.factory);
     // The vault: a missing or wrong key is an error for every secret
     // operation and grant (never a silently empty vault), not for the daemon.
@@ -245,6 +390,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         None => None,
     };
     let shutdown = CancellationToken::new();
+    spawn_audit_duties(store.clone(), opts.audit.clone(), shutdown.clone());
     let status = DaemonStatus {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -280,6 +426,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     });
 
     let signals = shutdown.clone();
+    let signal_store = store.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -288,10 +435,21 @@ pub async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = signals.cancelled() => {}
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = signals.cancelled() => return,
+        };
+        let draft = flotilla_protocol::audit::AuditDraft::new(
+            flotilla_protocol::audit::AuditKind::Admin,
+            "daemon.stop",
+            "ok",
+        )
+        .by("daemon")
+        .on("daemon")
+        .because(signal);
+        if let Err(e) = signal_store.append_audit(vec![draft]).await {
+            tracing::error!(error = %e, "daemon stop not recorded in the audit log");
         }
         signals.cancel();
     });

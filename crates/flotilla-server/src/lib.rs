@@ -3,11 +3,12 @@
 
 pub mod api;
 pub mod approvals;
+pub mod compliance;
 pub mod daemon;
 pub mod paths;
 pub mod principals;
 pub mod secrets;
 
-pub use daemon::{acquire_lock, serve, DaemonError, DaemonLock, ServeOptions};
+pub use daemon::{acquire_lock, serve, AuditSettings, DaemonError, DaemonLock, ServeOptions};
 pub use paths::Paths;
 pub use principals::{Caller, Principals};

@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::api::{ApiJson, AppState};
+use crate::compliance::record_admin;
 use crate::paths::Paths;
+use flotilla_protocol::audit::{AuditDraft, AuditKind};
 
 /// The roles a principal may hold.
 pub const ROLES: [&str; 3] = ["admin", "auditor", "user"];
@@ -310,6 +312,8 @@ struct Inner {
 pub struct Principals {
     inner: Arc<Mutex<Inner>>,
     owner_uid: u32,
+    /// Where authentications are recorded (the daemon sets it once).
+    audit: Arc<std::sync::OnceLock<(flotilla_store::Store, crate::compliance::AuthLog)>>,
 }
 
 impl std::fmt::Debug for Principals {
@@ -503,6 +507,25 @@ impl Principals {
         Principals::open(&Principals::db_path(paths), uid, user.as_deref())
     }
 
+    /// Records every authentication from now on in `store`'s audit log.
+    pub fn set_audit(&self, store: flotilla_store::Store) {
+        let _ = self
+            .audit
+            .set((store, crate::compliance::AuthLog::default()));
+    }
+
+    fn record_auth(
+        &self,
+        method: &'static str,
+        peer: &str,
+        principal: Option<&str>,
+        failure: Option<&str>,
+    ) {
+        if let Some((store, log)) = self.audit.get() {
+            log.record(store, method, peer, principal, failure);
+        }
+    }
+
     /// Opens (creating, mode 0600) the directory at `path` and ensures the
     /// owner principal for `owner_uid` exists with the admin role.
     pub fn open(
@@ -588,6 +611,7 @@ impl Principals {
             }
         }
         Ok(Principals {
+            audit: Arc::new(std::sync::OnceLock::new()),
             inner: Arc::new(Mutex::new(inner)),
             owner_uid,
         })
@@ -904,6 +928,12 @@ pub async fn authenticate(State(p): State<Principals>, mut req: Request, next: N
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|c| c.0.clone());
+    let (method, from) = match &peer {
+        Some(Peer::Unix { uid: Some(uid) }) => ("auth.peer", format!("unix uid {uid}")),
+        Some(Peer::Unix { uid: None }) => ("auth.peer", "unix uid unknown".to_string()),
+        Some(Peer::Tcp(addr)) => ("auth.token", format!("tcp {}", addr.ip())),
+        None => ("auth.token", "unknown transport".to_string()),
+    };
     let caller = match peer {
         Some(Peer::Unix { uid: Some(uid) }) => p.caller_for_uid(uid),
         Some(Peer::Unix { uid: None }) => Err(PrincipalError::Forbidden(
@@ -913,10 +943,14 @@ pub async fn authenticate(State(p): State<Principals>, mut req: Request, next: N
     };
     match caller {
         Ok(c) => {
+            p.record_auth(method, &from, Some(&c.name), None);
             req.extensions_mut().insert(c);
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            p.record_auth(method, &from, None, Some(&e.to_string()));
+            e.into_response()
+        }
     }
 }
 
@@ -984,9 +1018,22 @@ async fn add_principal(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreatePrincipalRequest>,
 ) -> Result<(StatusCode, Json<PrincipalView>), PrincipalError> {
-    require_role(&caller, "admin", "adding a principal")?;
     let name = req.name.clone();
-    let view = blocking(&st.principals, move |p| p.add(req)).await?;
+    let detail = serde_json::json!({ "roles": req.roles, "uid": req.uid });
+    let result = match require_role(&caller, "admin", "adding a principal") {
+        Ok(()) => blocking(&st.principals, move |p| p.add(req)).await,
+        Err(e) => Err(e),
+    };
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        "principal.add",
+        &name,
+        Some(detail),
+        &result,
+    )
+    .await;
+    let view = result?;
     tracing::info!(by = %caller.name, principal = %name, roles = ?view.roles, uid = ?view.uid, "principal added");
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -997,10 +1044,28 @@ async fn vet_principal(
     UrlPath(name): UrlPath<String>,
     ApiJson(req): ApiJson<VetRequest>,
 ) -> Result<Json<PrincipalView>, PrincipalError> {
-    require_role(&caller, "admin", "vetting a principal")?;
-    check_name(&name)?;
     let (n, tier, revoke) = (name.clone(), req.tier.clone(), req.revoke);
-    let view = blocking(&st.principals, move |p| p.vet(&n, &tier, revoke)).await?;
+    let result = match require_role(&caller, "admin", "vetting a principal").and(check_name(&name))
+    {
+        Ok(()) => blocking(&st.principals, move |p| p.vet(&n, &tier, revoke)).await,
+        Err(e) => Err(e),
+    };
+    let action = if req.revoke {
+        "principal.unvet"
+    } else {
+        "principal.vet"
+    };
+    let detail = serde_json::json!({ "tier": req.tier });
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        action,
+        &name,
+        Some(detail),
+        &result,
+    )
+    .await;
+    let view = result?;
     tracing::info!(by = %caller.name, principal = %name, tier = %req.tier, revoke, "principal vetting changed");
     Ok(Json(view))
 }
@@ -1010,12 +1075,26 @@ async fn issue_token(
     Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<(StatusCode, Json<TokenIssued>), PrincipalError> {
-    if caller.name != name {
-        require_role(&caller, "admin", "issuing a token for another principal")?;
-    }
-    check_name(&name)?;
+    let allowed = if caller.name != name {
+        require_role(&caller, "admin", "issuing a token for another principal")
+    } else {
+        Ok(())
+    };
     let n = name.clone();
-    let issued = blocking(&st.principals, move |p| p.issue_token(&n)).await?;
+    let result = match allowed.and(check_name(&name)) {
+        Ok(()) => blocking(&st.principals, move |p| p.issue_token(&n)).await,
+        Err(e) => Err(e),
+    };
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        "token.issue",
+        &name,
+        None,
+        &result,
+    )
+    .await;
+    let issued = result?;
     tracing::info!(by = %caller.name, principal = %name, "API token issued");
     Ok((StatusCode::CREATED, Json(issued)))
 }
@@ -1025,17 +1104,33 @@ async fn enroll_mfa(
     Extension(caller): Extension<Caller>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<(StatusCode, Json<MfaEnrollment>), PrincipalError> {
-    if caller.name != name {
-        require_role(&caller, "admin", "enrolling another principal's TOTP")?;
-    }
-    check_name(&name)?;
-    if !caller.has_role("admin") && st.principals.mfa_enrolled(&name)? {
-        return Err(PrincipalError::Forbidden(format!(
-            "principal {name} has a TOTP secret already; replacing it needs the admin role: an admin runs `flotilla principal mfa-enroll {name}`"
-        )));
-    }
+    let checks = (|| {
+        if caller.name != name {
+            require_role(&caller, "admin", "enrolling another principal's TOTP")?;
+        }
+        check_name(&name)?;
+        if !caller.has_role("admin") && st.principals.mfa_enrolled(&name)? {
+            return Err(PrincipalError::Forbidden(format!(
+                "principal {name} has a TOTP secret already; replacing it needs the admin role: an admin runs `flotilla principal mfa-enroll {name}`"
+            )));
+        }
+        Ok(())
+    })();
     let n = name.clone();
-    let enrolled = blocking(&st.principals, move |p| p.enroll_totp(&n)).await?;
+    let result = match checks {
+        Ok(()) => blocking(&st.principals, move |p| p.enroll_totp(&n)).await,
+        Err(e) => Err(e),
+    };
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        "mfa.enroll",
+        &name,
+        None,
+        &result,
+    )
+    .await;
+    let enrolled = result?;
     tracing::info!(by = %caller.name, principal = %name, "TOTP secret enrolled");
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
@@ -1053,6 +1148,20 @@ async fn login_totp(
     match &result {
         Ok(_) => tracing::info!(principal = %caller.name, "TOTP login"),
         Err(e) => tracing::warn!(principal = %caller.name, error = %e, "TOTP login refused"),
+    }
+    // Every TOTP attempt is an authentication of its own: recorded, and
+    // committed before the answer.
+    let mut draft = AuditDraft::new(
+        AuditKind::Auth,
+        "auth.totp",
+        if result.is_ok() { "success" } else { "failure" },
+    )
+    .by(&caller.name);
+    if let Err(e) = &result {
+        draft = draft.because(e.to_string());
+    }
+    if let Err(e) = st.fleet.store().append_audit(vec![draft]).await {
+        tracing::error!(error = %e, "TOTP login not recorded in the audit log");
     }
     Ok(Json(result?))
 }

@@ -14,6 +14,7 @@ use flotilla_vault::{HeaderTemplate, SecretSpec};
 use zeroize::Zeroizing;
 
 use crate::api::{ApiFailure, ApiJson, AppState};
+use crate::compliance::record_admin;
 use crate::principals::Caller;
 
 /// The secret routes.
@@ -108,8 +109,28 @@ async fn add(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AddSecretRequest>,
 ) -> Result<(StatusCode, Json<SecretInfo>), ApiFailure> {
-    admin_only(&caller, "adding a secret")?;
-    let vault = vault(&st)?;
+    let name = req.name.clone();
+    let detail = serde_json::json!({ "hosts": req.hosts, "replace": req.replace });
+    let result = add_secret(&st, &caller, req).await;
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        "secret.add",
+        &name,
+        Some(detail),
+        &result,
+    )
+    .await;
+    result
+}
+
+async fn add_secret(
+    st: &AppState,
+    caller: &Caller,
+    req: AddSecretRequest,
+) -> Result<(StatusCode, Json<SecretInfo>), ApiFailure> {
+    admin_only(caller, "adding a secret")?;
+    let vault = vault(st)?;
     let headers = req
         .headers
         .iter()
@@ -137,7 +158,7 @@ async fn add(
         .await?
         .into_iter()
         .find(|i| i.spec.name == name)
-        .map(|i| view(i, &st))
+        .map(|i| view(i, st))
         .ok_or_else(|| {
             ApiFailure::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -196,8 +217,26 @@ async fn remove(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiFailure> {
-    admin_only(&caller, "removing a secret")?;
-    let vault = vault(&st)?;
+    let result = remove_secret(&st, &caller, name.clone()).await;
+    record_admin(
+        st.fleet.store(),
+        &caller,
+        "secret.remove",
+        &name,
+        None,
+        &result,
+    )
+    .await;
+    result
+}
+
+async fn remove_secret(
+    st: &AppState,
+    caller: &Caller,
+    name: String,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    admin_only(caller, "removing a secret")?;
+    let vault = vault(st)?;
     let n = name.clone();
     if blocking(vault, move |v| v.remove(&n)).await? {
         tracing::info!(by = %caller.name, secret = %name, "secret removed");

@@ -541,6 +541,10 @@ pub(crate) fn query(conn: &Connection, path: &Path, q: &AuditQuery) -> Result<Au
         let p = arg(V::Text(s.clone()), &mut args);
         sql += &format!(" AND session_id = {p}");
     }
+    if let Some(a) = &q.action {
+        let p = arg(V::Text(a.clone()), &mut args);
+        sql += &format!(" AND action = {p}");
+    }
     if let Some(pr) = &q.principal {
         let p = arg(V::Text(pr.clone()), &mut args);
         sql += &format!(" AND principal = {p}");
