@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -253,4 +254,70 @@ pub fn host_pids_with_arg(arg: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// One raw HTTP/1.1 exchange over TCP; returns (status, JSON body).
+pub fn tcp(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    auth: Option<&str>,
+) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.map(|b| b.to_string());
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n");
+    if let Some(token) = auth {
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(b) = &body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.as_deref().unwrap_or(""));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status: u16 = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{status} body is not JSON ({e}): {body}"));
+    (status, json)
+}
+
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `flotilla serve --listen 127.0.0.1:0` and returns its TCP address.
+pub fn serve_tcp(env: &Env) -> (Daemon, String) {
+    let mut cmd = env.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let daemon = Daemon(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = env.run(&["daemon", "status", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+            if let Some(a) = v["daemon"]["tcp"].as_str() {
+                return (daemon, a.to_string());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon with --listen did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
