@@ -470,7 +470,7 @@ fn csv_row(r: &AuditRecord) -> [String; 18] {
 
 /// Where an export goes: a CSV writer or JSON lines, over one buffered file.
 enum Sink {
-    Csv(csv::Writer<std::io::BufWriter<std::fs::File>>),
+    Csv(Box<csv::Writer<std::io::BufWriter<std::fs::File>>>),
     Jsonl(std::io::BufWriter<std::fs::File>),
 }
 
@@ -510,7 +510,7 @@ async fn export_to(client: &Client, filters: &Filters, format: &str, out: &Path)
     let mut sink = if format == "csv" {
         let mut w = csv::Writer::from_writer(buf);
         w.write_record(CSV_HEAD)?;
-        Sink::Csv(w)
+        Sink::Csv(Box::new(w))
     } else {
         Sink::Jsonl(buf)
     };
