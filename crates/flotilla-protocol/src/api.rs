@@ -1,11 +1,12 @@
 //! JSON bodies of the daemon's HTTP API (see `docs/api.md`).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::{Event, SessionId, SessionLimits, SessionState};
 
 /// `POST /v1/sessions`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     /// What the agent should do.
@@ -41,7 +42,7 @@ pub struct CreateSessionRequest {
 }
 
 /// A secret as listed (`GET /v1/secrets`): never its value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretInfo {
     /// The name.
     pub name: String,
@@ -75,7 +76,7 @@ pub struct SecretInfo {
 }
 
 /// A live session holding a grant of a secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretGrantHolder {
     /// The session.
     pub session: SessionId,
@@ -85,14 +86,14 @@ pub struct SecretGrantHolder {
 }
 
 /// `GET /v1/secrets`
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretList {
     /// Secrets by name.
     pub secrets: Vec<SecretInfo>,
 }
 
 /// `POST /v1/secrets`: add (or with `replace`, overwrite) a secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AddSecretRequest {
     /// `[a-z][a-z0-9_-]{0,63}`.
     pub name: String,
@@ -134,7 +135,7 @@ impl std::fmt::Debug for AddSecretRequest {
 }
 
 /// A model and where to reach it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModelRoute {
     /// `provider:model`.
     pub model: String,
@@ -144,7 +145,7 @@ pub struct ModelRoute {
 }
 
 /// A call waiting for a person (`GET /v1/approvals`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalInfo {
     /// Id of the approval.
     pub approval_id: String,
@@ -167,14 +168,14 @@ pub struct ApprovalInfo {
 }
 
 /// `GET /v1/approvals`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalList {
     /// Pending approvals, oldest first.
     pub approvals: Vec<ApprovalInfo>,
 }
 
 /// `POST /v1/approvals/{id}/approve`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
     /// Also allow such calls from now on, in this layer: session, project or user.
@@ -186,7 +187,7 @@ pub struct ApproveRequest {
 }
 
 /// `POST /v1/approvals/{id}/deny`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRequest {
     /// Why; the model is told.
@@ -194,7 +195,7 @@ pub struct DenyRequest {
 }
 
 /// One session as listed by `GET /v1/sessions` and `GET /v1/sessions/{id}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SessionInfo {
     /// Id.
     pub id: SessionId,
@@ -232,14 +233,14 @@ pub struct SessionInfo {
 }
 
 /// `GET /v1/sessions`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     /// Sessions, newest first.
     pub sessions: Vec<SessionInfo>,
 }
 
 /// `GET /v1/sessions/{id}/events?after=N&limit=M`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
     /// Events with `seq > after`, in order.
     pub events: Vec<Event>,
@@ -250,7 +251,7 @@ pub struct EventPage {
 }
 
 /// `GET /v1/daemon`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DaemonStatus {
     /// Process id.
     pub pid: u32,
@@ -276,15 +277,36 @@ pub struct DaemonStatus {
     pub rss_bytes: Option<u64>,
 }
 
+/// `GET /v1/health`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// Answer of `POST /v1/daemon/stop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StopAccepted {
+    /// Always true.
+    pub stopping: bool,
+}
+
+/// Answer of `DELETE /v1/secrets/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretRemoved {
+    /// The secret's name.
+    pub removed: String,
+}
+
 /// Body of every error response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
     /// The error.
     pub error: ApiErrorBody,
 }
 
 /// What went wrong.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {
     /// Machine-readable code, e.g. `not_found`, `bad_request`.
     pub code: String,

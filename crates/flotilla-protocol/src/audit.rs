@@ -14,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::{EventKind, ToolCall};
 
@@ -21,7 +22,9 @@ use crate::{EventKind, ToolCall};
 pub const AUDIT_ENCODING_VERSION: u32 = 1;
 
 /// What a record is about (the `--kind` filter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     /// A tool call ran (or was interrupted).
@@ -82,7 +85,9 @@ impl fmt::Display for AuditKind {
 }
 
 /// The two chains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditChain {
     /// Records derived from session events.
@@ -180,7 +185,7 @@ impl AuditDraft {
 }
 
 /// One record as stored and served.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditRecord {
     /// Position in the whole log (both chains): the pagination cursor.
     pub id: u64,
@@ -658,7 +663,7 @@ pub struct AuditQuery {
 }
 
 /// One page of records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     /// The records, in id order (descending with `order=desc`).
     pub activities: Vec<AuditRecord>,
@@ -668,7 +673,7 @@ pub struct AuditPage {
 }
 
 /// The head of one chain at a moment: what a checkpoint holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChainHead {
     /// The chain.
     pub chain: AuditChain,
@@ -680,7 +685,7 @@ pub struct ChainHead {
 
 /// A checkpoint: the heads of both chains and the size of the event log.
 /// Kept outside the database, it makes truncation of the tail detectable.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditCheckpoint {
     /// When it was taken.
     pub ts_ms: i64,
@@ -691,7 +696,7 @@ pub struct AuditCheckpoint {
 }
 
 /// The first problem `verify` found in one place.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditBreak {
     /// Where: `chain sessions`, `chain daemon`, `session s…`, `checkpoint`...
     pub place: String,
@@ -706,7 +711,7 @@ pub struct AuditBreak {
 }
 
 /// What `verify` checked of one chain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ChainVerdict {
     /// The chain.
     pub chain: AuditChain,
@@ -719,7 +724,7 @@ pub struct ChainVerdict {
 }
 
 /// The result of `flotilla audit verify`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
     /// True when nothing is broken.
     pub ok: bool,

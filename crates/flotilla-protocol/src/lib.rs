@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 pub mod api;
 pub mod audit;
@@ -27,7 +28,7 @@ pub const EVENT_ENCODING_VERSION: u32 = 1;
 ///
 /// Ids are short so people can type them: a letter `s` followed by 11
 /// characters of `[a-z0-9]` (about 57 bits of randomness).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
 pub struct SessionId(String);
 
@@ -82,7 +83,7 @@ impl fmt::Display for SessionId {
 }
 
 /// The life cycle of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// The agent loop is working (or will resume working after a restart).
@@ -137,7 +138,7 @@ impl fmt::Display for SessionState {
 }
 
 /// Budgets of one session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionLimits {
     /// Model turns before the session fails with "max turns reached".
     pub max_turns: u32,
@@ -162,7 +163,7 @@ impl Default for SessionLimits {
 /// `arguments` is kept verbatim, even when it is not valid JSON, so that the
 /// log shows exactly what the model sent and the model can be told what was
 /// wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ToolCall {
     /// The model's id for the call, echoed back with the result.
     pub id: String,
@@ -173,7 +174,7 @@ pub struct ToolCall {
 }
 
 /// Token counts reported by a model server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     /// Tokens of the prompt.
     pub prompt_tokens: u64,
@@ -182,7 +183,7 @@ pub struct Usage {
 }
 
 /// What policy said about a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyVerdict {
     /// The call runs.
@@ -206,7 +207,7 @@ impl PolicyVerdict {
 
 /// The command-line policy layer of a session: what `flotilla run --mode
 /// --allow --ask --deny` gave. Rules are in the Claude Code dialect.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPermissions {
     /// plan, ask, accept-edits, auto or bypass.
@@ -233,7 +234,7 @@ impl SessionPermissions {
 /// One secret a session may use (`flotilla run --grant`), with the
 /// placeholder its sandbox sees instead of the value. The value itself is
 /// never in an event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretGrant {
     /// The secret's name.
     pub secret: String,
@@ -255,7 +256,7 @@ pub struct SecretGrant {
 }
 
 /// One use (or blocked use) of a secret at the egress proxy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SecretUse {
     /// When, in milliseconds since the Unix epoch.
     pub ts_ms: u64,
@@ -274,7 +275,7 @@ pub struct SecretUse {
 }
 
 /// Everything that can happen to a session. Each variant is one event kind.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// The first event of every session.
@@ -518,7 +519,7 @@ impl EventKind {
 }
 
 /// One event of a session's log, as stored and as served.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// The session.
     pub session: SessionId,

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use flotilla_protocol::audit::{
     AuditCheckpoint, AuditDraft, AuditKind, AuditPage, AuditQuery, AuditRecord, VerifyReport,
 };
-use flotilla_protocol::SessionId;
+use flotilla_protocol::{ApiError, SessionId};
 use flotilla_store::{Store, VerifyOptions};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{ApiFailure, ApiJson, ApiQuery, AppState};
 use crate::principals::Caller;
@@ -29,13 +31,13 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// Largest page.
 pub const MAX_PAGE: u32 = 1000;
 
-/// The compliance routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/compliance/activities", get(activities))
-        .route("/v1/compliance/verify", post(verify))
-        .route("/v1/compliance/checkpoint", post(checkpoint))
-        .route("/v1/compliance/prune", post(prune))
+/// The compliance routes, with their descriptions (merged into the API router).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(activities))
+        .routes(routes!(verify))
+        .routes(routes!(checkpoint))
+        .routes(routes!(prune))
 }
 
 fn now_ms() -> i64 {
@@ -100,8 +102,9 @@ pub fn parse_time_ms(raw: &str, now_ms: i64) -> Result<i64, String> {
 }
 
 /// `GET /v1/compliance/activities` query string.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ActivitiesParams {
     /// From this time (see [`parse_time_ms`]).
     pub since: Option<String>,
@@ -175,6 +178,19 @@ impl ActivitiesParams {
     }
 }
 
+/// Audit records, filtered, one page at a time. Principals without the
+/// admin or auditor role see only their own sessions and their own acts.
+#[utoipa::path(
+    get,
+    path = "/v1/compliance/activities",
+    tag = "compliance",
+    params(ActivitiesParams),
+    responses(
+        (status = 200, description = "A page of records in id order; `next_cursor` until the end", body = AuditPage),
+        (status = 400, description = "`bad_request`: an unknown kind, a bad time, cursor, order or limit", body = ApiError),
+        (status = 500, description = "`store_error`: the store failed", body = ApiError)
+    )
+)]
 async fn activities(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -188,7 +204,7 @@ async fn activities(
 }
 
 /// `POST /v1/compliance/verify` body.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Only this session.
@@ -199,6 +215,20 @@ pub struct VerifyRequest {
     pub checkpoints: Vec<AuditCheckpoint>,
 }
 
+/// Recomputes the audit chains, their links to events, the event chains,
+/// and checks the checkpoints given.
+#[utoipa::path(
+    post,
+    path = "/v1/compliance/verify",
+    tag = "compliance",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "What was checked, and every break found (`ok` false)", body = VerifyReport),
+        (status = 400, description = "`bad_request`: an invalid session id", body = ApiError),
+        (status = 403, description = "`forbidden`: needs the admin or auditor role", body = ApiError),
+        (status = 500, description = "`store_error`: the store failed", body = ApiError)
+    )
+)]
 async fn verify(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -222,6 +252,17 @@ async fn verify(
     Ok(Json(report))
 }
 
+/// Takes a checkpoint of both chains' heads (recorded in the daemon chain).
+#[utoipa::path(
+    post,
+    path = "/v1/compliance/checkpoint",
+    tag = "compliance",
+    responses(
+        (status = 200, description = "The checkpoint: keep it outside the daemon's disk", body = AuditCheckpoint),
+        (status = 403, description = "`forbidden`: needs the admin or auditor role", body = ApiError),
+        (status = 500, description = "`store_error`: the store failed", body = ApiError)
+    )
+)]
 async fn checkpoint(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -231,7 +272,7 @@ async fn checkpoint(
 }
 
 /// `POST /v1/compliance/prune` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneRequest {
     /// Remove records older than this (see [`parse_time_ms`]; `90d`: older
@@ -240,12 +281,26 @@ pub struct PruneRequest {
 }
 
 /// What a prune did.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct PruneResult {
     /// The cut record, absent when nothing was old enough.
     pub cut: Option<AuditRecord>,
 }
 
+/// Cuts records older than a time from both chains; the cut is itself a
+/// record with the hashes it cut at.
+#[utoipa::path(
+    post,
+    path = "/v1/compliance/prune",
+    tag = "compliance",
+    request_body = PruneRequest,
+    responses(
+        (status = 200, description = "The cut record, or null when nothing was that old", body = PruneResult),
+        (status = 400, description = "`bad_request`: a bad time", body = ApiError),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 500, description = "`store_error`: the store failed", body = ApiError)
+    )
+)]
 async fn prune(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -24,14 +24,16 @@ use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::serve::IncomingStream;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use flotilla_protocol::{ApiError, PrincipalFacts};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, UnixListener};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{ApiJson, AppState};
 use crate::compliance::record_admin;
@@ -119,7 +121,7 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
 }
 
 /// A principal as the API shows it (never with its TOTP secret).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalView {
     /// Unique name.
     pub name: String,
@@ -144,14 +146,14 @@ pub struct PrincipalView {
 }
 
 /// `GET /v1/principals`
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalList {
     /// Every principal, by name.
     pub principals: Vec<PrincipalView>,
 }
 
 /// `POST /v1/principals`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrincipalRequest {
     /// Unique name, `[a-z0-9._-]`.
@@ -165,7 +167,7 @@ pub struct CreatePrincipalRequest {
 }
 
 /// `POST /v1/principals/{name}/vet`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VetRequest {
     /// The tier, `[a-z0-9-]`.
@@ -176,7 +178,7 @@ pub struct VetRequest {
 }
 
 /// `POST /v1/principals/{name}/tokens`: the token, shown once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenIssued {
     /// Whose token.
     pub principal: String,
@@ -185,7 +187,7 @@ pub struct TokenIssued {
 }
 
 /// `POST /v1/principals/{name}/mfa`: the secret, shown once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MfaEnrollment {
     /// Whose secret.
     pub principal: String,
@@ -196,7 +198,7 @@ pub struct MfaEnrollment {
 }
 
 /// `POST /v1/auth/totp`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpLoginRequest {
     /// The 6-digit code.
@@ -204,7 +206,7 @@ pub struct TotpLoginRequest {
 }
 
 /// Answer of `POST /v1/auth/totp`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TotpVerified {
     /// Who logged in.
     pub principal: String,
@@ -985,17 +987,25 @@ where
         .map_err(|e| PrincipalError::Internal(format!("principal task failed: {e}")))?
 }
 
-/// The principal and authentication routes (merge into the API router).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/principals", get(list_principals).post(add_principal))
-        .route("/v1/principals/{name}/vet", post(vet_principal))
-        .route("/v1/principals/{name}/tokens", post(issue_token))
-        .route("/v1/principals/{name}/mfa", post(enroll_mfa))
-        .route("/v1/auth/totp", post(login_totp))
+/// The principal and authentication routes, with their descriptions (merged
+/// into the API router).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(whoami))
+        .routes(routes!(list_principals, add_principal))
+        .routes(routes!(vet_principal))
+        .routes(routes!(issue_token))
+        .routes(routes!(enroll_mfa))
+        .routes(routes!(login_totp))
 }
 
+/// The caller's own principal.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "auth",
+    responses((status = 200, description = "The caller", body = PrincipalView))
+)]
 async fn whoami(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1003,6 +1013,16 @@ async fn whoami(
     Ok(Json(st.principals.view(&caller.name)?))
 }
 
+/// Every principal, by name (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/principals",
+    tag = "principals",
+    responses(
+        (status = 200, description = "The principals", body = PrincipalList),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError)
+    )
+)]
 async fn list_principals(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1013,6 +1033,19 @@ async fn list_principals(
     }))
 }
 
+/// Adds a principal (admin); roles default to `user`.
+#[utoipa::path(
+    post,
+    path = "/v1/principals",
+    tag = "principals",
+    request_body = CreatePrincipalRequest,
+    responses(
+        (status = 201, description = "The new principal", body = PrincipalView),
+        (status = 400, description = "`bad_request`: an invalid name or an unknown role", body = ApiError),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 409, description = "`conflict`: the name or the uid is taken", body = ApiError)
+    )
+)]
 async fn add_principal(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1038,6 +1071,20 @@ async fn add_principal(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// Vets a principal for a tier, or with `revoke` takes the tier away (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/principals/{name}/vet",
+    tag = "principals",
+    params(("name" = String, Path, description = "The principal's name")),
+    request_body = VetRequest,
+    responses(
+        (status = 200, description = "The principal", body = PrincipalView),
+        (status = 400, description = "`bad_request`: an invalid name or tier", body = ApiError),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 404, description = "`not_found`: no such principal", body = ApiError)
+    )
+)]
 async fn vet_principal(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1070,6 +1117,20 @@ async fn vet_principal(
     Ok(Json(view))
 }
 
+/// Issues an API token (admin, or the principal itself); it is shown this
+/// once.
+#[utoipa::path(
+    post,
+    path = "/v1/principals/{name}/tokens",
+    tag = "principals",
+    params(("name" = String, Path, description = "The principal's name")),
+    responses(
+        (status = 201, description = "The token", body = TokenIssued),
+        (status = 400, description = "`bad_request`: an invalid name", body = ApiError),
+        (status = 403, description = "`forbidden`: another principal's token needs the admin role", body = ApiError),
+        (status = 404, description = "`not_found`: no such principal", body = ApiError)
+    )
+)]
 async fn issue_token(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1099,6 +1160,20 @@ async fn issue_token(
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
+/// Gives a principal a new TOTP secret, shown this once (admin, or the
+/// principal itself when not enrolled yet).
+#[utoipa::path(
+    post,
+    path = "/v1/principals/{name}/mfa",
+    tag = "principals",
+    params(("name" = String, Path, description = "The principal's name")),
+    responses(
+        (status = 201, description = "The secret and its otpauth URL", body = MfaEnrollment),
+        (status = 400, description = "`bad_request`: an invalid name", body = ApiError),
+        (status = 403, description = "`forbidden`: another principal, or replacing an enrolled secret, needs the admin role", body = ApiError),
+        (status = 404, description = "`not_found`: no such principal", body = ApiError)
+    )
+)]
 async fn enroll_mfa(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1135,6 +1210,19 @@ async fn enroll_mfa(
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
 
+/// Checks the caller's current TOTP code and records the verification.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/totp",
+    tag = "auth",
+    request_body = TotpLoginRequest,
+    responses(
+        (status = 200, description = "The code is right", body = TotpVerified),
+        (status = 400, description = "`bad_request` (not 6 digits) or `mfa_not_enrolled` (no TOTP secret)", body = ApiError),
+        (status = 401, description = "`mfa_failed`: a wrong or already used code", body = ApiError),
+        (status = 429, description = "`mfa_locked`: five wrong codes within five minutes", body = ApiError)
+    )
+)]
 async fn login_totp(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1169,6 +1257,9 @@ async fn login_totp(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use axum::routing::get;
+    use axum::Router;
 
     use super::*;
 

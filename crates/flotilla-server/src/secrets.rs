@@ -6,22 +6,25 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
-use flotilla_protocol::{AddSecretRequest, SecretGrantHolder, SecretInfo, SecretList};
+use axum::{Extension, Json};
+use flotilla_protocol::{
+    AddSecretRequest, ApiError, SecretGrantHolder, SecretInfo, SecretList, SecretRemoved,
+};
 use flotilla_vault::store::{default_env_name, Vault, VaultError};
 use flotilla_vault::{HeaderTemplate, SecretSpec};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use crate::api::{ApiFailure, ApiJson, AppState};
 use crate::compliance::record_admin;
 use crate::principals::Caller;
 
-/// The secret routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/secrets", get(list).post(add))
-        .route("/v1/secrets/{name}", delete(remove))
+/// The secret routes, with their descriptions (merged into the API router).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list_secrets, add_secret))
+        .routes(routes!(remove_secret))
 }
 
 fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiFailure> {
@@ -104,14 +107,30 @@ fn parse_header(raw: &str) -> Result<HeaderTemplate, ApiFailure> {
     })
 }
 
-async fn add(
+/// Adds a secret (or, with `replace`, overwrites one). The value goes in
+/// once and never comes out.
+#[utoipa::path(
+    post,
+    path = "/v1/secrets",
+    tag = "secrets",
+    request_body = AddSecretRequest,
+    responses(
+        (status = 201, description = "The secret as listed (never its value)", body = SecretInfo),
+        (status = 400, description = "`bad_request`: an invalid name, host, header, env or value", body = ApiError),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 409, description = "`exists`: a secret of that name exists (pass `replace`)", body = ApiError),
+        (status = 500, description = "`vault_error` or `internal`: the vault failed", body = ApiError),
+        (status = 503, description = "`vault_unavailable`: the vault's key is missing or wrong", body = ApiError)
+    )
+)]
+async fn add_secret(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<AddSecretRequest>,
 ) -> Result<(StatusCode, Json<SecretInfo>), ApiFailure> {
     let name = req.name.clone();
     let detail = serde_json::json!({ "hosts": req.hosts, "replace": req.replace });
-    let result = add_secret(&st, &caller, req).await;
+    let result = store_secret(&st, &caller, req).await;
     record_admin(
         st.fleet.store(),
         &caller,
@@ -124,7 +143,7 @@ async fn add(
     result
 }
 
-async fn add_secret(
+async fn store_secret(
     st: &AppState,
     caller: &Caller,
     req: AddSecretRequest,
@@ -200,7 +219,19 @@ fn view(info: flotilla_vault::store::SecretInfo, st: &AppState) -> SecretInfo {
     }
 }
 
-async fn list(
+/// The secrets by name: hosts, headers, grants and last use, never values.
+#[utoipa::path(
+    get,
+    path = "/v1/secrets",
+    tag = "secrets",
+    responses(
+        (status = 200, description = "The secrets", body = SecretList),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 500, description = "`vault_error` or `internal`: the vault failed", body = ApiError),
+        (status = 503, description = "`vault_unavailable`: the vault's key is missing or wrong", body = ApiError)
+    )
+)]
+async fn list_secrets(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<SecretList>, ApiFailure> {
@@ -212,12 +243,26 @@ async fn list(
     }))
 }
 
-async fn remove(
+/// Removes a secret.
+#[utoipa::path(
+    delete,
+    path = "/v1/secrets/{name}",
+    tag = "secrets",
+    params(("name" = String, Path, description = "The secret's name")),
+    responses(
+        (status = 200, description = "The secret is gone", body = SecretRemoved),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ApiError),
+        (status = 404, description = "`not_found`: no secret of that name", body = ApiError),
+        (status = 500, description = "`vault_error` or `internal`: the vault failed", body = ApiError),
+        (status = 503, description = "`vault_unavailable`: the vault's key is missing or wrong", body = ApiError)
+    )
+)]
+async fn remove_secret(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiFailure> {
-    let result = remove_secret(&st, &caller, name.clone()).await;
+) -> Result<Json<SecretRemoved>, ApiFailure> {
+    let result = delete_secret(&st, &caller, name.clone()).await;
     record_admin(
         st.fleet.store(),
         &caller,
@@ -230,17 +275,17 @@ async fn remove(
     result
 }
 
-async fn remove_secret(
+async fn delete_secret(
     st: &AppState,
     caller: &Caller,
     name: String,
-) -> Result<Json<serde_json::Value>, ApiFailure> {
+) -> Result<Json<SecretRemoved>, ApiFailure> {
     admin_only(caller, "removing a secret")?;
     let vault = vault(st)?;
     let n = name.clone();
     if blocking(vault, move |v| v.remove(&n)).await? {
         tracing::info!(by = %caller.name, secret = %name, "secret removed");
-        Ok(Json(serde_json::json!({ "removed": name })))
+        Ok(Json(SecretRemoved { removed: name }))
     } else {
         Err(ApiFailure::new(
             StatusCode::NOT_FOUND,
