@@ -12,7 +12,9 @@
 //! (f) `policy`: p99 policy decision with 1,000 rules vs evaluating every
 //! Cedar policy (no slicing);
 //! (g) `gguf`: reading a 70B-shaped GGUF file's header vs a plain read of
-//! the same bytes.
+//! the same bytes;
+//! (h) `audit`: queries, verify and export of a million-record audit log
+//! vs an unfiltered page, an unchecked read, and a small export.
 //!
 //! (a) and (b) run in this process; (c) and (d) drive the real `flotilla`
 //! binary. Figures go to stdout as a table, or as JSON with `--json`. Build
@@ -23,6 +25,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod daemon;
 mod gguf;
 mod idle_rss;
@@ -45,12 +48,14 @@ const DEFAULT_THROUGHPUT_SESSIONS: u32 = 100;
 const DEFAULT_THROUGHPUT_TURNS: u32 = 50;
 /// Default idle sessions of the `idle-rss` and `recover` benchmarks.
 const DEFAULT_IDLE_SESSIONS: u32 = 1000;
+/// Default audit records of the `audit` benchmark.
+const DEFAULT_AUDIT_RECORDS: u64 = 1_000_000;
 
 #[derive(Parser)]
 #[command(
     name = "flotilla-bench",
     version,
-    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery, sandbox cost, policy decisions."
+    about = "Benchmarks of flotilla: turn overhead, throughput, idle memory, recovery, sandbox cost, policy decisions, GGUF reading, the audit log."
 )]
 struct Cli {
     /// Which benchmark (default: all).
@@ -71,6 +76,9 @@ struct Cli {
     /// next to this executable).
     #[arg(long, global = true)]
     flotilla: Option<PathBuf>,
+    /// Audit records to fill for `audit` (default 1,000,000).
+    #[arg(long, global = true)]
+    records: Option<u64>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +99,8 @@ enum Bench {
     Policy,
     /// (g) Reading a large model file's GGUF header.
     Gguf,
+    /// (h) Audit log: filtered pages, verify, export (1,000,000 records).
+    Audit,
     /// All of the above (the default).
     All,
 }
@@ -106,7 +116,10 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     let bench = cli.command.unwrap_or(Bench::All);
     let wants = |b: Bench| bench == b || bench == Bench::All;
-    let needs_daemon = wants(Bench::IdleRss) || wants(Bench::Recover) || wants(Bench::Sandbox);
+    let needs_daemon = wants(Bench::IdleRss)
+        || wants(Bench::Recover)
+        || wants(Bench::Sandbox)
+        || wants(Bench::Audit);
     let binary = if needs_daemon {
         Some(daemon::find_flotilla(cli.flotilla.as_deref())?)
     } else {
@@ -144,6 +157,18 @@ async fn run(cli: Cli) -> Result<()> {
     if wants(Bench::Gguf) {
         progress("(g) gguf");
         figures.push(tokio::task::spawn_blocking(gguf::run).await??);
+    }
+    if wants(Bench::Audit) {
+        figures.extend(
+            audit::run(
+                audit::AuditOptions {
+                    records: cli.records.unwrap_or(DEFAULT_AUDIT_RECORDS),
+                    binary: binary.clone(),
+                },
+                &progress,
+            )
+            .await?,
+        );
     }
     if wants(Bench::Throughput) {
         progress("(b) throughput");
