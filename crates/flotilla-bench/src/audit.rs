@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use flotilla_protocol::audit::{AuditDraft, AuditKind, AuditQuery};
-use flotilla_protocol::{EventKind, PolicyVerdict, SessionId, SessionLimits, ToolCall};
+use flotilla_protocol::{
+    EventKind, PolicyVerdict, SessionId, SessionLimits, SessionState, ToolCall,
+};
 use flotilla_store::{Durability, Store, StoreOptions, VerifyOptions};
 
 use crate::daemon::{proc_status_number, Daemon};
@@ -63,6 +65,13 @@ fn created(principal: &str) -> EventKind {
         role: Some("worker".into()),
         fallbacks: Vec::new(),
         machine: None,
+    }
+}
+
+fn completed() -> EventKind {
+    EventKind::StateChanged {
+        state: SessionState::Completed,
+        reason: None,
     }
 }
 
@@ -166,6 +175,11 @@ async fn fill(store: &Store, target: u64) -> Result<Filled> {
             store.append_audit(drafts).await?;
         }
     }
+    // Every session ends (a daemon started on this log must not resume a
+    // thousand sessions while the export runs).
+    for s in &sessions {
+        store.append(s, vec![completed()]).await?;
+    }
     let rare_session = SessionId::generate();
     store.append(&rare_session, vec![created(RARE)]).await?;
     let mut events = Vec::new();
@@ -173,6 +187,7 @@ async fn fill(store: &Store, target: u64) -> Result<Filled> {
         call(&mut events, next_call, false);
         next_call += 1;
     }
+    events.push(completed());
     store.append(&rare_session, events).await?;
     let fill = started.elapsed();
 

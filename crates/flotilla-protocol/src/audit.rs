@@ -304,29 +304,23 @@ struct Canonical<'a> {
 /// "agent", "kind", "action", "target", "outcome", "reason", "detail",
 /// "event_seq", "event_hash"}` in that order, absent values as `null`.
 pub fn record_hash(fields: &RecordFields<'_>) -> String {
-    let mut hasher = Sha256::new();
-    // Writing into the hasher directly: no buffer per record. Serializing
-    // plain strings and integers cannot fail.
+    crate::digest_hex(&record_digest(fields, &mut Vec::with_capacity(512)))
+}
+
+/// The SHA-256 digest of a record's canonical encoding, built in `buf`
+/// (cleared first): a caller hashing many records reuses one buffer, and
+/// the hasher sees one long update instead of one per JSON token.
+pub fn record_digest(fields: &RecordFields<'_>, buf: &mut Vec<u8>) -> [u8; 32] {
+    buf.clear();
+    // Serializing plain strings and integers into memory cannot fail.
     let _ = serde_json::to_writer(
-        HashWriter(&mut hasher),
+        &mut *buf,
         &Canonical {
             v: AUDIT_ENCODING_VERSION,
             fields,
         },
     );
-    hex::encode(hasher.finalize())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    Sha256::digest(buf.as_slice()).into()
 }
 
 /// Longest target kept (characters).

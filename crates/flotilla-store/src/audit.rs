@@ -21,11 +21,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use flotilla_protocol::audit::{
-    draft_for_event, record_hash, AuditBreak, AuditChain, AuditCheckpoint, AuditDraft, AuditKind,
-    AuditPage, AuditQuery, AuditRecord, CallInfo, ChainHead, ChainVerdict, RecordFields,
-    SessionContext, VerifyReport, AUDITED_EVENT_NAMES,
+    draft_for_event, is_audited, record_digest, AuditBreak, AuditChain, AuditCheckpoint,
+    AuditDraft, AuditKind, AuditPage, AuditQuery, AuditRecord, CallInfo, ChainHead, ChainVerdict,
+    RecordFields, SessionContext, VerifyReport, AUDITED_EVENT_NAMES,
 };
-use flotilla_protocol::{decode_canonical_event, Event, EventKind, SessionId, GENESIS_HASH};
+use flotilla_protocol::{
+    decode_canonical_event, decode_event_header, digest_hex, digest_hex_bytes, sha256_matches,
+    Event, EventKind, SessionId, GENESIS_HASH,
+};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -56,6 +59,7 @@ CREATE INDEX IF NOT EXISTS audit_by_ts ON audit (ts_ms);
 CREATE INDEX IF NOT EXISTS audit_by_kind ON audit (kind, id);
 CREATE INDEX IF NOT EXISTS audit_by_principal ON audit (principal, id);
 CREATE INDEX IF NOT EXISTS audit_by_event ON audit (session_id, event_seq);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, id);
 "#;
 
 pub(crate) const COLUMNS: &str =
@@ -622,15 +626,20 @@ fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a s
 }
 
 fn req<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
-    text(r, i)?.ok_or(rusqlite::Error::InvalidColumnType(
-        i,
-        format!("column {i}"),
-        rusqlite::types::Type::Null,
-    ))
+    // Lazily: this runs for every column of every row `verify` reads.
+    text(r, i)?.ok_or_else(|| {
+        rusqlite::Error::InvalidColumnType(i, format!("column {i}"), rusqlite::types::Type::Null)
+    })
 }
 
-/// The record's own hash recomputed from its row, without copying strings.
-fn row_hash(r: &rusqlite::Row<'_>, chain: AuditChain) -> rusqlite::Result<(String, String)> {
+/// The record's own hash recomputed from its row, without copying strings
+/// (`buf` is reused across rows): `None` when it matches the stored hash,
+/// else `(stored, computed)`.
+fn row_hash_mismatch(
+    r: &rusqlite::Row<'_>,
+    chain: AuditChain,
+    buf: &mut Vec<u8>,
+) -> rusqlite::Result<Option<(String, String)>> {
     let kind = req(r, 7)?;
     let kind = AuditKind::parse(kind).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -639,26 +648,32 @@ fn row_hash(r: &rusqlite::Row<'_>, chain: AuditChain) -> rusqlite::Result<(Strin
             format!("unknown kind {kind}").into(),
         )
     })?;
-    let stored = req(r, 16)?.to_string();
-    let computed = record_hash(&RecordFields {
-        id: r.get::<_, i64>(0)? as u64,
-        chain,
-        seq: r.get::<_, i64>(2)? as u64,
-        ts_ms: r.get(3)?,
-        prev: req(r, 15)?,
-        principal: text(r, 4)?,
-        session: text(r, 5)?,
-        agent: text(r, 6)?,
-        kind,
-        action: req(r, 8)?,
-        target: text(r, 9)?,
-        outcome: req(r, 10)?,
-        reason: text(r, 11)?,
-        detail: text(r, 12)?,
-        event_seq: r.get::<_, Option<i64>>(13)?.map(|s| s as u64),
-        event_hash: text(r, 14)?,
-    });
-    Ok((stored, computed))
+    let stored = req(r, 16)?;
+    let computed = record_digest(
+        &RecordFields {
+            id: r.get::<_, i64>(0)? as u64,
+            chain,
+            seq: r.get::<_, i64>(2)? as u64,
+            ts_ms: r.get(3)?,
+            prev: req(r, 15)?,
+            principal: text(r, 4)?,
+            session: text(r, 5)?,
+            agent: text(r, 6)?,
+            kind,
+            action: req(r, 8)?,
+            target: text(r, 9)?,
+            outcome: req(r, 10)?,
+            reason: text(r, 11)?,
+            detail: text(r, 12)?,
+            event_seq: r.get::<_, Option<i64>>(13)?.map(|s| s as u64),
+            event_hash: text(r, 14)?,
+        },
+        buf,
+    );
+    if digest_hex_bytes(&computed) == stored.as_bytes() {
+        return Ok(None);
+    }
+    Ok(Some((stored.to_string(), digest_hex(&computed))))
 }
 
 /// Walks one chain in seq order; the first break ends the walk.
@@ -680,6 +695,7 @@ fn verify_audit_chain(
         .map_err(|e| sqlite(path, e))?;
     let mut records = 0u64;
     let mut first_seq = 0u64;
+    let mut buf = Vec::with_capacity(512);
     let (mut expect_seq, mut prev) = (1u64, GENESIS_HASH.to_string());
     let (mut last_id, mut last_ts) = (0u64, i64::MIN);
     let mut brk = |id: Option<u64>, seq: Option<u64>, detail: String| {
@@ -732,8 +748,9 @@ fn verify_audit_chain(
             );
             break;
         }
-        let (stored, computed) = row_hash(r, chain).map_err(|e| sqlite(path, e))?;
-        if stored != computed {
+        if let Some((stored, computed)) =
+            row_hash_mismatch(r, chain, &mut buf).map_err(|e| sqlite(path, e))?
+        {
             brk(
                 Some(id),
                 Some(seq),
@@ -759,7 +776,8 @@ fn verify_audit_chain(
         }
         last_id = id;
         last_ts = ts;
-        prev = stored;
+        prev.clear();
+        prev.push_str(req(r, 16).map_err(|e| sqlite(path, e))?);
         records += 1;
         expect_seq += 1;
     }
@@ -895,7 +913,7 @@ fn verify_links(
             // Only terminal states are audited.
             let body: Vec<u8> = r.get(3).map_err(sql)?;
             match decode_canonical_event(&body) {
-                Ok(ev) if !flotilla_protocol::audit::is_audited(&ev.event) => continue,
+                Ok(ev) if !is_audited(&ev.event) => continue,
                 _ => {}
             }
         }
@@ -908,6 +926,130 @@ fn verify_links(
         break;
     }
     Ok(links as u64)
+}
+
+/// What one pass over the whole event log vouches for.
+struct EventScan {
+    /// Every session, sorted, with its event count when its chain is sound
+    /// (`None`: the exact check must look at it).
+    sessions: Vec<(String, Option<u64>)>,
+    /// Whether the audited events and the `sessions` chain's records
+    /// correspond one to one, in order.
+    links_sound: bool,
+    /// Records of the `sessions` chain (meaningful when `links_sound`).
+    links: u64,
+}
+
+/// One pass over every event in commit order that checks each session's
+/// chain (seq, hash, header, back-link) and, in step with a second cursor
+/// over the `sessions` chain's records, that the audited events and the
+/// records correspond one to one. Sequential reads and one hash per event,
+/// where the exact checks cost an index lookup per event and per record.
+///
+/// It can only vouch: a session or the links it cannot vouch for go to the
+/// exact checks ([`crate::verify_chain`], [`verify_links`]), which decide
+/// and name the break. The one thing it does not read is the event body
+/// past its header (the hash covers those bytes).
+fn scan_events(conn: &Connection, path: &Path, cut_ts: i64) -> Result<EventScan> {
+    struct Walk {
+        next_seq: u64,
+        prev: [u8; 64],
+        events: u64,
+        sound: bool,
+    }
+    let sql = |e| sqlite(path, e);
+    let mut genesis = [0u8; 64];
+    genesis.copy_from_slice(GENESIS_HASH.as_bytes());
+    let mut walks: HashMap<String, Walk> = HashMap::new();
+    let mut ev_stmt = conn
+        .prepare("SELECT session_id, seq, ts_ms, kind, hash, body FROM events ORDER BY gid")
+        .map_err(sql)?;
+    // Records in id order are in seq order (one writer assigns both); if
+    // they are not, the chain walk names it and the links go to the exact
+    // check.
+    let mut rec_stmt = conn
+        .prepare(
+            "SELECT session_id, event_seq, event_hash FROM audit WHERE chain = 'sessions' ORDER BY id",
+        )
+        .map_err(sql)?;
+    let mut recs = rec_stmt.query([]).map_err(sql)?;
+    let mut events = ev_stmt.query([]).map_err(sql)?;
+    let (mut links_sound, mut links) = (true, 0u64);
+    while let Some(r) = events.next().map_err(sql)? {
+        let session = req(r, 0).map_err(sql)?;
+        let seq = r.get::<_, i64>(1).map_err(sql)?;
+        let ts: i64 = r.get(2).map_err(sql)?;
+        let kind = req(r, 3).map_err(sql)?;
+        let hash = req(r, 4).map_err(sql)?;
+        let body = match r.get_ref(5).map_err(sql)? {
+            ValueRef::Blob(b) => Some(b),
+            _ => None,
+        };
+        if !walks.contains_key(session) {
+            walks.insert(
+                session.to_string(),
+                Walk {
+                    next_seq: 1,
+                    prev: genesis,
+                    events: 0,
+                    sound: true,
+                },
+            );
+        }
+        if let Some(w) = walks.get_mut(session).filter(|w| w.sound) {
+            let sound = body.is_some_and(|body| {
+                seq >= 1
+                    && seq as u64 == w.next_seq
+                    && hash.len() == 64
+                    && sha256_matches(body, hash)
+                    && decode_event_header(body).is_ok_and(|h| {
+                        h.seq == seq as u64
+                            && h.session == session
+                            && h.prev_hash.as_bytes() == w.prev
+                    })
+            });
+            if sound {
+                w.prev.copy_from_slice(hash.as_bytes());
+                w.next_seq += 1;
+                w.events += 1;
+            } else {
+                w.sound = false;
+            }
+        }
+        if links_sound && ts > cut_ts && AUDITED_EVENT_NAMES.contains(&kind) {
+            // Only terminal states are audited; an undecodable one counts
+            // as audited, as in the exact check.
+            let audited = kind != "state_changed"
+                || body
+                    .and_then(|b| decode_canonical_event(b).ok())
+                    .is_none_or(|e| is_audited(&e.event));
+            if audited {
+                match recs.next().map_err(sql)? {
+                    Some(a) => {
+                        links += 1;
+                        let same = text(a, 0).map_err(sql)? == Some(session)
+                            && a.get::<_, Option<i64>>(1).map_err(sql)? == Some(seq)
+                            && text(a, 2).map_err(sql)? == Some(hash);
+                        links_sound &= same;
+                    }
+                    None => links_sound = false,
+                }
+            }
+        }
+    }
+    if links_sound && recs.next().map_err(sql)?.is_some() {
+        links_sound = false;
+    }
+    let mut sessions: Vec<(String, Option<u64>)> = walks
+        .into_iter()
+        .map(|(s, w)| (s, w.sound.then_some(w.events)))
+        .collect();
+    sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(EventScan {
+        sessions,
+        links_sound,
+        links,
+    })
 }
 
 /// Checks a session's records one by one (hash and link to the previous
@@ -926,10 +1068,11 @@ fn verify_session_records(
         .map_err(sql)?;
     let mut rows = stmt.query(params![session.as_str()]).map_err(sql)?;
     let cut = last_cut(conn, path, AuditChain::Sessions)?;
+    let mut buf = Vec::with_capacity(512);
     while let Some(r) = rows.next().map_err(sql)? {
         let id = r.get::<_, i64>(0).map_err(sql)? as u64;
         let seq = r.get::<_, i64>(2).map_err(sql)? as u64;
-        let (stored, computed) = row_hash(r, AuditChain::Sessions).map_err(sql)?;
+        let mismatch = row_hash_mismatch(r, AuditChain::Sessions, &mut buf).map_err(sql)?;
         let row_prev = req(r, 15).map_err(sql)?.to_string();
         let before: Option<String> = if seq == 1 {
             Some(GENESIS_HASH.to_string())
@@ -946,7 +1089,7 @@ fn verify_session_records(
                         .map(|c| c.hash.clone())
                 })
         };
-        let problem = if stored != computed {
+        let problem = if let Some((stored, computed)) = mismatch {
             Some(format!(
                 "stored hash {stored} but the record hashes to {computed}: it was changed"
             ))
@@ -1055,36 +1198,46 @@ fn verify_checkpoint(
 /// and the given checkpoints.
 pub(crate) fn verify(conn: &Connection, path: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
+    // One read transaction: every check sees the same snapshot while the
+    // daemon goes on appending. Only reads happen; dropping it ends it.
+    let tx = conn.unchecked_transaction().map_err(|e| sqlite(path, e))?;
+    let conn: &Connection = &tx;
     let mut broken = Vec::new();
     let mut chains = Vec::new();
-    if let Some(s) = &opts.session {
-        verify_session_records(conn, path, s, &mut broken)?;
-    } else {
-        for chain in AuditChain::ALL {
-            chains.push(verify_audit_chain(conn, path, chain, &mut broken)?);
+    // (session, events vouched for by the scan, or None: check it exactly)
+    let (sessions, links) = match &opts.session {
+        Some(s) => {
+            verify_session_records(conn, path, s, &mut broken)?;
+            let links = verify_links(conn, path, Some(s), &mut broken)?;
+            (vec![(s.as_str().to_string(), None)], links)
         }
-    }
-    let links = verify_links(conn, path, opts.session.as_ref(), &mut broken)?;
-    let sessions: Vec<String> = match &opts.session {
-        Some(s) => vec![s.as_str().to_string()],
         None => {
-            let mut stmt = conn
-                .prepare("SELECT DISTINCT session_id FROM events ORDER BY session_id")
-                .map_err(|e| sqlite(path, e))?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(|e| sqlite(path, e))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(|e| sqlite(path, e))?
+            for chain in AuditChain::ALL {
+                chains.push(verify_audit_chain(conn, path, chain, &mut broken)?);
+            }
+            let cut_ts = last_cut(conn, path, AuditChain::Sessions)?
+                .map(|c| c.through_ts_ms)
+                .unwrap_or(i64::MIN);
+            let scan = scan_events(conn, path, cut_ts)?;
+            let links = if scan.links_sound {
+                scan.links
+            } else {
+                verify_links(conn, path, None, &mut broken)?
+            };
+            (scan.sessions, links)
         }
     };
     let mut events = 0u64;
-    for s in &sessions {
+    for (s, vouched) in &sessions {
         let id = SessionId::parse(s).map_err(|e| StoreError::Corrupt {
             session: s.clone(),
             seq: 0,
             detail: e.to_string(),
         })?;
+        if let Some(n) = vouched {
+            events += n;
+            continue;
+        }
         let report = verify_chain(conn, path, &id)?;
         events += report.events;
         if let Some(b) = report.broken {

@@ -796,3 +796,74 @@ async fn verify_file_refuses_what_is_not_a_flotilla_database() {
     std::fs::write(&junk, b"not sqlite at all, just some bytes in a file").unwrap();
     assert!(verify_file(&junk, &VerifyOptions::default()).is_err());
 }
+
+/// The full verify vouches for sound sessions in one pass and hands the
+/// rest to the exact per-session check: both must agree on the counts, a
+/// session stored out of commit order but otherwise intact stays sound, and
+/// a gap is still named where it is.
+#[tokio::test]
+async fn the_one_pass_scan_and_the_exact_checks_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let c = raw(&store);
+    let count = |sql: &str| -> u64 { c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64 };
+    let report = verify(&store).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, count("SELECT count(*) FROM events"));
+    assert_eq!(
+        report.sessions,
+        count("SELECT count(DISTINCT session_id) FROM events")
+    );
+    assert_eq!(
+        report.links,
+        count("SELECT count(*) FROM audit WHERE chain = 'sessions'")
+    );
+
+    // One session's second event moved to the end of the table (a new
+    // gid, same content): the scan cannot vouch for it, the exact check
+    // finds its chain intact.
+    let (sid, kind): (String, String) = c
+        .query_row(
+            "SELECT session_id, kind FROM events WHERE seq = 2 ORDER BY gid LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE events SET gid = (SELECT max(gid) + 1 FROM events) WHERE session_id = ?1 AND seq = 2",
+        [&sid],
+    )
+    .unwrap();
+    let moved = verify(&store).await;
+    // An audited event out of order also sends the links to the exact
+    // check, which finds each record's event where it names it.
+    assert!(moved.ok, "moved a {kind} event: {moved:?}");
+    assert_eq!(
+        (moved.events, moved.sessions, moved.links),
+        (report.events, report.sessions, report.links)
+    );
+
+    // An unaudited event deleted from the middle of a session: that
+    // session's chain breaks at the gap; the links stay whole.
+    let (sid, seq): (String, i64) = c
+        .query_row(
+            "SELECT session_id, seq FROM events WHERE kind = 'tool_proposed' AND seq > 1 ORDER BY gid LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    c.execute(
+        "DELETE FROM events WHERE session_id = ?1 AND seq = ?2",
+        rusqlite::params![sid, seq],
+    )
+    .unwrap();
+    let gap = verify(&store).await;
+    assert_eq!(
+        broken_at(&gap),
+        vec![(format!("session {sid} events"), Some(seq as u64 + 1))],
+        "{gap:?}"
+    );
+    assert!(gap.broken[0]
+        .detail
+        .contains(&format!("expected seq {seq}")));
+}
