@@ -616,14 +616,13 @@ struct CanonicalHeader<'a> {
     ts_ms: i64,
     #[serde(borrow)]
     prev: std::borrow::Cow<'a, str>,
-    // Parsed for well-formedness only; `decode_canonical_event` reads it.
-    #[allow(dead_code)]
-    event: serde::de::IgnoredAny,
+    event: EventKind,
 }
 
-/// The position fields of a stored event, read without decoding (or
-/// hashing) the event itself: what chain verification needs.
-#[derive(Debug, PartialEq, Eq)]
+/// The position fields of a stored event, and the event, decoded without
+/// hashing the bytes or copying what can be borrowed: what chain
+/// verification needs.
+#[derive(Debug, PartialEq)]
 pub struct EventHeader<'a> {
     /// The session.
     pub session: std::borrow::Cow<'a, str>,
@@ -633,10 +632,13 @@ pub struct EventHeader<'a> {
     pub ts_ms: i64,
     /// The previous event's hash.
     pub prev_hash: std::borrow::Cow<'a, str>,
+    /// What happened.
+    pub event: EventKind,
 }
 
-/// Reads the header of canonical bytes: the version is checked and the
-/// whole text must be well-formed JSON, but the event is skipped.
+/// Decodes canonical bytes as [`decode_canonical_event`] does (the version
+/// and the event must be ones this build knows), but leaves the hashing to
+/// the caller, who already has one to compare.
 pub fn decode_event_header(bytes: &[u8]) -> Result<EventHeader<'_>, DecodeError> {
     let raw: CanonicalHeader<'_> = serde_json::from_slice(bytes)?;
     if raw.v != EVENT_ENCODING_VERSION {
@@ -647,6 +649,7 @@ pub fn decode_event_header(bytes: &[u8]) -> Result<EventHeader<'_>, DecodeError>
         seq: raw.seq,
         ts_ms: raw.ts_ms,
         prev_hash: raw.prev,
+        event: raw.event,
     })
 }
 
@@ -783,6 +786,7 @@ mod tests {
                 seq: 9,
                 ts_ms: 11,
                 prev_hash: prev.as_str().into(),
+                event: ev,
             }
         );
         // The fast hex is the hex crate's, digit for digit.
@@ -803,6 +807,12 @@ mod tests {
         let cut = text.split(",\"event\"").next().unwrap().to_string() + "}";
         assert!(decode_event_header(cut.as_bytes()).is_err());
         assert!(decode_event_header(&bytes[..bytes.len() - 1]).is_err());
+        // So is an event this build does not know: the daemon could not
+        // load it, so verification must not vouch for it.
+        let unknown = text.replacen("\"tool_proposed\"", "\"no_such_event\"", 1);
+        assert_ne!(unknown, text);
+        assert!(decode_event_header(unknown.as_bytes()).is_err());
+        assert!(decode_canonical_event(unknown.as_bytes()).is_err());
     }
 
     #[test]

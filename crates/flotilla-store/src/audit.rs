@@ -928,6 +928,60 @@ fn verify_links(
     Ok(links as u64)
 }
 
+/// Both audit chains and the stray-record check, on a connection of their
+/// own: (verdicts, breaks, whether a stray record was found).
+fn walk_chains(path: &Path) -> Result<(Vec<ChainVerdict>, Vec<AuditBreak>, bool)> {
+    let conn = crate::open_reader(path)?;
+    let tx = conn.unchecked_transaction().map_err(|e| sqlite(path, e))?;
+    let mut broken = Vec::new();
+    let mut chains = Vec::new();
+    for chain in AuditChain::ALL {
+        chains.push(verify_audit_chain(&tx, path, chain, &mut broken)?);
+    }
+    let stray = stray_records(&tx, path, &mut broken)?;
+    Ok((chains, broken, stray))
+}
+
+/// A record in no chain was inserted: no walk reads it, yet queries and
+/// exports would. Three index range seeks around the two chain names;
+/// whether there was one.
+fn stray_records(conn: &Connection, path: &Path, broken: &mut Vec<AuditBreak>) -> Result<bool> {
+    // Each range on its own: combined, SQLite scans the table. Numbers
+    // sort below text and blobs above it, so a chain of another type is
+    // found too.
+    let mut stray: Option<(i64, String)> = None;
+    for range in [
+        "chain < 'daemon'",
+        "chain > 'daemon' AND chain < 'sessions'",
+        "chain > 'sessions'",
+    ] {
+        let found: Option<(i64, String)> = conn
+            .query_row(
+                &format!("SELECT id, CAST(chain AS TEXT) FROM audit WHERE {range} LIMIT 1"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| sqlite(path, e))?;
+        stray = match (stray, found) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if let Some((id, chain)) = stray {
+        broken.push(AuditBreak {
+            place: "chains".into(),
+            id: Some(id as u64),
+            seq: None,
+            detail: format!(
+                "record id {id} claims chain {chain:?}, which does not exist: it was inserted"
+            ),
+        });
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// What one pass over the whole event log vouches for.
 struct EventScan {
     /// Every session, sorted, with its event count when its chain is sound
@@ -966,25 +1020,35 @@ fn scan_events(conn: &Connection, path: &Path, cut_ts: i64) -> Result<EventScan>
         .map_err(sql)?;
     // Records in id order are in seq order (one writer assigns both); if
     // they are not, the chain walk names it and the links go to the exact
-    // check.
+    // check. NOT INDEXED: a scan in rowid order, where the (chain, seq)
+    // index would make SQLite sort every record.
     let mut rec_stmt = conn
         .prepare(
-            "SELECT session_id, event_seq, event_hash FROM audit WHERE chain = 'sessions' ORDER BY id",
+            "SELECT session_id, event_seq, event_hash FROM audit NOT INDEXED WHERE chain = 'sessions' ORDER BY id",
         )
         .map_err(sql)?;
     let mut recs = rec_stmt.query([]).map_err(sql)?;
     let mut events = ev_stmt.query([]).map_err(sql)?;
     let (mut links_sound, mut links) = (true, 0u64);
     while let Some(r) = events.next().map_err(sql)? {
+        // Only the session must be readable (the exact check lists
+        // sessions the same way); any other unreadable column means the
+        // scan cannot vouch, and the exact checks decide.
         let session = req(r, 0).map_err(sql)?;
-        let seq = r.get::<_, i64>(1).map_err(sql)?;
-        let ts: i64 = r.get(2).map_err(sql)?;
-        let kind = req(r, 3).map_err(sql)?;
-        let hash = req(r, 4).map_err(sql)?;
-        let body = match r.get_ref(5).map_err(sql)? {
-            ValueRef::Blob(b) => Some(b),
+        let seq = r.get::<_, i64>(1).ok().filter(|s| *s >= 1);
+        let ts = r.get::<_, i64>(2).ok();
+        let kind = req(r, 3).ok();
+        let hash = req(r, 4).ok();
+        let body = match r.get_ref(5) {
+            Ok(ValueRef::Blob(b)) => Some(b),
             _ => None,
         };
+        // The whole event is decoded (one the daemon could not load is not
+        // sound), and its kind must be what the `kind` column says: that
+        // column decides which events need a record.
+        let header = body
+            .and_then(|b| decode_event_header(b).ok())
+            .filter(|h| kind == Some(h.event.name()));
         if !walks.contains_key(session) {
             walks.insert(
                 session.to_string(),
@@ -997,48 +1061,61 @@ fn scan_events(conn: &Connection, path: &Path, cut_ts: i64) -> Result<EventScan>
             );
         }
         if let Some(w) = walks.get_mut(session).filter(|w| w.sound) {
-            let sound = body.is_some_and(|body| {
-                seq >= 1
-                    && seq as u64 == w.next_seq
-                    && hash.len() == 64
-                    && sha256_matches(body, hash)
-                    && decode_event_header(body).is_ok_and(|h| {
-                        h.seq == seq as u64
-                            && h.session == session
-                            && h.prev_hash.as_bytes() == w.prev
-                    })
-            });
-            if sound {
-                w.prev.copy_from_slice(hash.as_bytes());
-                w.next_seq += 1;
-                w.events += 1;
-            } else {
-                w.sound = false;
+            let sound = match (seq, hash, body, &header) {
+                (Some(seq), Some(hash), Some(body), Some(h)) => {
+                    seq as u64 == w.next_seq
+                        && hash.len() == 64
+                        && sha256_matches(body, hash)
+                        && h.seq == seq as u64
+                        && h.session == session
+                        && h.prev_hash.as_bytes() == w.prev
+                }
+                _ => false,
+            };
+            match hash.filter(|_| sound) {
+                Some(hash) => {
+                    w.prev.copy_from_slice(hash.as_bytes());
+                    w.next_seq += 1;
+                    w.events += 1;
+                }
+                None => w.sound = false,
             }
         }
-        if links_sound && ts > cut_ts && AUDITED_EVENT_NAMES.contains(&kind) {
-            // Only terminal states are audited; an undecodable one counts
-            // as audited, as in the exact check.
-            let audited = kind != "state_changed"
-                || body
-                    .and_then(|b| decode_canonical_event(b).ok())
-                    .is_none_or(|e| is_audited(&e.event));
-            if audited {
-                match recs.next().map_err(sql)? {
-                    Some(a) => {
-                        links += 1;
-                        let same = text(a, 0).map_err(sql)? == Some(session)
-                            && a.get::<_, Option<i64>>(1).map_err(sql)? == Some(seq)
-                            && text(a, 2).map_err(sql)? == Some(hash);
-                        links_sound &= same;
-                    }
-                    None => links_sound = false,
+        if !links_sound {
+            continue;
+        }
+        // A decoded header also means the kind column was readable and right.
+        let (Some(seq), Some(ts), Some(hash), Some(h)) = (seq, ts, hash, &header) else {
+            links_sound = false;
+            continue;
+        };
+        // Only terminal state changes are audited.
+        if ts > cut_ts && is_audited(&h.event) {
+            match recs.next().map_err(sql)? {
+                Some(a) => {
+                    links += 1;
+                    let same = text(a, 0).ok().flatten() == Some(session)
+                        && a.get::<_, Option<i64>>(1).ok().flatten() == Some(seq)
+                        && text(a, 2).ok().flatten() == Some(hash);
+                    links_sound &= same;
                 }
+                None => links_sound = false,
             }
         }
     }
     if links_sound && recs.next().map_err(sql)?.is_some() {
         links_sound = false;
+    }
+    // A link held by a record of another chain is something the merge does
+    // not see (no daemon record names an event): the exact check names it.
+    if links_sound {
+        links_sound = !conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM audit WHERE chain = 'daemon' AND event_seq IS NOT NULL)",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(sql)?;
     }
     let mut sessions: Vec<(String, Option<u64>)> = walks
         .into_iter()
@@ -1212,14 +1289,27 @@ pub(crate) fn verify(conn: &Connection, path: &Path, opts: &VerifyOptions) -> Re
             (vec![(s.as_str().to_string(), None)], links)
         }
         None => {
-            for chain in AuditChain::ALL {
-                chains.push(verify_audit_chain(conn, path, chain, &mut broken)?);
-            }
-            let cut_ts = last_cut(conn, path, AuditChain::Sessions)?
-                .map(|c| c.through_ts_ms)
-                .unwrap_or(i64::MIN);
-            let scan = scan_events(conn, path, cut_ts)?;
-            let links = if scan.links_sound {
+            // The audit chains are walked on a second thread and connection
+            // while this one scans the events: the two halves are about
+            // equal work and share nothing. Each reads its own snapshot;
+            // every cross-check (links, counts) is made within one.
+            let (walked, scan) = std::thread::scope(|scope| {
+                let walker = scope.spawn(|| walk_chains(path));
+                let scan = last_cut(conn, path, AuditChain::Sessions).and_then(|cut| {
+                    let cut_ts = cut.map(|c| c.through_ts_ms).unwrap_or(i64::MIN);
+                    scan_events(conn, path, cut_ts)
+                });
+                match walker.join() {
+                    Ok(walked) => (walked, scan),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            });
+            let (walked_chains, walked_broken, stray) = walked?;
+            let scan = scan?;
+            chains = walked_chains;
+            broken.extend(walked_broken);
+            // A stray record may hold a link the merge did not read.
+            let links = if scan.links_sound && !stray {
                 scan.links
             } else {
                 verify_links(conn, path, None, &mut broken)?

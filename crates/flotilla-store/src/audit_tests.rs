@@ -867,3 +867,189 @@ async fn the_one_pass_scan_and_the_exact_checks_agree() {
         .detail
         .contains(&format!("expected seq {seq}")));
 }
+
+/// (session, head seq, head hash, head time) of the first session.
+fn head_of_a_session(c: &rusqlite::Connection) -> (String, i64, String, i64) {
+    c.query_row(
+        "SELECT session_id, seq, hash, ts_ms FROM events e
+         WHERE seq = (SELECT max(seq) FROM events WHERE session_id = e.session_id)
+         ORDER BY gid LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .unwrap()
+}
+
+/// A second record for an event already recorded, planted in the daemon
+/// chain (rehashed: the hashes have no key) or in a chain of its own (no
+/// hashing at all): the one-pass merge sees neither, the full verify must.
+#[tokio::test]
+async fn a_second_link_outside_the_sessions_chain_is_named() {
+    // In the daemon chain.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = populated(dir.path()).await;
+        let c = raw(&store);
+        let (sid, eseq): (String, i64) = c
+            .query_row(
+                "SELECT session_id, event_seq FROM audit WHERE chain = 'sessions' ORDER BY id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        c.execute(
+            "UPDATE audit SET session_id = ?1, event_seq = ?2
+             WHERE chain = 'daemon' AND seq = (SELECT max(seq) FROM audit WHERE chain = 'daemon')",
+            rusqlite::params![sid, eseq],
+        )
+        .unwrap();
+        rehash(&c, AuditChain::Daemon);
+        let report = verify(&store).await;
+        assert!(!report.ok);
+        assert!(
+            report.broken.iter().any(|b| b.place == "links"
+                && b.detail
+                    .contains(&format!("event {sid}#{eseq} has more than one record"))),
+            "{report:?}"
+        );
+    }
+    // In a chain that does not exist.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = populated(dir.path()).await;
+        let c = raw(&store);
+        c.execute(
+            "INSERT INTO audit (chain, seq, ts_ms, principal, session_id, agent, kind, action, target, outcome, reason, detail, event_seq, event_hash, prev_hash, hash)
+             SELECT 'x', seq, ts_ms, principal, session_id, agent, kind, action, target, outcome, reason, detail, event_seq, event_hash, prev_hash, hash
+             FROM audit WHERE chain = 'sessions' ORDER BY id LIMIT 1",
+            [],
+        )
+        .unwrap();
+        let id: i64 = c
+            .query_row("SELECT id FROM audit WHERE chain = 'x'", [], |r| r.get(0))
+            .unwrap();
+        let report = verify(&store).await;
+        assert!(!report.ok);
+        assert!(
+            report.broken.iter().any(|b| b.place == "chains"
+                && b.id == Some(id as u64)
+                && b.detail.contains("\"x\", which does not exist")),
+            "{report:?}"
+        );
+        assert!(
+            report.broken.iter().any(|b| b.place == "links"),
+            "{report:?}"
+        );
+        // And without a link, the stray record is still named.
+        c.execute(
+            "UPDATE audit SET chain = 'zz', session_id = NULL, event_seq = NULL, event_hash = NULL WHERE chain = 'x'",
+            [],
+        )
+        .unwrap();
+        let report = verify(&store).await;
+        assert_eq!(
+            broken_at(&report),
+            vec![("chains".to_string(), None)],
+            "{report:?}"
+        );
+    }
+}
+
+/// An event appended at a session's head, hash and header consistent, whose
+/// event is none this build knows: the daemon could not load that log, so
+/// neither the full verify nor `--session` may call it sound, and both count
+/// the same events.
+#[tokio::test]
+async fn an_event_the_daemon_could_not_load_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let c = raw(&store);
+    let before = verify(&store).await;
+    let (sid, seq, hash, ts) = head_of_a_session(&c);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "v": 1, "session": sid, "seq": seq + 1, "ts_ms": ts + 1, "prev": hash,
+        "event": {"type": "no_such_event", "anything": [1, 2, 3]}
+    }))
+    .unwrap();
+    assert!(decode_canonical_event(&body).is_err());
+    c.execute(
+        "INSERT INTO events (session_id, seq, ts_ms, kind, hash, body) VALUES (?1, ?2, ?3, 'tool_started', ?4, ?5)",
+        rusqlite::params![sid, seq + 1, ts + 1, flotilla_protocol::sha256_hex(&body), body],
+    )
+    .unwrap();
+    let full = verify(&store).await;
+    let place = format!("session {sid} events");
+    assert_eq!(
+        broken_at(&full),
+        vec![(place.clone(), Some(seq as u64 + 1))],
+        "{full:?}"
+    );
+    assert!(full.broken[0].detail.contains("does not decode"));
+    assert_eq!(full.events, before.events);
+    let one = store
+        .audit_verify(VerifyOptions {
+            session: Some(SessionId::parse(&sid).unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(broken_at(&one), vec![(place, Some(seq as u64 + 1))]);
+}
+
+/// An audited event relabelled in the `kind` column (which decides what
+/// needs a record) with its record deleted: the relabelling is named.
+#[tokio::test]
+async fn a_relabelled_event_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let c = raw(&store);
+    let (sid, seq): (String, i64) = c
+        .query_row(
+            "SELECT session_id, seq FROM events WHERE kind = 'policy_decided' ORDER BY gid DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE events SET kind = 'tool_started' WHERE session_id = ?1 AND seq = ?2",
+        rusqlite::params![sid, seq],
+    )
+    .unwrap();
+    let report = verify(&store).await;
+    assert!(
+        report
+            .broken
+            .iter()
+            .any(|b| b.place == format!("session {sid} events")
+                && b.seq == Some(seq as u64)
+                && b.detail.contains("kind column says tool_started")),
+        "{report:?}"
+    );
+}
+
+/// A mistyped column the hashes do not cover (`ts_ms`) no longer aborts
+/// the whole verify: the scan cannot vouch, the exact checks decide, and
+/// the pooled reader serves fresh snapshots afterwards.
+#[tokio::test]
+async fn a_mistyped_column_does_not_abort_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let c = raw(&store);
+    let before = verify(&store).await;
+    c.execute(
+        "UPDATE events SET ts_ms = 'soon' WHERE gid = (SELECT max(gid) FROM events)",
+        [],
+    )
+    .unwrap();
+    let report = store.audit_verify(VerifyOptions::default()).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.events, report.links), (before.events, before.links));
+    let id = session_with(&store, "bob", 1).await;
+    let after = verify(&store).await;
+    let now: i64 = c
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert!(after.events > before.events, "{after:?}");
+    assert_eq!(after.events, now as u64, "{after:?}");
+    assert!(!store.events(&id, 0, 100).await.unwrap().is_empty());
+}

@@ -373,6 +373,11 @@ impl Store {
                 None => open_reader(&inner.path)?,
             };
             let result = f(&conn, &inner.path);
+            // A reader left inside a transaction (a failed rollback) would
+            // serve an old snapshot forever: it is not reused.
+            if !conn.is_autocommit() {
+                return result;
+            }
             if let Ok(mut r) = inner.readers.lock() {
                 if r.len() < MAX_READERS {
                     r.push(conn);
@@ -540,7 +545,7 @@ pub fn verify_file(path: &Path, options: &VerifyOptions) -> Result<VerifyReport>
     audit::verify(&conn, path, options)
 }
 
-fn open_reader(path: &Path) -> Result<Connection> {
+pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -714,7 +719,7 @@ fn read_events(
 
 fn verify_chain(conn: &Connection, path: &Path, session: &SessionId) -> Result<ChainReport> {
     let mut stmt = conn
-        .prepare("SELECT seq, hash, body FROM events WHERE session_id = ?1 ORDER BY seq")
+        .prepare("SELECT seq, hash, body, kind FROM events WHERE session_id = ?1 ORDER BY seq")
         .map_err(|e| sqlite(path, e))?;
     let mut rows = stmt
         .query(params![session.as_str()])
@@ -726,6 +731,7 @@ fn verify_chain(conn: &Connection, path: &Path, session: &SessionId) -> Result<C
         let seq: i64 = row.get(0).map_err(|e| sqlite(path, e))?;
         let hash: String = row.get(1).map_err(|e| sqlite(path, e))?;
         let body: Vec<u8> = row.get(2).map_err(|e| sqlite(path, e))?;
+        let kind: String = row.get(3).map_err(|e| sqlite(path, e))?;
         let broken = |detail: String| ChainReport {
             events: count,
             head: prev.clone(),
@@ -749,6 +755,14 @@ fn verify_chain(conn: &Connection, path: &Path, session: &SessionId) -> Result<C
         };
         if event.seq != seq as u64 || &event.session != session {
             return Ok(broken("body names another position".into()));
+        }
+        // The column decides which events need an audit record: a
+        // relabelled event could shed its record unnoticed.
+        if event.event.name() != kind {
+            return Ok(broken(format!(
+                "the kind column says {kind} but the body is a {} event",
+                event.event.name()
+            )));
         }
         if event.prev_hash != prev {
             return Ok(broken(format!(
