@@ -97,6 +97,28 @@ pub struct AgentRun {
     /// Applied to every event before it is appended (the vault's redaction
     /// of granted secret values); `None` stores events as they are.
     pub redact: Option<Arc<dyn EventFilter>>,
+    /// Tools the host offers beside the built-in ones (a planner's fleet
+    /// tools); `None` offers only the built-in ones.
+    pub host_tools: Option<Arc<dyn HostTools>>,
+}
+
+/// Tools the host adds to a session beside the built-in ones: the fleet's
+/// `spawn_agent`, `wait_agents`... They are proposed, started and finished
+/// in the log like any other call (a crash while one runs is an
+/// interruption the model is told about, never a silent re-run). Policy
+/// rules see them by name: a bare `deny` removes one from the model's list.
+pub trait HostTools: Send + Sync {
+    /// What the model is offered; the names must not be built-in ones.
+    fn specs(&self) -> Vec<flotilla_models::ToolSpec>;
+    /// Runs `name` (one of `specs`) with the raw JSON `arguments`. Never
+    /// fails: a problem is an error output for the model. `stop` fires when
+    /// the session is cancelled or runs out of time.
+    fn call(
+        &self,
+        name: &str,
+        arguments: &str,
+        stop: CancellationToken,
+    ) -> futures::future::BoxFuture<'static, ToolOutcome>;
 }
 
 /// Rewrites events before they are stored: the one funnel through which
@@ -130,6 +152,8 @@ struct Loop {
     stop: CancellationToken,
     /// The tools offered to the model (those policy does not remove).
     offered: Arc<[flotilla_models::ToolSpec]>,
+    /// Names of the host's tools among them.
+    host_names: Vec<String>,
 }
 
 impl Loop {
@@ -202,7 +226,13 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
             Arc::new(move |path: &std::path::Path| p.read_denied(path)) as tools::HiddenPaths
         }),
     };
-    let offered = offered_tools(run.policy.as_deref());
+    let host_specs = run
+        .host_tools
+        .as_ref()
+        .map(|h| h.specs())
+        .unwrap_or_default();
+    let host_names: Vec<String> = host_specs.iter().map(|s| s.name.clone()).collect();
+    let offered = offered_tools(run.policy.as_deref(), host_specs);
     if let Some(policy) = &run.policy {
         if !conv.session_allow.is_empty() {
             policy.session_rules_changed(&conv.session_allow);
@@ -216,6 +246,7 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
         tool_ctx,
         stop: stop.clone(),
         offered,
+        host_names,
     };
     if lp.run.resume {
         let unfinished = lp.conv.unfinished_calls();
@@ -419,8 +450,13 @@ impl Loop {
             is_error: true,
             duration_ms: 0,
         };
-        if !tools::is_builtin(&call.name) {
-            let known: Vec<String> = tools::tool_specs().into_iter().map(|s| s.name).collect();
+        let host = self
+            .run
+            .host_tools
+            .clone()
+            .filter(|_| self.host_names.contains(&call.name));
+        if !tools::is_builtin(&call.name) && host.is_none() {
+            let known: Vec<String> = self.offered.iter().map(|s| s.name.clone()).collect();
             self.push(refuse(format!(
                 "error: unknown tool {:?}; the tools are: {}",
                 call.name,
@@ -436,7 +472,18 @@ impl Loop {
             return Ok(None);
         }
         if let Some(policy) = self.run.policy.clone() {
-            if call.name != "finish" && !self.permitted(&policy, call).await? {
+            // A host tool is coordination, not an action on the machine
+            // (what a worker does goes through the worker's own, narrower
+            // policy): rules decide only whether it is offered.
+            if host.is_some() {
+                if !policy.offers_tool(&call.name) {
+                    self.push(refuse(format!(
+                        "error: {} is denied by a rule and not offered",
+                        call.name
+                    )));
+                    return Ok(None);
+                }
+            } else if call.name != "finish" && !self.permitted(&policy, call).await? {
                 return Ok(None);
             }
         }
@@ -447,7 +494,10 @@ impl Loop {
         // an interruption, never silently re-run.
         self.flush().await?;
         let started = Instant::now();
-        let outcome = tools::run_tool(&self.tool_ctx, &call.name, &call.arguments).await;
+        let outcome = match host {
+            Some(h) => h.call(&call.name, &call.arguments, self.stop.clone()).await,
+            None => tools::run_tool(&self.tool_ctx, &call.name, &call.arguments).await,
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             ToolOutcome::Finish { answer } => {
@@ -734,9 +784,22 @@ fn refusal_text(reason: &str) -> String {
     format!("error: not run, a person denied this call: {reason}")
 }
 
-/// The built-in tools minus those a bare `deny` rule removes.
-fn offered_tools(policy: Option<&dyn CallPolicy>) -> Arc<[flotilla_models::ToolSpec]> {
-    let all = tools::shared_tool_specs();
+/// The built-in tools and the host's, minus those a bare `deny` rule
+/// removes.
+fn offered_tools(
+    policy: Option<&dyn CallPolicy>,
+    host: Vec<flotilla_models::ToolSpec>,
+) -> Arc<[flotilla_models::ToolSpec]> {
+    let all = if host.is_empty() {
+        tools::shared_tool_specs()
+    } else {
+        tools::shared_tool_specs()
+            .iter()
+            .cloned()
+            .chain(host)
+            .collect::<Vec<_>>()
+            .into()
+    };
     match policy {
         Some(p) if all.iter().any(|t| !p.offers_tool(&t.name)) => all
             .iter()

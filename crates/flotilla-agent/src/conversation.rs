@@ -361,6 +361,7 @@ mod tests {
                     role: None,
                     fallbacks: Vec::new(),
                     machine: None,
+                    fleet: None,
                 },
             ),
             ev(

@@ -12,7 +12,7 @@ pub mod tools;
 
 pub use agent::{
     default_system_prompt, load_all, run_agent, AgentError, AgentExit, AgentRun, AgentSettings,
-    EventFilter,
+    EventFilter, HostTools,
 };
 pub use conversation::{estimate_tokens, interrupted_message, ApprovalState, Conversation};
 pub use policy::{ApprovalAnswer, ApprovalAsk, CallPolicy, Verdict};

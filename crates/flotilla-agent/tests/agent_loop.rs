@@ -50,6 +50,7 @@ impl Harness {
                     role: None,
                     fallbacks: Vec::new(),
                     machine: None,
+                    fleet: None,
                 }],
             )
             .await
@@ -80,6 +81,7 @@ impl Harness {
             resume: false,
             policy: None,
             redact: None,
+            host_tools: None,
         }
     }
 }

@@ -65,6 +65,7 @@ fn created(principal: &str) -> EventKind {
         role: Some("worker".into()),
         fallbacks: Vec::new(),
         machine: None,
+        fleet: None,
     }
 }
 

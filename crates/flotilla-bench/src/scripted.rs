@@ -169,6 +169,7 @@ pub async fn create_session(
                 role: None,
                 fallbacks: Vec::new(),
                 machine: None,
+                fleet: None,
             }],
         )
         .await
@@ -200,6 +201,7 @@ pub async fn run_session(
         resume: false,
         policy: None,
         redact: None,
+        host_tools: None,
     })
     .await
     .with_context(|| format!("agent loop of {session}"))?;

@@ -370,6 +370,7 @@ impl ConfigFile {
             anthropic_api_key: env("ANTHROPIC_API_KEY"),
             system_prompt: self.system_prompt.clone(),
             policy: None,
+            worktrees_dir: None,
         }
     }
 }

@@ -168,6 +168,24 @@ struct RunArgs {
     /// The model's context window in tokens (compaction starts at 75%).
     #[arg(long)]
     context_window: Option<u64>,
+    /// Run a fleet: the session is a planner on this model (PROVIDER:MODEL)
+    /// with the tools spawn_agent, wait_agents, list_agents, cancel_agent and
+    /// merge_worker; each worker gets a git worktree of the workspace.
+    #[arg(long, value_name = "MODEL", conflicts_with = "model")]
+    planner: Option<String>,
+    /// The workers' model (PROVIDER:MODEL; a local endpoint unless
+    /// [roles.worker] allows frontier ones). Default: the planner's.
+    #[arg(long, value_name = "MODEL", requires = "planner")]
+    workers: Option<String>,
+    /// Workers running at once in the fleet.
+    #[arg(long, default_value_t = 16, requires = "planner")]
+    max_workers: u32,
+    /// Levels of workers below the planner (workers of workers...).
+    #[arg(long, default_value_t = 2, requires = "planner")]
+    max_depth: u32,
+    /// Workers the fleet may start over the whole run.
+    #[arg(long, default_value_t = 1000, requires = "planner")]
+    max_total: u32,
 }
 
 #[derive(Args)]
@@ -175,6 +193,9 @@ struct PsArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// Fleets as trees: each planner with its workers indented below it.
+    #[arg(long)]
+    tree: bool,
     /// Only sessions in these states (comma-separated: running, completed, failed, cancelled).
     #[arg(long)]
     state: Option<String>,
@@ -182,7 +203,8 @@ struct PsArgs {
 
 #[derive(Args)]
 struct AttachArgs {
-    /// Session id.
+    /// Session id, or PLANNER_ID/WORKER for a worker of a fleet (its name,
+    /// as `ps --tree` shows it).
     id: String,
     /// One JSON event per line.
     #[arg(long)]
@@ -259,7 +281,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Ps(args) => ps(paths, args).await,
         Command::Attach(args) => {
             let client = connect_or_start(&paths).await?;
-            let id = parse_id(&args.id)?;
+            let id = resolve_agent(&client, &args.id).await?;
             follow(&client, &id, args.json).await
         }
         Command::Logs(args) => logs(paths, args).await,
@@ -296,6 +318,33 @@ fn parse_id(raw: &str) -> Result<SessionId> {
     Ok(SessionId::parse(raw)?)
 }
 
+/// A session id, or `PLANNER/WORKER`: the worker of that fleet with that
+/// name.
+async fn resolve_agent(client: &client::Client, raw: &str) -> Result<SessionId> {
+    let Some((root, name)) = raw.split_once('/') else {
+        return parse_id(raw);
+    };
+    let root = parse_id(root)?;
+    let list: SessionList = client.call(Method::GET, "/v1/sessions", None).await?;
+    let fleet: Vec<&SessionInfo> = list
+        .sessions
+        .iter()
+        .filter(|s| s.root.as_ref() == Some(&root) && s.id != root)
+        .collect();
+    if let Some(s) = fleet.iter().find(|s| s.name.as_deref() == Some(name)) {
+        return Ok(s.id.clone());
+    }
+    let names: Vec<&str> = fleet.iter().filter_map(|s| s.name.as_deref()).collect();
+    anyhow::bail!(
+        "fleet {root} has no worker {name:?} (its workers: {})",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
 async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -315,11 +364,13 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
     tokio::task::spawn_blocking(|| flotilla_sandbox::enable_prewarm(1)).await?;
     let policy = policy_cmd::policy_config(&paths);
     let audit = cfg.audit.settings(&policy.paths)?;
+    let worktrees = paths.worktrees.clone();
     let served = flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
         fleet: FleetConfig {
             policy: Some(policy),
+            worktrees_dir: Some(worktrees),
             ..cfg.fleet_config()
         },
         durability,
@@ -413,13 +464,23 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("workspace {}", workspace.display()))?;
-    let base_url_var = base_url_var(&paths, args.model.as_deref());
+    let fleet = args.planner.as_ref().map(|_| flotilla_protocol::FleetSpec {
+        worker_model: args.workers.clone(),
+        // The shell's endpoint serves the workers' provider too.
+        worker_base_url: base_url_var(&paths, args.workers.as_deref())
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|v| args.workers.is_some() && !v.is_empty()),
+        max_workers: args.max_workers,
+        max_depth: args.max_depth,
+        max_total: args.max_total,
+    });
+    let base_url_var = base_url_var(&paths, args.model.as_deref().or(args.planner.as_deref()));
     // A role names its own endpoint; the shell's applies to an explicit model.
     let shell_endpoint = args.role.is_none() || args.model.is_some();
     let req = CreateSessionRequest {
         task: args.task,
         workspace: workspace.to_string_lossy().into_owned(),
-        model: args.model,
+        model: args.model.or(args.planner),
         // The endpoint of this shell, for the provider the session uses.
         base_url: base_url_var
             .and_then(|v| std::env::var(v).ok())
@@ -430,6 +491,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         permissions: Some(args.permissions.into_permissions()),
         role: args.role,
         grants: args.grants,
+        fleet,
     };
     let client = connect_or_start(&paths).await?;
     let info: SessionInfo = client
@@ -550,6 +612,8 @@ async fn ps(paths: Paths, args: PsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&list.sessions)?);
     } else if list.sessions.is_empty() {
         println!("no sessions; start one with `flotilla run --workspace DIR \"task\"`");
+    } else if args.tree {
+        print!("{}", render::session_tree(&list.sessions, now_ms()));
     } else {
         print!("{}", render::session_table(&list.sessions, now_ms()));
     }

@@ -1,6 +1,6 @@
 //! How events and sessions look in a terminal.
 
-use flotilla_protocol::{Event, EventKind, SessionInfo};
+use flotilla_protocol::{Event, EventKind, SessionId, SessionInfo};
 
 fn clip(s: &str, max: usize) -> String {
     let one_line = s.replace('\n', "⏎ ");
@@ -277,6 +277,70 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Sessions with each fleet as a tree: a planner, then its workers
+/// indented below their parent (name and session), other sessions as
+/// they are.
+pub fn session_tree(sessions: &[SessionInfo], now_ms: i64) -> String {
+    use std::collections::HashMap;
+    let mut children: HashMap<&SessionId, Vec<&SessionInfo>> = HashMap::new();
+    for s in sessions {
+        if let Some(p) = &s.parent {
+            children.entry(p).or_default().push(s);
+        }
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|s| (s.created_ms, s.id.to_string()));
+    }
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    fn walk<'a>(
+        s: &'a SessionInfo,
+        depth: usize,
+        children: &HashMap<&SessionId, Vec<&'a SessionInfo>>,
+        rows: &mut Vec<[String; 8]>,
+        now_ms: i64,
+    ) {
+        let who = match &s.name {
+            Some(n) => format!("{}{n} {}", "  ".repeat(depth), s.id),
+            None => format!("{}{}", "  ".repeat(depth), s.id),
+        };
+        rows.push([
+            who,
+            s.state.to_string(),
+            s.model.clone(),
+            age(now_ms, s.created_ms),
+            s.turns.to_string(),
+            tokens(s.prompt_tokens + s.completion_tokens),
+            cost(s.cost_usd),
+            s.workspace.clone(),
+        ]);
+        if depth < 64 {
+            for c in children.get(&s.id).into_iter().flatten() {
+                walk(c, depth + 1, children, rows, now_ms);
+            }
+        }
+    }
+    // Top level: sessions with no parent, or whose parent is not listed.
+    let listed: std::collections::HashSet<&SessionId> = sessions.iter().map(|s| &s.id).collect();
+    for s in sessions {
+        if s.parent.as_ref().is_none_or(|p| !listed.contains(p)) {
+            walk(s, 0, &children, &mut rows, now_ms);
+        }
+    }
+    table(
+        [
+            "AGENT",
+            "STATE",
+            "MODEL",
+            "AGE",
+            "TURNS",
+            "TOKENS",
+            "COST",
+            "WORKSPACE",
+        ],
+        &rows,
+    )
 }
 
 /// A plain table: left-aligned columns two spaces apart, the last column

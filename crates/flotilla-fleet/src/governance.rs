@@ -84,12 +84,37 @@ pub fn build_engine(
     Engine::new(spec).map_err(|e| format!("policy: {e}"))
 }
 
+/// A session's policy stack: its own layers, intersected with those of every
+/// ancestor in its fleet (each built for this session's workspace), so a
+/// worker never gets more than its parent.
+pub fn build_stack(
+    config: &PolicyConfig,
+    workspace: &Path,
+    cli: &SessionPermissions,
+    session_allow: &[String],
+    ancestors: &[SessionPermissions],
+) -> Result<PolicyStack, String> {
+    let mut stack = PolicyStack::new(Arc::new(build_engine(
+        config,
+        workspace,
+        cli,
+        session_allow,
+    )?));
+    for a in ancestors {
+        let parent = PolicyStack::new(Arc::new(build_engine(config, workspace, a, &[])?));
+        stack = parent.intersect(&stack);
+    }
+    Ok(stack)
+}
+
 /// One session's policy: its engine stack and its way to the approvals queue.
 pub(crate) struct SessionPolicy {
     pub(crate) session: SessionId,
     pub(crate) principal: String,
     pub(crate) workspace: PathBuf,
     pub(crate) cli: SessionPermissions,
+    /// Each fleet ancestor's command-line layer, nearest first.
+    pub(crate) ancestors: Vec<SessionPermissions>,
     pub(crate) config: PolicyConfig,
     pub(crate) session_allow: Mutex<Vec<String>>,
     pub(crate) stack: RwLock<PolicyStack>,
@@ -107,10 +132,16 @@ impl SessionPolicy {
         let Ok(allow) = self.session_allow.lock() else {
             return;
         };
-        match build_engine(&self.config, &self.workspace, &self.cli, &allow) {
-            Ok(engine) => {
+        match build_stack(
+            &self.config,
+            &self.workspace,
+            &self.cli,
+            &allow,
+            &self.ancestors,
+        ) {
+            Ok(stack) => {
                 if let Ok(mut s) = self.stack.write() {
-                    *s = PolicyStack::new(Arc::new(engine));
+                    *s = stack;
                 }
             }
             Err(e) => {

@@ -9,6 +9,7 @@
 //! - a loop that dies on an internal error still leaves a terminal state in
 //!   the log when the log can be written at all.
 
+mod fleet;
 mod governance;
 mod secrets;
 
@@ -27,11 +28,11 @@ use flotilla_models::{
     ModelClient, OpenAiClient, OpenAiConfig, PriceTable, RetryPolicy,
 };
 use flotilla_protocol::{
-    ApprovalInfo, CreateSessionRequest, EventKind, ModelRoute, ModelSpec, SessionId, SessionInfo,
-    SessionLimits, SessionPermissions, SessionState,
+    ApprovalInfo, CreateSessionRequest, EventKind, FleetLink, ModelRoute, ModelSpec, SessionId,
+    SessionInfo, SessionLimits, SessionPermissions, SessionState,
 };
 use flotilla_store::{Store, StoreError};
-pub use governance::{build_engine, PolicyConfig, PrincipalLookup};
+pub use governance::{build_engine, build_stack, PolicyConfig, PrincipalLookup};
 use governance::{ApprovalQueue, SessionPolicy};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,9 @@ pub struct FleetConfig {
     pub local_endpoints: Vec<String>,
     /// The configured machines, where local models are placed.
     pub machines: Vec<Machine>,
+    /// Where fleet workers' git worktrees go (outside anything a sandbox
+    /// hides); `None`: workers can only share their parent's workspace.
+    pub worktrees_dir: Option<std::path::PathBuf>,
 }
 
 /// An endpoint as compared for trust: trimmed, without a trailing `/`,
@@ -278,6 +282,9 @@ impl Drop for SlotHold {
 pub struct Supervisor {
     /// Held from placing a session on a machine until its loop holds the slot.
     placing: tokio::sync::Mutex<()>,
+    /// Held while a fleet worker is checked against the tree's limits and
+    /// recorded.
+    spawning: tokio::sync::Mutex<()>,
     /// Machine slots held by running loops.
     slots: Slots,
     store: Store,
@@ -354,6 +361,7 @@ impl Supervisor {
         });
         Arc::new(Supervisor {
             placing: tokio::sync::Mutex::new(()),
+            spawning: tokio::sync::Mutex::new(()),
             slots: Arc::new(Mutex::new(HashMap::new())),
             store,
             config,
@@ -692,6 +700,12 @@ impl Supervisor {
             role: role.map(|(name, _)| name),
             fallbacks,
             machine,
+            fleet: req.fleet.map(|spec| {
+                Box::new(FleetLink {
+                    spec: Some(spec),
+                    parent: None,
+                })
+            }),
         }];
         if !grants.is_empty() {
             first.push(EventKind::SecretsGranted { grants });
@@ -718,6 +732,25 @@ impl Supervisor {
         let info = self.get(id).await?;
         if info.state.is_terminal() {
             return Ok(info);
+        }
+        // Cancelling an agent of a fleet cancels every agent it started,
+        // deepest first.
+        if let Some(root) = &info.root {
+            let tree = self.store.fleet_tree(root).await?;
+            let mut below: Vec<&SessionInfo> = Vec::new();
+            let mut frontier = vec![id.clone()];
+            while let Some(p) = frontier.pop() {
+                for s in tree.iter().filter(|s| s.parent.as_ref() == Some(&p)) {
+                    frontier.push(s.id.clone());
+                    below.push(s);
+                }
+            }
+            for s in below.iter().rev() {
+                if !s.state.is_terminal() {
+                    Box::pin(self.cancel(&s.id, &format!("{by} (its parent {id} was cancelled)")))
+                        .await?;
+                }
+            }
         }
         self.store
             .append_one(id, EventKind::CancelRequested { by: by.to_owned() })
@@ -781,7 +814,11 @@ impl Supervisor {
             fallbacks,
             machine,
             grants,
+            fleet,
         } = session_origin(&self.store, id).await?;
+        // A worker's policy is its own intersected with every ancestor's.
+        let ancestors = self.ancestor_permissions(fleet.as_deref()).await?;
+        let host_tools = self.fleet_tools(id, fleet.as_deref()).await?;
         let client = spec.and_then(|s| {
             let primary = ModelRoute {
                 model: s.to_string(),
@@ -811,16 +848,17 @@ impl Supervisor {
             Some(config) => {
                 let workspace = std::path::PathBuf::from(&info.workspace);
                 let cli = permissions.unwrap_or_default();
-                match build_engine(config, &workspace, &cli, &[]) {
-                    Ok(engine) => {
+                match build_stack(config, &workspace, &cli, &[], &ancestors) {
+                    Ok(stack) => {
                         let p = Arc::new(SessionPolicy {
                             session: id.clone(),
                             principal: principal.unwrap_or_else(|| "local".into()),
                             workspace,
                             cli,
+                            ancestors,
                             config: config.clone(),
                             session_allow: Mutex::new(Vec::new()),
-                            stack: RwLock::new(flotilla_policy::PolicyStack::new(Arc::new(engine))),
+                            stack: RwLock::new(stack),
                             lookup: self.principals.get().cloned(),
                             queue: self.queue.clone(),
                         });
@@ -923,6 +961,7 @@ impl Supervisor {
                 resume,
                 policy,
                 redact,
+                host_tools,
             };
             let outcome = run_agent(run).await;
             match outcome {
@@ -1167,6 +1206,7 @@ struct Origin {
     fallbacks: Vec<ModelRoute>,
     machine: Option<String>,
     grants: Vec<flotilla_protocol::SecretGrant>,
+    fleet: Option<Box<FleetLink>>,
 }
 
 async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreError> {
@@ -1188,6 +1228,7 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
                 permissions,
                 fallbacks,
                 machine,
+                fleet,
                 ..
             } => Some(Origin {
                 base_url,
@@ -1196,6 +1237,7 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
                 fallbacks,
                 machine,
                 grants: Vec::new(),
+                fleet,
             }),
             _ => None,
         })

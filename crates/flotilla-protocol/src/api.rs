@@ -39,6 +39,10 @@ pub struct CreateSessionRequest {
     /// `NAME[:ttl=2h][:host=H][:method=GET,POST][:path=/prefix]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<String>,
+    /// Makes the session a planner: it gets the fleet tools
+    /// (`spawn_agent`, `wait_agents`...) and its workers these settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::FleetSpec>,
 }
 
 /// A secret as listed (`GET /v1/secrets`): never its value.
@@ -230,6 +234,18 @@ pub struct SessionInfo {
     /// Why the session failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The role it runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// In a fleet: the agent that spawned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SessionId>,
+    /// In a fleet: the planner at the top of its tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<SessionId>,
+    /// In a fleet: the name its parent knows it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `GET /v1/sessions`

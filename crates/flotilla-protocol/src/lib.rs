@@ -205,6 +205,83 @@ impl PolicyVerdict {
     }
 }
 
+/// A planner's fleet: what its workers get unless `spawn_agent` narrows
+/// it, and the limits of the whole tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// Model spec of the workers (`--workers`); the planner's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_model: Option<String>,
+    /// Endpoint of the workers' model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_base_url: Option<String>,
+    /// Workers running at once in the whole tree (`--max-workers`).
+    #[serde(default = "FleetSpec::default_max_workers")]
+    pub max_workers: u32,
+    /// Levels of agents below the planner.
+    #[serde(default = "FleetSpec::default_max_depth")]
+    pub max_depth: u32,
+    /// Workers spawned in the whole tree over the run.
+    #[serde(default = "FleetSpec::default_max_total")]
+    pub max_total: u32,
+}
+
+impl FleetSpec {
+    fn default_max_workers() -> u32 {
+        16
+    }
+    fn default_max_depth() -> u32 {
+        2
+    }
+    fn default_max_total() -> u32 {
+        1000
+    }
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetSpec {
+            worker_model: None,
+            worker_base_url: None,
+            max_workers: Self::default_max_workers(),
+            max_depth: Self::default_max_depth(),
+            max_total: Self::default_max_total(),
+        }
+    }
+}
+
+/// Where an agent sits in a fleet. A planner (the root) carries the spec;
+/// a worker carries its parent, its root and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetLink {
+    /// Set on the root: the fleet's settings and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<FleetSpec>,
+    /// Set on a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// A worker's place in its fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParentLink {
+    /// The agent that spawned it.
+    pub parent: SessionId,
+    /// The planner at the top of the tree.
+    pub root: SessionId,
+    /// Levels below the planner (its workers are 1).
+    pub depth: u32,
+    /// The name its parent knows it by, unique in the tree (`w3`).
+    pub name: String,
+    /// Its git branch (`flotilla/<root>/<name>`), when it has a worktree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit its worktree started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
 /// The command-line policy layer of a session: what `flotilla run --mode
 /// --allow --ask --deny` gave. Rules are in the Claude Code dialect.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -307,6 +384,9 @@ pub enum EventKind {
         /// placed on; its endpoint is `base_url`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         machine: Option<String>,
+        /// Its place in a fleet: a planner's spec, or a worker's parent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<Box<FleetLink>>,
     },
     /// The session moved to a new state.
     StateChanged {

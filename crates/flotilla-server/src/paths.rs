@@ -26,6 +26,9 @@ pub struct Paths {
     pub token: PathBuf,
     /// The daemon's log file when started in the background.
     pub log_file: PathBuf,
+    /// Fleet workers' git worktrees: outside the data folder, which every
+    /// sandbox hides.
+    pub worktrees: PathBuf,
 }
 
 /// Longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL).
@@ -56,7 +59,9 @@ impl Paths {
                     .unwrap_or_else(|| user_home.join(".local/state"))
                     .join("flotilla/run")
             });
+        let state = var("XDG_STATE_HOME").unwrap_or_else(|| user_home.join(".local/state"));
         Paths {
+            worktrees: state.join("flotilla/worktrees"),
             config_file: config.join("config.toml"),
             home: config,
             database: data.join("flotilla.db"),
@@ -74,6 +79,7 @@ impl Paths {
         let data = home.join("data");
         let run = home.join("run");
         Paths {
+            worktrees: home.join("worktrees"),
             home: home.to_path_buf(),
             config_file: home.join("config.toml"),
             database: data.join("flotilla.db"),

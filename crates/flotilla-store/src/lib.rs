@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, oneshot};
 /// `PRAGMA application_id` of flotilla databases ("FLOT").
 pub const APPLICATION_ID: i32 = 0x464c_4f54;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Most concurrent readers.
@@ -213,7 +213,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     final_answer      TEXT,
     reason            TEXT,
     principal         TEXT,
-    agent             TEXT
+    agent             TEXT,
+    parent            TEXT,
+    root              TEXT,
+    name              TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_ms);
@@ -435,6 +438,25 @@ impl Store {
         .await
     }
 
+    /// A fleet's tree: the planner `root` and every agent below it, oldest
+    /// first.
+    pub async fn fleet_tree(&self, root: &SessionId) -> Result<Vec<SessionInfo>> {
+        let root = root.clone();
+        self.read(move |conn, path| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE root = ?1 ORDER BY created_ms, id"
+                ))
+                .map_err(|e| sqlite(path, e))?;
+            let rows = stmt
+                .query_map(params![root.as_str()], row_to_session)
+                .map_err(|e| sqlite(path, e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| sqlite(path, e))
+        })
+        .await
+    }
+
     /// Number of sessions.
     pub async fn session_count(&self) -> Result<u64> {
         self.read(|conn, path| {
@@ -591,7 +613,8 @@ fn check_identity(conn: &Connection, path: &Path, existed: bool) -> Result<()> {
 }
 
 const SESSION_COLUMNS: &str = "id, state, model, workspace, task, limits, created_ms, updated_ms, \
-     turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason, cost_usd";
+     turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason, cost_usd, \
+     agent, parent, root, name";
 
 /// Brings a database of an older schema up to [`SCHEMA_VERSION`]: the
 /// events never change; projections gain columns; the audit log is built
@@ -616,6 +639,18 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
         )
         .map_err(sql)?;
     }
+    // 3 -> 4: a fleet's tree (parent, root, name). Older sessions belong
+    // to no fleet, so NULL is right.
+    if !has_column("parent")? {
+        conn.execute_batch(
+            "ALTER TABLE sessions ADD COLUMN parent TEXT; ALTER TABLE sessions ADD COLUMN root TEXT; ALTER TABLE sessions ADD COLUMN name TEXT;",
+        )
+        .map_err(sql)?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS sessions_by_root ON sessions (root, created_ms);",
+    )
+    .map_err(sql)?;
     conn.execute_batch(audit::AUDIT_SCHEMA).map_err(sql)?;
     if found.is_some_and(|v| v < 3) {
         let mut conn2 = Connection::open(path).map_err(sql)?;
@@ -678,7 +713,25 @@ fn row_to_session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
         final_answer: row.get(12)?,
         reason: row.get(13)?,
         cost_usd: row.get(14)?,
+        role: row.get(15)?,
+        parent: opt_id(row, 16)?,
+        root: opt_id(row, 17)?,
+        name: row.get(18)?,
     })
+}
+
+fn opt_id(row: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<Option<SessionId>> {
+    let text: Option<String> = row.get(col)?;
+    text.map(|t| {
+        SessionId::parse(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                col,
+                rusqlite::types::Type::Text,
+                e.to_string().into(),
+            )
+        })
+    })
+    .transpose()
 }
 
 fn read_events(
@@ -1107,15 +1160,36 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
             limits,
             principal,
             role,
+            fleet,
             ..
         } => {
             let limits = serde_json::to_string(limits)?;
+            let link = fleet.as_ref().and_then(|f| f.parent.as_ref());
+            // A planner is the root of its own tree.
+            let root = match (link, fleet.as_ref().and_then(|f| f.spec.as_ref())) {
+                (Some(l), _) => Some(l.root.as_str()),
+                (None, Some(_)) => Some(id),
+                (None, None) => None,
+            };
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq, principal, agent)
-                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq, principal, agent, parent, root, name)
+                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
-                s.execute(params![id, model, workspace, task, limits, event.ts_ms, event.seq as i64, principal, role])
+                s.execute(params![
+                    id,
+                    model,
+                    workspace,
+                    task,
+                    limits,
+                    event.ts_ms,
+                    event.seq as i64,
+                    principal,
+                    role,
+                    link.map(|l| l.parent.as_str()),
+                    root,
+                    link.map(|l| l.name.as_str())
+                ])
             })
             .map_err(sql)?;
             return Ok(());

@@ -12,6 +12,7 @@ fn created(task: &str) -> EventKind {
         role: None,
         fallbacks: Vec::new(),
         machine: None,
+        fleet: None,
     }
 }
 

@@ -1,0 +1,472 @@
+//! End-to-end fleets: a scripted planner fans work out to scripted workers
+//! through the real daemon; each worker writes in its own git worktree and
+//! the planner merges. One mock server plays every agent: each task carries
+//! a `[script:NAME]` marker that picks that agent's script.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla_testkit::{Script, ScriptedCall, Step};
+use serde_json::{json, Value};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A repository with one commit, as the planner's workspace.
+fn repo(env: &Env) {
+    git(env.ws(), &["init", "-q", "-b", "main"]);
+    std::fs::write(env.ws().join("README.md"), "fleet test\n").unwrap();
+    std::fs::write(env.ws().join("same.txt"), "base\n").unwrap();
+    git(env.ws(), &["add", "-A"]);
+    git(env.ws(), &["commit", "-q", "-m", "init"]);
+}
+
+fn spawn(name: &str, task: &str) -> ScriptedCall {
+    ScriptedCall::new(
+        "spawn_agent",
+        json!({"name": name, "task": format!("[script:{name}] {task}")}),
+    )
+}
+
+/// A worker that writes one file and finishes.
+fn writer(path: &str, content: &str) -> Vec<Step> {
+    vec![
+        Step::tool("write_file", json!({"path": path, "content": content})),
+        Step::finish(format!("wrote {path}")),
+    ]
+}
+
+/// `flotilla run --detach --planner openai:mock` and the planner's id.
+fn start_planner(env: &Env, task: &str, extra: &[&str]) -> String {
+    let ws = env.ws_str();
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--json",
+        "-w",
+        &ws,
+        "--planner",
+        "openai:mock",
+    ];
+    args.extend_from_slice(extra);
+    args.push(task);
+    let out = env.run(&args);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["id"].as_str().unwrap().to_string()
+}
+
+/// Every session of the daemon, as `ps --json` lists them.
+fn sessions(env: &Env) -> Vec<Value> {
+    let out = env.run(&["ps", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The requests the mock got for one agent's script.
+fn requests_of(env: &Env, script: &str) -> Vec<Value> {
+    let marker = format!("[script:{script}]");
+    env.mock
+        .requests()
+        .into_iter()
+        .filter(|r| r["messages"].to_string().contains(&marker))
+        .filter(|r| {
+            // The first user message carries the marker.
+            r["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["role"] == "user")
+                .is_some_and(|m| m["content"].to_string().contains(&marker))
+        })
+        .collect()
+}
+
+/// The last tool results the agent's model saw.
+fn last_tool_results(env: &Env, script: &str) -> Vec<String> {
+    let reqs = requests_of(env, script);
+    tool_messages(reqs.last().unwrap())
+}
+
+#[test]
+fn a_planner_fans_out_twenty_workers_and_merges_them() {
+    let n = 20;
+    let names: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
+    let mut script = Script::new().with(
+        "planner",
+        vec![
+            Step::tools(
+                names
+                    .iter()
+                    .map(|w| spawn(w, &format!("write {w}.txt")))
+                    .collect(),
+            ),
+            Step::tool("wait_agents", json!({"timeout_secs": 120})),
+            Step::tools(
+                names
+                    .iter()
+                    .map(|w| ScriptedCall::new("merge_worker", json!({"agent": w})))
+                    .collect(),
+            ),
+            Step::finish("merged every worker"),
+        ],
+    );
+    for w in &names {
+        script = script.with(
+            w.clone(),
+            writer(&format!("{w}.txt"), &format!("from {w}\n")),
+        );
+    }
+    let env = Env::new(script);
+    repo(&env);
+    let ws = env.ws_str();
+    let out = env.run_for(
+        &[
+            "run",
+            "-w",
+            &ws,
+            "--planner",
+            "openai:mock",
+            "--max-workers",
+            "20",
+            "[script:planner] split the work",
+        ],
+        240,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("merged every worker"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Every worker's file is in the planner's checkout, each merged in its
+    // own merge commit, and the user's checkout is clean.
+    for w in &names {
+        assert_eq!(
+            std::fs::read_to_string(env.ws().join(format!("{w}.txt"))).unwrap(),
+            format!("from {w}\n")
+        );
+    }
+    let merges = git(env.ws(), &["log", "--merges", "--format=%s"]);
+    assert_eq!(merges.lines().count(), n, "{merges}");
+    assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+    let branches = git(env.ws(), &["branch", "--list", "flotilla/*"]);
+    assert_eq!(branches.lines().count(), n, "{branches}");
+
+    // The tree: one planner, twenty workers under it, all completed.
+    let all = sessions(&env);
+    let planner = all.iter().find(|s| s["parent"].is_null()).unwrap();
+    let pid = planner["id"].as_str().unwrap();
+    let workers: Vec<&Value> = all.iter().filter(|s| s["parent"] == pid).collect();
+    assert_eq!(workers.len(), n);
+    for w in &workers {
+        assert_eq!(w["state"], "completed", "{w}");
+        assert_eq!(w["root"], pid);
+        assert!(w["workspace"].as_str().unwrap() != ws, "{w}");
+    }
+
+    // Only reports reach the planner: final answers and diff summaries,
+    // never a worker's transcript (its tool results).
+    let waited = last_tool_results(&env, "planner");
+    let all_reqs = requests_of(&env, "planner");
+    let wait_result = tool_messages(&all_reqs[2]).join("\n");
+    for w in &names {
+        assert!(
+            wait_result.contains(&format!("## {w} (")),
+            "no report of {w}: {wait_result}"
+        );
+        assert!(wait_result.contains(&format!("final answer: wrote {w}.txt")));
+        assert!(wait_result.contains(&format!("{w}.txt |")), "{wait_result}");
+    }
+    let planner_saw = all_reqs
+        .iter()
+        .map(|r| r["messages"].to_string())
+        .collect::<String>();
+    assert!(
+        !planner_saw.contains("created w1.txt") && !planner_saw.contains("bytes"),
+        "a worker's tool output reached the planner"
+    );
+    // The last turn's results: one merge per worker.
+    let merged = &waited[waited.len() - n..];
+    for (w, m) in names.iter().zip(merged) {
+        assert!(
+            m.starts_with(&format!("merged {w} (flotilla/{pid}/{w})")),
+            "{m}"
+        );
+    }
+
+    // ps --tree shows the workers indented under the planner; attach
+    // reaches a worker by PLANNER/NAME.
+    let tree = stdout(&env.run(&["ps", "--tree"]));
+    assert!(tree.contains(&format!("\n{pid}")), "{tree}");
+    assert!(tree.contains("\n  w7 s"), "{tree}");
+    let attach = env.run(&["attach", "--json", &format!("{pid}/w7")]);
+    assert!(attach.status.success(), "{}", stderr(&attach));
+    assert!(stdout(&attach).contains("[script:w7]"));
+    let missing = env.run(&["attach", &format!("{pid}/nobody")]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("has no worker \"nobody\""),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn a_merge_conflict_is_reported_to_the_planner() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![
+                        spawn("a", "edit same.txt"),
+                        spawn("b", "edit same.txt"),
+                    ]),
+                    Step::tool("wait_agents", json!({})),
+                    Step::tool("merge_worker", json!({"agent": "a"})),
+                    Step::tool("merge_worker", json!({"agent": "b"})),
+                    Step::finish("b conflicted"),
+                ],
+            )
+            .with("a", writer("same.txt", "from a\n"))
+            .with("b", writer("same.txt", "from b\n")),
+    );
+    repo(&env);
+    let ws = env.ws_str();
+    let out = env.run_for(
+        &[
+            "run",
+            "-w",
+            &ws,
+            "--planner",
+            "openai:mock",
+            "[script:planner] go",
+        ],
+        120,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reqs = requests_of(&env, "planner");
+    let first = tool_messages(&reqs[3]).join("\n");
+    assert!(first.contains("merged a"), "{first}");
+    let second = tool_messages(&reqs[4]).join("\n");
+    assert!(
+        second.contains("conflicts in: same.txt") && second.contains("workspace is unchanged"),
+        "{second}"
+    );
+    // a's change is in, b's is not, and no merge is left half done.
+    assert_eq!(
+        std::fs::read_to_string(env.ws().join("same.txt")).unwrap(),
+        "from a\n"
+    );
+    assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+    assert!(!env.ws().join(".git/MERGE_HEAD").exists());
+}
+
+#[test]
+fn cancelling_the_planner_cancels_its_workers() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![spawn("a", "think"), spawn("b", "think")]),
+                    Step::tool("wait_agents", json!({"timeout_secs": 300})),
+                    Step::finish("never"),
+                ],
+            )
+            .with("a", vec![Step::hang()])
+            .with("b", vec![Step::hang()]),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    // Wait for both workers to be asking their model.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while requests_of(&env, "a").is_empty() || requests_of(&env, "b").is_empty() {
+        assert!(Instant::now() < deadline, "the workers never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = env.run(&["cancel", &pid]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.wait_state(&pid, 30), "cancelled");
+    let all = sessions(&env);
+    let workers: Vec<&Value> = all.iter().filter(|s| s["parent"] == pid.as_str()).collect();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert_eq!(w["state"], "cancelled", "{w}");
+        let events = env.events(w["id"].as_str().unwrap());
+        let by = events
+            .iter()
+            .find(|e| e["event"]["type"] == "cancel_requested")
+            .unwrap();
+        assert!(by["event"]["by"].as_str().unwrap().contains(&pid), "{by}");
+    }
+}
+
+#[test]
+fn kill9_mid_fleet_resumes_without_rerunning_finished_workers() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![spawn("fast", "quick"), spawn("slow", "slow")]),
+                    Step::tool("wait_agents", json!({})),
+                    // After the restart the wait was interrupted: wait again.
+                    Step::tool("wait_agents", json!({})),
+                    Step::finish("both done"),
+                ],
+            )
+            .with("fast", writer("fast.txt", "fast\n"))
+            .with(
+                "slow",
+                vec![
+                    Step::tool(
+                        "write_file",
+                        json!({"path": "slow.txt", "content": "slow\n"}),
+                    )
+                    .with_delay_ms(4000),
+                    Step::finish("wrote slow.txt"),
+                ],
+            ),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    // fast finishes; slow is waiting on its (slow) model reply; the
+    // planner waits on both.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fast_id = loop {
+        let all = sessions(&env);
+        let fast = all
+            .iter()
+            .find(|s| s["name"] == "fast" && s["state"] == "completed");
+        if let Some(f) = fast {
+            if !requests_of(&env, "slow").is_empty() && requests_of(&env, "planner").len() >= 2 {
+                break f["id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "the fleet never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The planner's wait is under way (started before it runs).
+    std::thread::sleep(Duration::from_millis(300));
+    let fast_requests = requests_of(&env, "fast").len();
+    kill9(env.daemon_pid().unwrap());
+    // Any command starts the daemon again, which resumes the fleet.
+    assert_eq!(env.wait_state(&pid, 90), "completed");
+    let all = sessions(&env);
+    let slow = all.iter().find(|s| s["name"] == "slow").unwrap();
+    assert_eq!(slow["state"], "completed");
+    // The finished worker was not run again; the running one resumed.
+    assert_eq!(requests_of(&env, "fast").len(), fast_requests);
+    let fast_events = kinds(&env.events(&fast_id));
+    assert!(!fast_events.contains(&"session_resumed".to_string()));
+    let slow_events = kinds(&env.events(slow["id"].as_str().unwrap()));
+    assert!(slow_events.contains(&"session_resumed".to_string()));
+    let planner_events = env.events(&pid);
+    assert_gapless(&planner_events);
+    assert!(kinds(&planner_events).contains(&"tool_interrupted".to_string()));
+    // The planner's second wait reported both.
+    let reqs = requests_of(&env, "planner");
+    let last_wait = tool_messages(reqs.last().unwrap()).join("\n");
+    assert!(
+        last_wait.contains("## fast (") && last_wait.contains("## slow ("),
+        "{last_wait}"
+    );
+    for f in ["fast.txt", "slow.txt"] {
+        assert!(
+            !env.ws().join(f).exists(),
+            "nothing merged yet, {f} is in the worktree only"
+        );
+    }
+}
+
+#[test]
+fn a_worker_never_gets_more_than_its_parent() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tool(
+                        "spawn_agent",
+                        json!({"name": "wide", "task": "[script:wide] x", "mode": "bypass"}),
+                    ),
+                    Step::tools(vec![ScriptedCall::new(
+                        "spawn_agent",
+                        json!({"name": "narrow", "task": "[script:narrow] x", "mode": "auto", "tools": ["shell", "read_file"]}),
+                    )]),
+                    Step::tool("wait_agents", json!({})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "narrow",
+                vec![
+                    Step::tool("shell", json!({"command": "touch denied-by-parent"})),
+                    Step::tool("write_file", json!({"path": "x.txt", "content": "x"})),
+                    Step::finish("tried"),
+                ],
+            ),
+    );
+    repo(&env);
+    // The planner's own layer denies `touch`; the worker asks for auto mode
+    // and no rules of its own.
+    let pid = start_planner(&env, "[script:planner] go", &["--deny", "Shell(touch *)"]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let reqs = requests_of(&env, "planner");
+    let refused = tool_messages(&reqs[1]).join("\n");
+    assert!(
+        refused.contains("cannot run in mode bypass")
+            && refused.contains("never gets more than its parent"),
+        "{refused}"
+    );
+    let all = sessions(&env);
+    assert!(all.iter().all(|s| s["name"] != "wide"));
+    let spawned = tool_messages(&reqs[2]).join("\n");
+    assert!(spawned.contains("spawned worker narrow"), "{spawned}");
+    let narrow = all.iter().find(|s| s["name"] == "narrow").unwrap();
+    let worktree = narrow["workspace"].as_str().unwrap();
+    // The parent's deny held in the worker, which ran in auto mode, and a
+    // tool outside its subset was refused.
+    let seen = last_tool_results(&env, "narrow");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|m| m.contains("denied by policy")),
+        "{seen:?}"
+    );
+    assert!(!Path::new(worktree).join("denied-by-parent").exists());
+    assert!(!Path::new(worktree).join("x.txt").exists());
+    let events = env.events(narrow["id"].as_str().unwrap());
+    let denies = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "policy_decided" && e["event"]["decision"] == "deny")
+        .count();
+    assert_eq!(denies, 2);
+}

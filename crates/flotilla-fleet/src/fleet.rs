@@ -1,0 +1,923 @@
+//! Fleets: the tools a planner coordinates workers with (`spawn_agent`,
+//! `wait_agents`, `list_agents`, `cancel_agent`, `merge_worker`), each
+//! writing worker's git worktree, and the limits of the tree.
+//!
+//! A worker is a session like any other (its own log, sandbox, policy and
+//! budget) whose `SessionCreated` names its parent, its root (the planner)
+//! and its name; the tree is therefore durable by construction: after a
+//! restart finished workers stay finished, running ones resume, and the
+//! planner's tools read the tree from the store.
+//!
+//! Only a worker's final answer and a summary of its diff reach the
+//! planner, never its transcript.
+//!
+//! Git runs on the host, as the daemon, never trusting what a worker could
+//! have written: the worktree's `.git` file is ignored (`GIT_DIR` names the
+//! worktree's admin folder inside the main repository, which the worker's
+//! sandbox cannot write), hooks and fsmonitor are off, and no pager or
+//! prompt can start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use flotilla_agent::tools::{ToolOutcome, BUILTIN_TOOLS};
+use flotilla_agent::HostTools;
+use flotilla_models::ToolSpec;
+use flotilla_protocol::{
+    EventKind, FleetLink, FleetSpec, ModelRoute, ModelSpec, ParentLink, SessionId, SessionInfo,
+    SessionLimits, SessionPermissions, SessionState,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{is_frontier, session_origin, FleetError, Supervisor};
+
+/// An agent's place in its fleet, as its tools need it.
+#[derive(Clone, Debug)]
+pub(crate) struct Place {
+    /// This agent.
+    pub(crate) me: SessionId,
+    /// The planner at the top.
+    pub(crate) root: SessionId,
+    /// Levels below the planner (the planner is 0).
+    pub(crate) depth: u32,
+    /// The root's settings and limits.
+    pub(crate) spec: FleetSpec,
+}
+
+/// The fleet tools of one agent.
+pub(crate) struct FleetTools {
+    pub(crate) sup: Weak<Supervisor>,
+    pub(crate) place: Place,
+}
+
+/// How long `wait_agents` waits unless told (seconds).
+const DEFAULT_WAIT_SECS: u64 = 600;
+/// The longest a report's final answer may be in the planner's context.
+const MAX_REPORT_CHARS: usize = 4000;
+
+fn specs() -> Vec<ToolSpec> {
+    let spec = |name: &str, description: &str, parameters: serde_json::Value| ToolSpec {
+        name: name.into(),
+        description: description.into(),
+        parameters,
+    };
+    vec![
+        spec(
+            "spawn_agent",
+            "Start a worker agent on a task and return at once with its name. Each worker \
+             that writes gets its own git worktree (a branch of your repository at your last \
+             commit) and sandbox, so workers never clobber each other or you; merge its work \
+             with merge_worker once it has finished. Give each worker one self-contained task \
+             with everything it needs to know: it sees only its task, not your conversation.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "task": {"type": "string", "description": "What the worker should do, completely stated."},
+                    "name": {"type": "string", "description": "A short unique name (letters, digits, - and _), e.g. \"parser-tests\"; default w1, w2..."},
+                    "workspace": {"type": "string", "enum": ["worktree", "shared"], "description": "worktree (default): its own branch to write in; shared: read-only in your workspace (plan mode), for research."},
+                    "model": {"type": "string", "description": "provider:model for this worker (default: the fleet's worker model)."},
+                    "tools": {"type": "array", "items": {"type": "string"}, "description": "Only these built-in tools (default: all)."},
+                    "mode": {"type": "string", "enum": ["plan", "ask", "accept-edits", "auto"], "description": "Permission mode, never wider than yours (default: yours)."},
+                    "max_turns": {"type": "integer", "minimum": 1, "description": "Model turns it may take."},
+                    "wall_time_secs": {"type": "integer", "minimum": 1, "description": "Seconds it may run (never beyond your own remaining time)."}
+                },
+                "required": ["task"],
+                "additionalProperties": false
+            }),
+        ),
+        spec(
+            "wait_agents",
+            "Wait until your workers finish and get their reports: each finished worker's \
+             state, final answer and a summary of the files it changed. mode all (default) \
+             returns when every named worker has finished, any when at least one has; on \
+             timeout, you get what has finished so far.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "agents": {"type": "array", "items": {"type": "string"}, "description": "Names (or session ids) to wait for; default: all your workers not yet reported."},
+                    "mode": {"type": "string", "enum": ["all", "any"]},
+                    "timeout_secs": {"type": "integer", "minimum": 1, "description": "Default 600."}
+                },
+                "additionalProperties": false
+            }),
+        ),
+        spec(
+            "list_agents",
+            "List your workers: name, session, state, turns, tokens, cost and branch.",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        ),
+        spec(
+            "cancel_agent",
+            "Cancel a worker (and every worker it started).",
+            json!({
+                "type": "object",
+                "properties": {"agent": {"type": "string", "description": "Its name or session id."}},
+                "required": ["agent"],
+                "additionalProperties": false
+            }),
+        ),
+        spec(
+            "merge_worker",
+            "Merge a finished worker's branch into your workspace (its changes are committed \
+             on its branch first). On a conflict nothing changes in your workspace and you get \
+             the conflicting files: decide what to do (another worker, your own edit, or skip).",
+            json!({
+                "type": "object",
+                "properties": {"agent": {"type": "string", "description": "Its name or session id."}},
+                "required": ["agent"],
+                "additionalProperties": false
+            }),
+        ),
+    ]
+}
+
+impl HostTools for FleetTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        specs()
+    }
+
+    fn call(
+        &self,
+        name: &str,
+        arguments: &str,
+        stop: CancellationToken,
+    ) -> futures::future::BoxFuture<'static, ToolOutcome> {
+        let sup = self.sup.clone();
+        let place = self.place.clone();
+        let name = name.to_owned();
+        let args = arguments.to_owned();
+        Box::pin(async move {
+            let Some(sup) = sup.upgrade() else {
+                return ToolOutcome::Output {
+                    text: "error: the daemon is shutting down".into(),
+                    is_error: true,
+                };
+            };
+            let result = match name.as_str() {
+                "spawn_agent" => sup.spawn_agent(&place, &args).await,
+                "wait_agents" => sup.wait_agents(&place, &args, stop).await,
+                "list_agents" => sup.list_agents(&place).await,
+                "cancel_agent" => sup.cancel_agent(&place, &args).await,
+                "merge_worker" => sup.merge_worker(&place, &args).await,
+                other => Err(format!("{other} is not a fleet tool")),
+            };
+            match result {
+                Ok(text) => ToolOutcome::Output {
+                    text,
+                    is_error: false,
+                },
+                Err(e) => ToolOutcome::Output {
+                    text: format!("error: {e}"),
+                    is_error: true,
+                },
+            }
+        })
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(tool: &str, args: &str) -> Result<T, String> {
+    serde_json::from_str(args).map_err(|e| format!("bad arguments for {tool}: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpawnArgs {
+    task: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    workspace: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    max_turns: Option<u32>,
+    #[serde(default)]
+    wall_time_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitArgs {
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentArg {
+    agent: String,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where a worker's fleet facts live in its `SessionCreated`.
+pub(crate) fn link_of(events: &[flotilla_protocol::Event]) -> Option<FleetLink> {
+    events.iter().find_map(|e| match &e.event {
+        EventKind::SessionCreated { fleet, .. } => fleet.as_deref().cloned(),
+        _ => None,
+    })
+}
+
+impl Supervisor {
+    /// The fleet tools for a session, if it is a planner or a worker that
+    /// may still spawn (its depth is below the fleet's limit).
+    pub(crate) async fn fleet_tools(
+        self: &Arc<Self>,
+        id: &SessionId,
+        link: Option<&FleetLink>,
+    ) -> Result<Option<Arc<dyn HostTools>>, FleetError> {
+        let place = match link {
+            Some(FleetLink {
+                spec: Some(spec), ..
+            }) => Place {
+                me: id.clone(),
+                root: id.clone(),
+                depth: 0,
+                spec: spec.clone(),
+            },
+            Some(FleetLink {
+                parent: Some(p), ..
+            }) => {
+                let root_events = self.store.events(&p.root, 0, 1).await?;
+                let Some(spec) = link_of(&root_events).and_then(|l| l.spec) else {
+                    return Ok(None);
+                };
+                Place {
+                    me: id.clone(),
+                    root: p.root.clone(),
+                    depth: p.depth,
+                    spec,
+                }
+            }
+            _ => return Ok(None),
+        };
+        if place.depth >= place.spec.max_depth {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(FleetTools {
+            sup: Arc::downgrade(self),
+            place,
+        })))
+    }
+
+    /// The permissions of each ancestor of a worker, nearest first: its
+    /// policy is the intersection of its own and all of these.
+    pub(crate) async fn ancestor_permissions(
+        &self,
+        link: Option<&FleetLink>,
+    ) -> Result<Vec<SessionPermissions>, FleetError> {
+        let mut out = Vec::new();
+        let mut next = link
+            .and_then(|l| l.parent.as_ref())
+            .map(|p| p.parent.clone());
+        // A tree is at most max_depth deep; the bound only guards a corrupt
+        // log that names a cycle.
+        for _ in 0..64 {
+            let Some(id) = next else { break };
+            let origin = session_origin(&self.store, &id).await?;
+            out.push(origin.permissions.unwrap_or_default());
+            let events = self.store.events(&id, 0, 1).await?;
+            next = link_of(&events).and_then(|l| l.parent).map(|p| p.parent);
+        }
+        Ok(out)
+    }
+
+    /// My workers (direct children), oldest first.
+    async fn children(&self, place: &Place) -> Result<Vec<SessionInfo>, String> {
+        let tree = self
+            .store
+            .fleet_tree(&place.root)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(tree
+            .into_iter()
+            .filter(|s| s.parent.as_ref() == Some(&place.me))
+            .collect())
+    }
+
+    async fn find_child(&self, place: &Place, who: &str) -> Result<SessionInfo, String> {
+        let children = self.children(place).await?;
+        let names: Vec<String> = children
+            .iter()
+            .map(|c| c.name.clone().unwrap_or_else(|| c.id.to_string()))
+            .collect();
+        children
+            .into_iter()
+            .find(|c| c.name.as_deref() == Some(who) || c.id.as_str() == who)
+            .ok_or_else(|| {
+                format!(
+                    "you have no worker {who:?} (your workers: {})",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })
+    }
+
+    async fn spawn_agent(self: &Arc<Self>, place: &Place, args: &str) -> Result<String, String> {
+        let args: SpawnArgs = parse("spawn_agent", args)?;
+        if args.task.trim().is_empty() {
+            return Err("the task is empty: say what the worker should do".into());
+        }
+        if place.depth + 1 > place.spec.max_depth {
+            return Err(format!(
+                "workers at depth {} may not start workers (the fleet's depth limit is {})",
+                place.depth, place.spec.max_depth
+            ));
+        }
+        let me = self.get(&place.me).await.map_err(|e| e.to_string())?;
+        let origin = session_origin(&self.store, &place.me)
+            .await
+            .map_err(|e| e.to_string())?;
+        // One spawn at a time per daemon: the limits below count the tree.
+        let _spawning = self.spawning.lock().await;
+        let tree = self
+            .store
+            .fleet_tree(&place.root)
+            .await
+            .map_err(|e| e.to_string())?;
+        let workers: Vec<&SessionInfo> = tree.iter().filter(|s| s.id != place.root).collect();
+        if workers.len() as u64 >= u64::from(place.spec.max_total) {
+            return Err(format!(
+                "the fleet has started {} workers, its limit for the run",
+                workers.len()
+            ));
+        }
+        let live = workers.iter().filter(|s| !s.state.is_terminal()).count();
+        if live as u64 >= u64::from(place.spec.max_workers) {
+            return Err(format!(
+                "{live} workers are running, the fleet's limit at once: wait_agents for some to finish first"
+            ));
+        }
+        let name = match args.name {
+            Some(n) if !valid_name(&n) => {
+                return Err(format!("name {n:?}: use 1 to 32 letters, digits, - and _"))
+            }
+            Some(n) => n,
+            None => {
+                let mut i = workers.len() + 1;
+                while tree
+                    .iter()
+                    .any(|s| s.name.as_deref() == Some(&format!("w{i}")))
+                {
+                    i += 1;
+                }
+                format!("w{i}")
+            }
+        };
+        if tree.iter().any(|s| s.name.as_deref() == Some(&name)) {
+            return Err(format!("the fleet already has a worker named {name:?}"));
+        }
+        // Narrowing: the worker's own layer, on top of which its ancestors'
+        // apply (the supervisor intersects them when it starts the worker).
+        let shared = match args.workspace.as_deref() {
+            None | Some("worktree") => false,
+            Some("shared") => true,
+            Some(other) => {
+                return Err(format!(
+                "workspace {other:?}: use worktree (its own branch) or shared (read-only in yours)"
+            ))
+            }
+        };
+        let mine = self.effective_mode(&place.me);
+        let mode = match (&args.mode, shared) {
+            (_, true) => Some("plan".to_owned()),
+            (Some(m), false) => {
+                let asked = flotilla_policy::Mode::parse(m)?;
+                if let Some(mine) = mine {
+                    if asked > mine {
+                        return Err(format!(
+                            "a worker cannot run in mode {}: you run in {}, and a worker never gets more than its parent",
+                            asked.as_str(),
+                            mine.as_str()
+                        ));
+                    }
+                }
+                Some(asked.as_str().to_owned())
+            }
+            (None, false) => None,
+        };
+        let mut deny = Vec::new();
+        if let Some(tools) = &args.tools {
+            for t in tools {
+                if !BUILTIN_TOOLS.contains(&t.as_str()) {
+                    return Err(format!(
+                        "tools: {t:?} is not a built-in tool ({})",
+                        BUILTIN_TOOLS.join(", ")
+                    ));
+                }
+            }
+            // Bare deny rules in the dialect remove the others. A rule on an
+            // action also covers its narrower ones (Edit covers Write, Read
+            // covers Grep), so an action an offered tool falls under stays.
+            use flotilla_policy::request::tool_action;
+            let kept: Vec<flotilla_policy::rule::Action> = tools
+                .iter()
+                .filter_map(|t| tool_action(t))
+                .flat_map(|a| a.with_ancestors())
+                .collect();
+            for t in BUILTIN_TOOLS {
+                if let Some(a) = tool_action(t) {
+                    let name = a.name().to_owned();
+                    if !kept.contains(&a) && !deny.contains(&name) {
+                        deny.push(name);
+                    }
+                }
+            }
+        }
+        let permissions = SessionPermissions {
+            mode,
+            deny,
+            ..SessionPermissions::default()
+        };
+        // The worker's policy must build before anything is recorded.
+        if let Some(pc) = &self.config.policy {
+            let mut chain = vec![origin.permissions.clone().unwrap_or_default()];
+            chain.extend(
+                self.ancestor_permissions(origin.fleet.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            crate::build_stack(pc, Path::new(&me.workspace), &permissions, &[], &chain)?;
+        }
+        // The model: named, the fleet's worker model, or the planner's own.
+        let (model, base_url) = match (&args.model, &place.spec.worker_model) {
+            (Some(m), _) => (m.clone(), None),
+            (None, Some(m)) => (m.clone(), place.spec.worker_base_url.clone()),
+            (None, None) => (me.model.clone(), origin.base_url.clone()),
+        };
+        let spec = ModelSpec::parse(&model).map_err(|e| e.to_string())?;
+        let route = ModelRoute {
+            model: spec.to_string(),
+            base_url: base_url.clone(),
+        };
+        let frontier_ok = self
+            .config
+            .roles
+            .get("worker")
+            .is_some_and(|r| r.allows_frontier("worker"));
+        if !frontier_ok
+            && is_frontier(
+                &route,
+                self.config.openai_base_url.as_deref(),
+                &self.config.local_endpoints,
+            )
+        {
+            return Err(format!(
+                "workers may not use the frontier model {} (only local endpoints): start the fleet with --workers naming a local model, or set frontier = true in [roles.worker]",
+                route.model
+            ));
+        }
+        self.chain_for(&route, &[]).map(|_| ())?;
+        // Budget: never beyond the parent's remaining wall time.
+        let d = self.config.default_limits;
+        let used = (me.updated_ms - me.created_ms).max(0) as u64 / 1000;
+        let left = me.limits.wall_time_secs.saturating_sub(used).max(1);
+        let limits = SessionLimits {
+            max_turns: args.max_turns.unwrap_or(d.max_turns).max(1),
+            wall_time_secs: args.wall_time_secs.unwrap_or(left).clamp(1, left),
+            context_window: d.context_window,
+        };
+        let id = SessionId::generate();
+        let (workspace, branch, base) = if shared {
+            (me.workspace.clone(), None, None)
+        } else {
+            let dir = self.config.worktrees_dir.clone().ok_or_else(|| {
+                "this daemon has no folder for worktrees; use workspace: shared".to_owned()
+            })?;
+            let repo = PathBuf::from(&me.workspace);
+            let branch = format!("flotilla/{}/{name}", place.root);
+            let path = dir.join(format!("{}-{name}", place.root));
+            let (b, p) = (branch.clone(), path.clone());
+            let base = tokio::task::spawn_blocking(move || add_worktree(&repo, &p, &b))
+                .await
+                .map_err(|e| format!("creating the worktree failed: {e}"))??;
+            (
+                path.to_string_lossy().into_owned(),
+                Some(branch),
+                Some(base),
+            )
+        };
+        let link = ParentLink {
+            parent: place.me.clone(),
+            root: place.root.clone(),
+            depth: place.depth + 1,
+            name: name.clone(),
+            branch: branch.clone(),
+            base,
+        };
+        self.store
+            .append(
+                &id,
+                vec![EventKind::SessionCreated {
+                    task: args.task,
+                    model: spec.to_string(),
+                    workspace: workspace.clone(),
+                    base_url,
+                    limits,
+                    principal: origin.principal.clone(),
+                    permissions: Some(permissions).filter(|p| !p.is_empty()),
+                    role: Some("worker".into()),
+                    fallbacks: Vec::new(),
+                    machine: None,
+                    fleet: Some(Box::new(FleetLink {
+                        spec: None,
+                        parent: Some(link),
+                    })),
+                }],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.start(&id, false).await.map_err(|e| e.to_string())?;
+        Ok(match branch {
+            Some(b) => {
+                format!("spawned worker {name} (session {id}) on branch {b}, in its own worktree")
+            }
+            None => format!("spawned worker {name} (session {id}), read-only in your workspace"),
+        })
+    }
+
+    /// The mode a session's policy runs in, when policy is on.
+    fn effective_mode(&self, id: &SessionId) -> Option<flotilla_policy::Mode> {
+        let policies = self.policies.lock().ok()?;
+        let p = policies.get(id)?;
+        let stack = p.stack.read().ok()?;
+        Some(stack.mode())
+    }
+
+    async fn wait_agents(
+        &self,
+        place: &Place,
+        args: &str,
+        stop: CancellationToken,
+    ) -> Result<String, String> {
+        let args: WaitArgs = parse("wait_agents", args)?;
+        let any = match args.mode.as_deref() {
+            None | Some("all") => false,
+            Some("any") => true,
+            Some(other) => return Err(format!("mode {other:?}: use all or any")),
+        };
+        let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS).max(1));
+        let children = self.children(place).await?;
+        if children.is_empty() {
+            return Err("you have no workers: start some with spawn_agent".into());
+        }
+        let mut targets: Vec<SessionId> = Vec::new();
+        for who in &args.agents {
+            targets.push(self.find_child(place, who).await?.id);
+        }
+        if targets.is_empty() {
+            targets = children.iter().map(|c| c.id.clone()).collect();
+        }
+        // Subscribed before the first look, so no ending is missed.
+        let mut feed = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (done, pending) = loop {
+            let mut done = Vec::new();
+            let mut pending = Vec::new();
+            for id in &targets {
+                let info = self.get(id).await.map_err(|e| e.to_string())?;
+                if info.state.is_terminal() {
+                    done.push(info);
+                } else {
+                    pending.push(info);
+                }
+            }
+            if pending.is_empty() || (any && !done.is_empty()) {
+                break (done, pending);
+            }
+            // Wake on any state change of the tree (or a lag), else recheck.
+            let woke = tokio::select! {
+                _ = stop.cancelled() => return Err("the wait was stopped: this session is stopping".into()),
+                _ = tokio::time::sleep_until(deadline) => false,
+                r = feed.recv() => match r {
+                    Ok(e) => matches!(e.event, EventKind::StateChanged { .. }),
+                    Err(_) => true,
+                },
+            };
+            if !woke && tokio::time::Instant::now() >= deadline {
+                break (done, pending);
+            }
+        };
+        let mut out = String::new();
+        for info in &done {
+            out.push_str(&self.report(info).await);
+            out.push('\n');
+        }
+        if !pending.is_empty() {
+            let names: Vec<String> = pending.iter().map(label).collect();
+            out.push_str(&format!(
+                "still running after {}s: {}\n",
+                timeout.as_secs(),
+                names.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A finished worker as the planner sees it: never its transcript.
+    async fn report(&self, info: &SessionInfo) -> String {
+        let mut s = format!("## {} ({}): {}", label(info), info.id, info.state.as_str());
+        match info.state {
+            SessionState::Completed => {
+                let answer = info.final_answer.clone().unwrap_or_default();
+                s.push_str(&format!(
+                    "\nfinal answer: {}",
+                    clip(&answer, MAX_REPORT_CHARS)
+                ));
+            }
+            _ => {
+                if let Some(r) = &info.reason {
+                    s.push_str(&format!("\nreason: {r}"));
+                }
+            }
+        }
+        if let Some((wt, link)) = self.worktree_of(info).await {
+            let summary = tokio::task::spawn_blocking(move || diff_summary(&wt, &link))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match summary {
+                Ok(text) if text.trim().is_empty() => s.push_str("\nchanges: none"),
+                Ok(text) => s.push_str(&format!("\nchanges:\n{}", text.trim_end())),
+                Err(e) => s.push_str(&format!("\nchanges: unknown ({e})")),
+            }
+        }
+        s
+    }
+
+    /// A worker's worktree and link, when it has one.
+    async fn worktree_of(&self, info: &SessionInfo) -> Option<(Worktree, ParentLink)> {
+        let events = self.store.events(&info.id, 0, 1).await.ok()?;
+        let link = link_of(&events)?.parent?;
+        link.branch.as_ref()?;
+        let repo = self.get(&link.parent).await.ok()?.workspace;
+        Some((
+            Worktree {
+                repo: PathBuf::from(repo),
+                path: PathBuf::from(&info.workspace),
+            },
+            link,
+        ))
+    }
+
+    async fn list_agents(&self, place: &Place) -> Result<String, String> {
+        let children = self.children(place).await?;
+        if children.is_empty() {
+            return Ok("no workers yet".into());
+        }
+        let mut out = String::from("name\tsession\tstate\tturns\ttokens\tcost_usd\tbranch\n");
+        for c in &children {
+            let branch = self
+                .worktree_of(c)
+                .await
+                .and_then(|(_, l)| l.branch)
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{:.4}\t{}\n",
+                label(c),
+                c.id,
+                c.state.as_str(),
+                c.turns,
+                c.prompt_tokens + c.completion_tokens,
+                c.cost_usd,
+                branch
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn cancel_agent(self: &Arc<Self>, place: &Place, args: &str) -> Result<String, String> {
+        let args: AgentArg = parse("cancel_agent", args)?;
+        let child = self.find_child(place, &args.agent).await?;
+        let info = self
+            .cancel(&child.id, &format!("agent {}", place.me))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{}: {}", label(&info), info.state.as_str()))
+    }
+
+    async fn merge_worker(&self, place: &Place, args: &str) -> Result<String, String> {
+        let args: AgentArg = parse("merge_worker", args)?;
+        let child = self.find_child(place, &args.agent).await?;
+        if child.state != SessionState::Completed {
+            return Err(format!(
+                "{} has not completed (it is {}): only a completed worker is merged",
+                label(&child),
+                child.state.as_str()
+            ));
+        }
+        let Some((wt, link)) = self.worktree_of(&child).await else {
+            return Err(format!(
+                "{} worked read-only in your workspace: there is nothing to merge",
+                label(&child)
+            ));
+        };
+        let name = label(&child);
+        let task = clip(&child.task, 200);
+        tokio::task::spawn_blocking(move || merge(&wt, &link, &name, &task))
+            .await
+            .map_err(|e| format!("the merge failed: {e}"))?
+    }
+}
+
+fn label(info: &SessionInfo) -> String {
+    info.name.clone().unwrap_or_else(|| info.id.to_string())
+}
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
+
+/// A worker's checkout, as the daemon addresses it.
+struct Worktree {
+    /// The planner's repository (its workspace).
+    repo: PathBuf,
+    /// The worktree.
+    path: PathBuf,
+}
+
+/// `git` as the daemon runs it: no hooks, no fsmonitor, no prompts, no
+/// pager, no user or system config that could name a program, and an
+/// identity for its commits.
+fn git(dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.pager=cat",
+            "-c",
+            "user.name=flotilla",
+            "-c",
+            "user.email=flotilla@localhost",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut std::process::Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "git failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The worktree's admin folder inside the main repository: what the
+/// daemon uses as `GIT_DIR` for it, whatever the worktree's own `.git`
+/// file says now (the worker can write that file).
+fn admin_dir(repo: &Path, path: &Path) -> Result<PathBuf, String> {
+    let common = run(git(repo).args(["rev-parse", "--path-format=absolute", "--git-common-dir"]))?;
+    let base = path
+        .file_name()
+        .ok_or_else(|| format!("{} has no name", path.display()))?;
+    Ok(PathBuf::from(common.trim()).join("worktrees").join(base))
+}
+
+/// `git` for a worktree, with its admin folder and work tree named.
+fn git_in(wt: &Worktree) -> Result<std::process::Command, String> {
+    let admin = admin_dir(&wt.repo, &wt.path)?;
+    let mut cmd = git(&wt.repo);
+    cmd.arg("--git-dir")
+        .arg(&admin)
+        .arg("--work-tree")
+        .arg(&wt.path);
+    Ok(cmd)
+}
+
+/// Creates the worktree at `path` on a new `branch` from the repository's
+/// HEAD; returns that commit.
+fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<String, String> {
+    let top = run(git(repo).args(["rev-parse", "--show-toplevel"])).map_err(|_| {
+        format!(
+            "{} is not a git repository: workers get worktrees of it (run git init and commit, or use workspace: shared)",
+            repo.display()
+        )
+    })?;
+    let top = PathBuf::from(top.trim());
+    let same = top.canonicalize().ok() == repo.canonicalize().ok();
+    if !same {
+        return Err(format!(
+            "{} is inside the repository {}, not its top: start the planner at the repository's top",
+            repo.display(),
+            top.display()
+        ));
+    }
+    let base = run(git(repo).args(["rev-parse", "--verify", "HEAD^{commit}"])).map_err(|_| {
+        format!(
+            "{} has no commit yet: commit first, workers start from your last commit",
+            repo.display()
+        )
+    })?;
+    let base = base.trim().to_owned();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    run(git(repo)
+        .args(["worktree", "add", "--quiet", "-b", branch])
+        .arg(path)
+        .arg(&base))?;
+    // The admin folder must be where `admin_dir` will look for it.
+    let admin = admin_dir(repo, path)?;
+    if !admin.join("HEAD").is_file() {
+        return Err(format!(
+            "git put the worktree's admin folder elsewhere than {}",
+            admin.display()
+        ));
+    }
+    Ok(base)
+}
+
+/// What a worker changed since its base: `git diff --stat`, uncommitted
+/// work and new files included.
+fn diff_summary(wt: &Worktree, link: &ParentLink) -> Result<String, String> {
+    let base = link.base.as_deref().unwrap_or("HEAD");
+    run(git_in(wt)?.args(["add", "--all"]))?;
+    run(git_in(wt)?.args(["diff", "--cached", "--stat", base]))
+}
+
+/// Commits the worker's changes on its branch, then merges the branch into
+/// the planner's repository; on a conflict, aborts and names the files.
+fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<String, String> {
+    let branch = link
+        .branch
+        .as_deref()
+        .ok_or_else(|| format!("{name} has no branch"))?;
+    run(git_in(wt)?.args(["add", "--all"]))?;
+    let staged = git_in(wt)?
+        .args(["diff", "--cached", "--quiet"])
+        .status()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !staged.success() {
+        run(git_in(wt)?
+            .args(["commit", "--quiet", "--no-verify", "-m"])
+            .arg(format!("flotilla worker {name}: {task}")))?;
+    }
+    let base = link.base.as_deref().unwrap_or("HEAD");
+    let ahead = run(git(&wt.repo).args(["rev-list", "--count", &format!("{base}..{branch}")]))?;
+    if ahead.trim() == "0" {
+        return Ok(format!("{name} changed nothing: nothing to merge"));
+    }
+    let merged = git(&wt.repo)
+        .args(["merge", "--no-ff", "--no-edit", "-m"])
+        .arg(format!("merge flotilla worker {name}"))
+        .arg(branch)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if merged.status.success() {
+        let stat = run(git(&wt.repo).args(["diff", "--stat", "HEAD^1", "HEAD"]))?;
+        return Ok(format!("merged {name} ({branch}):\n{}", stat.trim_end()));
+    }
+    let conflicts =
+        run(git(&wt.repo).args(["diff", "--name-only", "--diff-filter=U"])).unwrap_or_default();
+    let conflicts: Vec<&str> = conflicts.lines().filter(|l| !l.is_empty()).collect();
+    if conflicts.is_empty() {
+        // Refused before starting (local changes in the way, ...).
+        return Err(format!(
+            "merging {name} was refused, your workspace is unchanged: {}",
+            String::from_utf8_lossy(&merged.stderr).trim()
+        ));
+    }
+    let _ = run(git(&wt.repo).args(["merge", "--abort"]));
+    Err(format!(
+        "merging {name} ({branch}) conflicts in: {}. The merge was aborted and your workspace is unchanged; decide: merge the others first, ask a worker to redo its change on top of yours, or edit the files yourself",
+        conflicts.join(", ")
+    ))
+}
