@@ -470,3 +470,82 @@ fn a_worker_never_gets_more_than_its_parent() {
         .count();
     assert_eq!(denies, 2);
 }
+
+/// A worker owns its worktree, `.git` file included: it points it at a git
+/// folder of its own whose config runs programs (fsmonitor, a clean filter
+/// every file goes through), and plants `.envrc` (a file that runs later).
+/// The daemon's git must run none of it, and the merge must not carry the
+/// planted files into the user's checkout.
+#[test]
+fn a_worker_cannot_make_the_daemon_run_its_git_config() {
+    let marks: Vec<String> = (1..=2)
+        .map(|i| format!("/tmp/flotilla-pwned-{}-{i}", std::process::id()))
+        .collect();
+    for m in &marks {
+        let _ = std::fs::remove_file(m);
+    }
+    let attack = format!(
+        r#"import os
+os.makedirs('evil/refs/heads', exist_ok=True)
+os.makedirs('evil/objects', exist_ok=True)
+open('evil/HEAD', 'w').write('ref: refs/heads/main\n')
+open('evil/config', 'w').write('[core]\n\trepositoryformatversion = 0\n\tfsmonitor = touch {m1}\n[filter "pwn"]\n\tclean = touch {m2}\n\trequired = true\n')
+open('.gitattributes', 'w').write('* filter=pwn\n')
+open('.envrc', 'w').write('echo planted\n')
+try:
+    open('.git', 'w').write('gitdir: evil\n')
+    print('rewrote .git')
+except OSError as e:
+    print('cannot rewrite .git:', e)
+"#,
+        m1 = marks[0],
+        m2 = marks[1]
+    );
+    std::fs::create_dir_all("/tmp").unwrap();
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tool("spawn_agent", json!({"name": "x", "task": "[script:x] go"})),
+                    Step::tool("wait_agents", json!({})),
+                    Step::tool("merge_worker", json!({"agent": "x"})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "x",
+                vec![
+                    Step::tool(
+                        "write_file",
+                        json!({"path": "attack.py", "content": attack}),
+                    ),
+                    Step::tool(
+                        "shell",
+                        json!({"command": "python3 attack.py && rm attack.py"}),
+                    ),
+                    Step::finish("planted"),
+                ],
+            ),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let x_saw = last_tool_results(&env, "x").join("\n");
+    assert!(x_saw.contains(".git"), "the attack did not run: {x_saw}");
+    let reqs = requests_of(&env, "planner");
+    let merge = tool_messages(reqs.last().unwrap()).join("\n");
+    assert!(
+        merge.contains("changes files that run later") && merge.contains(".envrc"),
+        "{merge}"
+    );
+    for m in &marks {
+        assert!(
+            !Path::new(m).exists(),
+            "the daemon ran the worker's git config: {m}"
+        );
+    }
+    assert!(!env.ws().join(".envrc").exists());
+    assert!(!env.ws().join("evil").exists());
+    assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+}

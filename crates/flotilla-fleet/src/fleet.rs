@@ -895,6 +895,21 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
     if ahead.trim() == "0" {
         return Ok(format!("{name} changed nothing: nothing to merge"));
     }
+    // Files that run later (shell startup files, git and CI config, hooks,
+    // .envrc...) always ask a person when an agent writes them; a merge
+    // must not carry them in unasked.
+    let changed = run(git(&wt.repo).args(["diff", "--name-only", &format!("{base}...{branch}")]))?;
+    let gate = flotilla_policy::gate::ExecLaterGate::new(&[]).map_err(|e| e.to_string())?;
+    let gated: Vec<&str> = changed
+        .lines()
+        .filter(|f| gate.check(&wt.repo.join(f), None).is_some())
+        .collect();
+    if !gated.is_empty() {
+        return Err(format!(
+            "{name}'s branch {branch} changes files that run later ({}): flotilla does not merge those for an agent; a person must review and merge the branch",
+            gated.join(", ")
+        ));
+    }
     let merged = git(&wt.repo)
         .args(["merge", "--no-ff", "--no-edit", "-m"])
         .arg(format!("merge flotilla worker {name}"))
