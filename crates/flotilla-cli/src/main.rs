@@ -186,6 +186,10 @@ struct RunArgs {
     /// Workers the fleet may start over the whole run.
     #[arg(long, default_value_t = 1000, requires = "planner")]
     max_total: u32,
+    /// Seconds a worker's approval waits for a person (`flotilla
+    /// approvals`) before it is denied, so no worker hangs silently.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "planner")]
+    approval_timeout: u64,
 }
 
 #[derive(Args)]
@@ -473,6 +477,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         max_workers: args.max_workers,
         max_depth: args.max_depth,
         max_total: args.max_total,
+        approval_timeout_secs: args.approval_timeout,
     });
     let base_url_var = base_url_var(&paths, args.model.as_deref().or(args.planner.as_deref()));
     // A role names its own endpoint; the shell's applies to an explicit model.

@@ -301,10 +301,22 @@ pub async fn approvals(paths: &Paths, args: ApprovalsArgs) -> Result<ExitCode> {
         println!("no calls are waiting for approval");
     }
     for a in &list.approvals {
+        // A fleet worker's approval names the worker and its planner, and
+        // when the fleet's escalation will deny it.
+        let who = match (&a.agent, &a.fleet) {
+            (Some(agent), Some(fleet)) => format!("{}  worker {agent} of fleet {fleet}", a.session),
+            _ => a.session.to_string(),
+        };
         println!(
             "{}  {}  {} ago  {}\n    why: {}\n    flotilla approve {} [--always session|project|user]   (adds {})\n    flotilla deny {} --reason TEXT",
-            a.approval_id, a.session, age(a.requested_ms), a.summary, a.reason, a.approval_id, a.suggested_rule, a.approval_id
+            a.approval_id, who, age(a.requested_ms), a.summary, a.reason, a.approval_id, a.suggested_rule, a.approval_id
         );
+        if let Some(at) = a.escalates_ms {
+            println!(
+                "    denied by the fleet's escalation in {} unless answered",
+                age(now_ms() - (at - now_ms()))
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -549,3 +549,72 @@ except OSError as e:
     assert!(!env.ws().join("evil").exists());
     assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
 }
+
+/// A worker in ask mode asks; its approval is in the daemon's queue tagged
+/// with the worker and its fleet; nobody answers, so the fleet's escalation
+/// denies it after the timeout, the worker's model is told why, and the
+/// fleet goes on.
+#[test]
+fn an_unanswered_worker_approval_escalates() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tool(
+                        "spawn_agent",
+                        json!({"name": "asker", "task": "[script:asker] go", "mode": "ask"}),
+                    ),
+                    Step::tool("wait_agents", json!({"timeout_secs": 60})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "asker",
+                vec![
+                    Step::tool("shell", json!({"command": "touch asked.txt"})),
+                    Step::finish("gave up"),
+                ],
+            ),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &["--approval-timeout", "3"]);
+    // The approval shows up tagged with the worker and its fleet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pending = loop {
+        let out = env.run(&["approvals", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(a) = list["approvals"].as_array().unwrap().first() {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no approval was asked");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(pending["agent"], "asker");
+    assert_eq!(pending["fleet"], pid.as_str());
+    assert!(pending["escalates_ms"].as_i64().unwrap() > pending["requested_ms"].as_i64().unwrap());
+    let text = stdout(&env.run(&["approvals"]));
+    assert!(text.contains("worker asker of fleet"), "{text}");
+    // Nobody answers.
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let asker = sessions(&env)
+        .into_iter()
+        .find(|s| s["name"] == "asker")
+        .unwrap();
+    assert_eq!(asker["state"], "completed");
+    let events = env.events(asker["id"].as_str().unwrap());
+    let refused = events
+        .iter()
+        .find(|e| e["event"]["type"] == "approval_refused")
+        .unwrap();
+    assert_eq!(refused["event"]["by"], "escalation");
+    let told = last_tool_results(&env, "asker").join("\n");
+    assert!(told.contains("nobody answered within 3s"), "{told}");
+    assert!(!Path::new(asker["workspace"].as_str().unwrap())
+        .join("asked.txt")
+        .exists());
+    let out = env.run(&["approvals", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list["approvals"].as_array().unwrap().is_empty());
+}

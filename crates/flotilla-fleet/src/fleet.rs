@@ -277,6 +277,39 @@ impl Supervisor {
         })))
     }
 
+    /// How a worker's approvals are tagged and escalated: after the fleet's
+    /// timeout, denied as `escalation` (a no-op if a person answered).
+    pub(crate) async fn worker_approvals(
+        self: &Arc<Self>,
+        link: Option<&FleetLink>,
+    ) -> Option<crate::governance::WorkerApprovals> {
+        let p = link?.parent.as_ref()?;
+        let root_events = self.store.events(&p.root, 0, 1).await.ok()?;
+        let spec = link_of(&root_events)?.spec?;
+        let sup = Arc::downgrade(self);
+        Some(crate::governance::WorkerApprovals {
+            agent: p.name.clone(),
+            fleet: p.root.clone(),
+            timeout: Duration::from_secs(spec.approval_timeout_secs.max(1)),
+            escalate: Arc::new(move |id: String, reason: String| {
+                if let Some(sup) = sup.upgrade() {
+                    tokio::spawn(async move {
+                        match sup.deny(&id, "escalation", true, &reason).await {
+                            Ok(_) => {
+                                tracing::info!(approval = %id, "unanswered worker approval denied by escalation")
+                            }
+                            // Answered meanwhile: nothing to do.
+                            Err(FleetError::NoApproval(_)) => {}
+                            Err(e) => {
+                                tracing::warn!(approval = %id, error = %e, "escalating an approval failed")
+                            }
+                        }
+                    });
+                }
+            }),
+        })
+    }
+
     /// The permissions of each ancestor of a worker, nearest first: its
     /// policy is the intersection of its own and all of these.
     pub(crate) async fn ancestor_permissions(

@@ -19,6 +19,23 @@ pub struct PolicyConfig {
     pub home: Option<PathBuf>,
 }
 
+/// Denies an approval nobody answered in time (the fleet's escalation):
+/// (approval id, reason).
+pub(crate) type Escalate = Arc<dyn Fn(String, String) + Send + Sync>;
+
+/// A fleet worker's side of the approvals queue.
+#[derive(Clone)]
+pub(crate) struct WorkerApprovals {
+    /// The worker's name.
+    pub(crate) agent: String,
+    /// Its planner.
+    pub(crate) fleet: SessionId,
+    /// How long an approval waits for a person.
+    pub(crate) timeout: std::time::Duration,
+    /// What happens then.
+    pub(crate) escalate: Escalate,
+}
+
 /// What the daemon knows about a principal, for tier checks.
 pub type PrincipalLookup = Arc<dyn Fn(&str) -> Option<Principal> + Send + Sync>;
 
@@ -120,6 +137,8 @@ pub(crate) struct SessionPolicy {
     pub(crate) stack: RwLock<PolicyStack>,
     pub(crate) lookup: Option<PrincipalLookup>,
     pub(crate) queue: Arc<ApprovalQueue>,
+    /// Set for a fleet worker: its approvals are tagged and escalate.
+    pub(crate) worker: Option<WorkerApprovals>,
 }
 
 impl SessionPolicy {
@@ -213,7 +232,26 @@ impl CallPolicy for SessionPolicy {
             reason: ask.reason,
             suggested_rule: ask.suggested_rule,
             requested_ms: now_ms(),
+            agent: self.worker.as_ref().map(|w| w.agent.clone()),
+            fleet: self.worker.as_ref().map(|w| w.fleet.clone()),
+            escalates_ms: self
+                .worker
+                .as_ref()
+                .map(|w| now_ms() + w.timeout.as_millis() as i64),
         };
+        if let Some(w) = &self.worker {
+            let (id, timeout, escalate) = (ask.approval_id.clone(), w.timeout, w.escalate.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                escalate(
+                    id,
+                    format!(
+                        "nobody answered within {}s, so the fleet's escalation denied it",
+                        timeout.as_secs()
+                    ),
+                );
+            });
+        }
         if let Ok(mut p) = self.queue.pending.lock() {
             p.insert(
                 ask.approval_id,

@@ -861,6 +861,7 @@ impl Supervisor {
                             stack: RwLock::new(stack),
                             lookup: self.principals.get().cloned(),
                             queue: self.queue.clone(),
+                            worker: self.worker_approvals(fleet.as_deref()).await,
                         });
                         if let Ok(mut all) = self.policies.lock() {
                             all.insert(id.clone(), p.clone());

@@ -169,6 +169,16 @@ pub struct ApprovalInfo {
     pub suggested_rule: String,
     /// When it was asked, ms since the epoch.
     pub requested_ms: i64,
+    /// In a fleet: the worker asking (its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// In a fleet: its planner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<SessionId>,
+    /// When nobody has answered by then (ms since the epoch), the fleet's
+    /// escalation denies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalates_ms: Option<i64>,
 }
 
 /// `GET /v1/approvals`

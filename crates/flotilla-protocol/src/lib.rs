@@ -225,6 +225,10 @@ pub struct FleetSpec {
     /// Workers spawned in the whole tree over the run.
     #[serde(default = "FleetSpec::default_max_total")]
     pub max_total: u32,
+    /// Seconds a worker's approval waits for a person before the fleet's
+    /// escalation denies it (so nothing hangs silently).
+    #[serde(default = "FleetSpec::default_approval_timeout")]
+    pub approval_timeout_secs: u64,
 }
 
 impl FleetSpec {
@@ -237,6 +241,9 @@ impl FleetSpec {
     fn default_max_total() -> u32 {
         1000
     }
+    fn default_approval_timeout() -> u64 {
+        600
+    }
 }
 
 impl Default for FleetSpec {
@@ -247,6 +254,7 @@ impl Default for FleetSpec {
             max_workers: Self::default_max_workers(),
             max_depth: Self::default_max_depth(),
             max_total: Self::default_max_total(),
+            approval_timeout_secs: Self::default_approval_timeout(),
         }
     }
 }
