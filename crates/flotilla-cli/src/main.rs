@@ -190,6 +190,12 @@ struct RunArgs {
     /// approvals`) before it is denied, so no worker hangs silently.
     #[arg(long, value_name = "SECS", default_value_t = 600, requires = "planner")]
     approval_timeout: u64,
+    /// Tokens the whole fleet may use; past it every agent is cancelled.
+    #[arg(long, value_name = "N", requires = "planner")]
+    max_tokens: Option<u64>,
+    /// US dollars the whole fleet may spend (models priced in [prices]).
+    #[arg(long, value_name = "USD", requires = "planner")]
+    max_cost: Option<f64>,
 }
 
 #[derive(Args)]
@@ -478,6 +484,8 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         max_depth: args.max_depth,
         max_total: args.max_total,
         approval_timeout_secs: args.approval_timeout,
+        max_tokens: args.max_tokens,
+        max_cost_usd: args.max_cost,
     });
     let base_url_var = base_url_var(&paths, args.model.as_deref().or(args.planner.as_deref()));
     // A role names its own endpoint; the shell's applies to an explicit model.

@@ -618,3 +618,64 @@ fn an_unanswered_worker_approval_escalates() {
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list["approvals"].as_array().unwrap().is_empty());
 }
+
+/// Three workers that would read for thirty turns each; the fleet may use
+/// 6,000 tokens. Past it the planner and every worker are cancelled, and
+/// the model is asked nothing more.
+#[test]
+fn a_fleet_over_its_budget_stops_as_a_whole() {
+    let reader: Vec<Step> = (0..30)
+        .map(|_| Step::tool("read_file", json!({"path": "README.md"})))
+        .chain(std::iter::once(Step::finish("read a lot")))
+        .collect();
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![
+                        spawn("r1", "read"),
+                        spawn("r2", "read"),
+                        spawn("r3", "read"),
+                    ]),
+                    Step::tool("wait_agents", json!({"timeout_secs": 120})),
+                    Step::finish("never"),
+                ],
+            )
+            .with("r1", reader.clone())
+            .with("r2", reader.clone())
+            .with("r3", reader),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &["--max-tokens", "6000"]);
+    assert_eq!(env.wait_state(&pid, 60), "cancelled");
+    let all = sessions(&env);
+    let workers: Vec<&Value> = all.iter().filter(|s| s["parent"] == pid.as_str()).collect();
+    assert_eq!(workers.len(), 3);
+    let mut tokens = 0;
+    for s in all.iter() {
+        tokens += s["prompt_tokens"].as_u64().unwrap() + s["completion_tokens"].as_u64().unwrap();
+    }
+    for w in &workers {
+        assert_eq!(
+            env.wait_state(w["id"].as_str().unwrap(), 30),
+            "cancelled",
+            "{w}"
+        );
+    }
+    let by = env
+        .events(&pid)
+        .into_iter()
+        .find(|e| e["event"]["type"] == "cancel_requested")
+        .unwrap();
+    assert!(
+        by["event"]["by"].as_str().unwrap().contains("budget"),
+        "{by}"
+    );
+    // Stopped early, and for good: far fewer than the 93 requests the
+    // scripts hold, and none after the stop.
+    let asked = env.mock.request_count();
+    assert!(asked < 60, "{asked} requests, {tokens} tokens");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.mock.request_count(), asked);
+}

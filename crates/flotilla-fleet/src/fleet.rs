@@ -277,6 +277,83 @@ impl Supervisor {
         })))
     }
 
+    /// Starts (once) the task that stops a fleet past its budget: after
+    /// each model answer of a fleet agent, the tree's tokens and cost are
+    /// summed; past the planner's `max_tokens` or `max_cost_usd`, the
+    /// planner is cancelled, and with it every worker.
+    pub(crate) fn watch_budgets(self: &Arc<Self>) {
+        if self.budget_watch.set(()).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let mut feed = self.store.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = match feed.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if !matches!(event.event, EventKind::ModelResponded { .. }) {
+                    continue;
+                }
+                let Some(sup) = me.upgrade() else { break };
+                if let Err(e) = sup.check_budget(&event.session).await {
+                    tracing::warn!(session = %event.session, error = %e, "checking a fleet's budget failed");
+                }
+            }
+        });
+    }
+
+    async fn check_budget(self: &Arc<Self>, session: &SessionId) -> Result<(), FleetError> {
+        let Some(root) = self.store.session(session).await?.and_then(|s| s.root) else {
+            return Ok(());
+        };
+        let root_events = self.store.events(&root, 0, 1).await?;
+        let Some(spec) = link_of(&root_events).and_then(|l| l.spec) else {
+            return Ok(());
+        };
+        if spec.max_tokens.is_none() && spec.max_cost_usd.is_none() {
+            return Ok(());
+        }
+        let tree = self.store.fleet_tree(&root).await?;
+        if tree.iter().all(|s| s.state.is_terminal()) {
+            return Ok(());
+        }
+        let tokens: u64 = tree
+            .iter()
+            .map(|s| s.prompt_tokens + s.completion_tokens)
+            .sum();
+        let cost: f64 = tree.iter().map(|s| s.cost_usd).sum();
+        let why = match (spec.max_tokens, spec.max_cost_usd) {
+            (Some(max), _) if tokens > max => {
+                format!("the fleet's budget: {tokens} tokens used of {max}")
+            }
+            (_, Some(max)) if cost > max => {
+                format!("the fleet's budget: ${cost:.4} spent of ${max:.4}")
+            }
+            _ => return Ok(()),
+        };
+        let first = self
+            .over_budget
+            .lock()
+            .map(|mut s| s.insert(root.clone()))
+            .unwrap_or(false);
+        if first {
+            tracing::info!(fleet = %root, %why, "fleet over budget: cancelling it");
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = me.cancel(&root, &why).await {
+                    tracing::warn!(fleet = %root, error = %e, "cancelling a fleet over budget failed");
+                }
+                if let Ok(mut s) = me.over_budget.lock() {
+                    s.remove(&root);
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// How a worker's approvals are tagged and escalated: after the fleet's
     /// timeout, denied as `escalation` (a no-op if a person answered).
     pub(crate) async fn worker_approvals(

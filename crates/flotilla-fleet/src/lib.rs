@@ -285,6 +285,10 @@ pub struct Supervisor {
     /// Held while a fleet worker is checked against the tree's limits and
     /// recorded.
     spawning: tokio::sync::Mutex<()>,
+    /// The fleets' budget watcher runs (started with the first fleet).
+    budget_watch: OnceLock<()>,
+    /// Fleets being stopped for their budget.
+    over_budget: Mutex<std::collections::HashSet<SessionId>>,
     /// Machine slots held by running loops.
     slots: Slots,
     store: Store,
@@ -362,6 +366,8 @@ impl Supervisor {
         Arc::new(Supervisor {
             placing: tokio::sync::Mutex::new(()),
             spawning: tokio::sync::Mutex::new(()),
+            budget_watch: OnceLock::new(),
+            over_budget: Mutex::new(std::collections::HashSet::new()),
             slots: Arc::new(Mutex::new(HashMap::new())),
             store,
             config,
@@ -818,6 +824,9 @@ impl Supervisor {
         } = session_origin(&self.store, id).await?;
         // A worker's policy is its own intersected with every ancestor's.
         let ancestors = self.ancestor_permissions(fleet.as_deref()).await?;
+        if fleet.is_some() {
+            self.watch_budgets();
+        }
         let host_tools = self.fleet_tools(id, fleet.as_deref()).await?;
         let client = spec.and_then(|s| {
             let primary = ModelRoute {

@@ -207,7 +207,7 @@ impl PolicyVerdict {
 
 /// A planner's fleet: what its workers get unless `spawn_agent` narrows
 /// it, and the limits of the whole tree.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSpec {
     /// Model spec of the workers (`--workers`); the planner's when absent.
@@ -229,6 +229,13 @@ pub struct FleetSpec {
     /// escalation denies it (so nothing hangs silently).
     #[serde(default = "FleetSpec::default_approval_timeout")]
     pub approval_timeout_secs: u64,
+    /// Tokens (prompt and completion) the whole tree may use; past it, the
+    /// planner and every worker are cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// US dollars the whole tree may spend (answers of priced models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 impl FleetSpec {
@@ -255,13 +262,15 @@ impl Default for FleetSpec {
             max_depth: Self::default_max_depth(),
             max_total: Self::default_max_total(),
             approval_timeout_secs: Self::default_approval_timeout(),
+            max_tokens: None,
+            max_cost_usd: None,
         }
     }
 }
 
 /// Where an agent sits in a fleet. A planner (the root) carries the spec;
 /// a worker carries its parent, its root and its name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FleetLink {
     /// Set on the root: the fleet's settings and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
