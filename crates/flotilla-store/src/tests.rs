@@ -271,3 +271,105 @@ async fn a_version_1_database_gains_the_cost_column_and_keeps_its_events() {
     assert_eq!(v, SCHEMA_VERSION);
     assert!(store.verify_session(&id).await.unwrap().broken.is_none());
 }
+
+/// Version 3 had no fleet columns: they are added (empty), and a fleet's
+/// tree is projected from `SessionCreated`, also when rebuilt.
+#[tokio::test]
+async fn a_version_3_database_gains_the_fleet_tree() {
+    use flotilla_protocol::{FleetLink, FleetSpec, ParentLink};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    let old = SessionId::generate();
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        store.append(&old, vec![created("t")]).await.unwrap();
+        store.close();
+    }
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX sessions_by_root; ALTER TABLE sessions DROP COLUMN parent; \
+             ALTER TABLE sessions DROP COLUMN root; ALTER TABLE sessions DROP COLUMN name; \
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let info = store.session(&old).await.unwrap().unwrap();
+    assert_eq!((info.parent, info.root, info.name), (None, None, None));
+    let planner = SessionId::generate();
+    let worker = SessionId::generate();
+    let with_fleet = |fleet: FleetLink| match created("t") {
+        EventKind::SessionCreated {
+            task,
+            model,
+            workspace,
+            base_url,
+            limits,
+            principal,
+            permissions,
+            role,
+            fallbacks,
+            machine,
+            ..
+        } => EventKind::SessionCreated {
+            task,
+            model,
+            workspace,
+            base_url,
+            limits,
+            principal,
+            permissions,
+            role,
+            fallbacks,
+            machine,
+            fleet: Some(Box::new(fleet)),
+        },
+        other => other,
+    };
+    store
+        .append(
+            &planner,
+            vec![with_fleet(FleetLink {
+                spec: Some(FleetSpec::default()),
+                parent: None,
+            })],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &worker,
+            vec![with_fleet(FleetLink {
+                spec: None,
+                parent: Some(ParentLink {
+                    parent: planner.clone(),
+                    root: planner.clone(),
+                    depth: 1,
+                    name: "w1".into(),
+                    branch: None,
+                    base: None,
+                }),
+            })],
+        )
+        .await
+        .unwrap();
+    let check = |tree: Vec<flotilla_protocol::SessionInfo>| {
+        assert_eq!(tree.len(), 2);
+        assert_eq!(tree[0].id, planner);
+        assert_eq!(tree[0].root.as_ref(), Some(&planner));
+        assert_eq!(tree[0].parent, None);
+        assert_eq!(tree[1].id, worker);
+        assert_eq!(tree[1].parent.as_ref(), Some(&planner));
+        assert_eq!(tree[1].name.as_deref(), Some("w1"));
+    };
+    check(store.fleet_tree(&planner).await.unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE sessions SET parent = NULL, root = NULL, name = NULL",
+        [],
+    )
+    .unwrap();
+    store.rebuild_projections().await.unwrap();
+    check(store.fleet_tree(&planner).await.unwrap());
+}
