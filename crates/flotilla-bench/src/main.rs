@@ -27,6 +27,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod daemon;
+mod fleet;
 mod gguf;
 mod idle_rss;
 mod peers;
@@ -50,6 +51,8 @@ const DEFAULT_THROUGHPUT_TURNS: u32 = 50;
 const DEFAULT_IDLE_SESSIONS: u32 = 1000;
 /// Default audit records of the `audit` benchmark.
 const DEFAULT_AUDIT_RECORDS: u64 = 1_000_000;
+/// Default workers of the `fleet` benchmark.
+const DEFAULT_FLEET_WORKERS: u32 = 1000;
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +79,9 @@ struct Cli {
     /// next to this executable).
     #[arg(long, global = true)]
     flotilla: Option<PathBuf>,
+    /// Workers the planner of `fleet` starts (default 1,000).
+    #[arg(long, global = true)]
+    workers: Option<u32>,
     /// Audit records to fill for `audit` (default 1,000,000).
     #[arg(long, global = true)]
     records: Option<u64>,
@@ -101,6 +107,9 @@ enum Bench {
     Gguf,
     /// (h) Audit log: filtered pages, verify, export (1,000,000 records).
     Audit,
+    /// (i) A planner fans out to 1,000 workers: spawn-to-first-request
+    /// latency and memory per live worker.
+    Fleet,
     /// All of the above (the default).
     All,
 }
@@ -157,6 +166,18 @@ async fn run(cli: Cli) -> Result<()> {
     if wants(Bench::Gguf) {
         progress("(g) gguf");
         figures.push(tokio::task::spawn_blocking(gguf::run).await??);
+    }
+    if wants(Bench::Fleet) {
+        progress("(i) fleet");
+        figures.extend(
+            fleet::run(
+                fleet::FleetOptions {
+                    workers: cli.workers.unwrap_or(DEFAULT_FLEET_WORKERS),
+                },
+                &progress,
+            )
+            .await?,
+        );
     }
     if wants(Bench::Audit) {
         figures.extend(

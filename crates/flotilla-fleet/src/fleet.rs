@@ -701,32 +701,43 @@ impl Supervisor {
         // Subscribed before the first look, so no ending is missed.
         let mut feed = self.store.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        let wanted: std::collections::HashSet<SessionId> = targets.iter().cloned().collect();
         let (done, pending) = loop {
-            let mut done = Vec::new();
-            let mut pending = Vec::new();
-            for id in &targets {
-                let info = self.get(id).await.map_err(|e| e.to_string())?;
-                if info.state.is_terminal() {
-                    done.push(info);
-                } else {
-                    pending.push(info);
-                }
-            }
+            // One read of the tree per look, however many workers.
+            let tree = self
+                .store
+                .fleet_tree(&place.root)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (done, pending): (Vec<SessionInfo>, Vec<SessionInfo>) = tree
+                .into_iter()
+                .filter(|s| wanted.contains(&s.id))
+                .partition(|s| s.state.is_terminal());
             if pending.is_empty() || (any && !done.is_empty()) {
                 break (done, pending);
             }
-            // Wake on any state change of the tree (or a lag), else recheck.
-            let woke = tokio::select! {
-                _ = stop.cancelled() => return Err("the wait was stopped: this session is stopping".into()),
-                _ = tokio::time::sleep_until(deadline) => false,
-                r = feed.recv() => match r {
-                    Ok(e) => matches!(e.event, EventKind::StateChanged { .. }),
-                    Err(_) => true,
-                },
+            // Sleep until one of them changes state (or the feed lagged),
+            // then take every change already queued before looking again.
+            let relevant = |r: &Result<
+                Arc<flotilla_protocol::Event>,
+                tokio::sync::broadcast::error::RecvError,
+            >| match r {
+                Ok(e) => {
+                    matches!(e.event, EventKind::StateChanged { .. }) && wanted.contains(&e.session)
+                }
+                Err(_) => true,
             };
-            if !woke && tokio::time::Instant::now() >= deadline {
+            let woke = loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Err("the wait was stopped: this session is stopping".into()),
+                    _ = tokio::time::sleep_until(deadline) => break false,
+                    r = feed.recv() => if relevant(&r) { break true },
+                }
+            };
+            if !woke {
                 break (done, pending);
             }
+            while feed.try_recv().is_ok() {}
         };
         let mut out = String::new();
         for info in &done {
