@@ -175,7 +175,7 @@ pub async fn run(opts: FleetOptions, progress: &dyn Fn(&str)) -> Result<Vec<Figu
     let dir = tempfile::Builder::new().prefix("flb-fleet").tempdir()?;
     let ws = dir.path().join("ws");
     std::fs::create_dir_all(&ws)?;
-    let store = Store::open(&dir.path().join("fleet.db"), StoreOptions::default())?;
+    let store = Store::open(dir.path().join("fleet.db"), StoreOptions::default())?;
     let model = Arc::new(FleetModel {
         workers: n,
         first_request: Mutex::new(HashMap::new()),
