@@ -536,7 +536,7 @@ except OSError as e:
     let reqs = requests_of(&env, "planner");
     let merge = tool_messages(reqs.last().unwrap()).join("\n");
     assert!(
-        merge.contains("changes files that run later") && merge.contains(".envrc"),
+        merge.contains("does not merge for an agent") && merge.contains(".envrc (runs later)"),
         "{merge}"
     );
     for m in &marks {
@@ -678,4 +678,136 @@ fn a_fleet_over_its_budget_stops_as_a_whole() {
     assert!(asked < 60, "{asked} requests, {tokens} tokens");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.mock.request_count(), asked);
+}
+
+/// A worker writes, through an interpreter the policy cannot read, a git
+/// repository of its own inside its worktree (whose config names a clean
+/// filter, as `git add` would run for a modified submodule), and a file
+/// that runs later under a name git quotes (a tab in a folder name). The
+/// daemon's git runs nothing of the nested repository, and the merge is
+/// refused, naming the file.
+#[test]
+fn nested_repositories_and_quoted_names_do_not_get_past_the_merge() {
+    let mark = format!("/tmp/flotilla-pwned-{}-nested", std::process::id());
+    let _ = std::fs::remove_file(&mark);
+    let attack = format!(
+        r#"import os, subprocess
+g = ['git', '-c', 'user.name=w', '-c', 'user.email=w@w', '-c', 'commit.gpgsign=false']
+os.makedirs('sub')
+subprocess.run(g + ['init', '-q', 'sub'], check=True)
+subprocess.run(['git', '-C', 'sub', 'config', 'filter.evil.clean', 'touch {mark}; cat'], check=True)
+open('sub/.git/info/attributes', 'w').write('* filter=evil\n')
+open('sub/f', 'w').write('a\n')
+subprocess.run(g + ['-C', 'sub', 'add', 'f'], check=True)
+subprocess.run(g + ['-C', 'sub', 'commit', '-qm', 'i'], check=True)
+open('sub/f', 'w').write('b\n')
+os.makedirs('tab\there')
+open('tab\there/.envrc', 'w').write('echo planted\n')
+print('planted')
+"#
+    );
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![spawn("n", "go"), spawn("q", "go")]),
+                    Step::tool("wait_agents", json!({})),
+                    Step::tool("merge_worker", json!({"agent": "n"})),
+                    Step::tool("merge_worker", json!({"agent": "q"})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "n",
+                vec![
+                    Step::tool("write_file", json!({"path": "attack.py", "content": attack})),
+                    Step::tool("shell", json!({"command": "python3 attack.py && rm -rf 'tab\there'"})),
+                    Step::finish("planted"),
+                ],
+            )
+            .with(
+                "q",
+                vec![
+                    Step::tool(
+                        "write_file",
+                        json!({"path": "plant.py", "content": "import os\nos.makedirs('tab\\there')\nopen('tab\\there/.envrc', 'w').write('echo planted\\n')\n"}),
+                    ),
+                    Step::tool("shell", json!({"command": "python3 plant.py && rm plant.py"})),
+                    Step::finish("planted"),
+                ],
+            ),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let n_saw = last_tool_results(&env, "n").join("\n");
+    assert!(n_saw.contains("planted"), "the attack did not run: {n_saw}");
+    let reqs = requests_of(&env, "planner");
+    let waited = tool_messages(&reqs[2]).join("\n");
+    assert!(waited.contains("left a git repository"), "{waited}");
+    let merges = tool_messages(reqs.last().unwrap());
+    let merge_n = &merges[merges.len() - 2];
+    let merge_q = &merges[merges.len() - 1];
+    assert!(merge_n.contains("left a git repository"), "{merge_n}");
+    assert!(
+        merge_q.contains("does not merge for an agent")
+            && merge_q.contains("tab\there/.envrc (runs later)"),
+        "{merge_q}"
+    );
+    assert!(
+        !Path::new(&mark).exists(),
+        "the daemon ran the nested repository's filter"
+    );
+    assert!(!env.ws().join("tab\there").exists());
+    assert!(!env.ws().join("sub").exists());
+    assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+}
+
+/// The planner is a model too, and can write its repository's `.git`
+/// (all but hooks and config): it points `commondir` at a git folder of
+/// its own whose config names a smudge filter for every file. The daemon
+/// refuses to run git there at all.
+#[test]
+fn a_planner_cannot_redirect_the_daemons_git() {
+    let mark = format!("/tmp/flotilla-pwned-{}-commondir", std::process::id());
+    let _ = std::fs::remove_file(&mark);
+    let attack = format!(
+        r#"import shutil
+shutil.copytree('.git', '.g2', ignore=shutil.ignore_patterns('hooks'))
+open('.g2/config', 'a').write('[filter "evil"]\n\tsmudge = touch {mark}; cat\n')
+open('.g2/info/attributes', 'w').write('* filter=evil\n')
+open('.git/commondir', 'w').write('../.g2\n')
+print('redirected')
+"#
+    );
+    let env = Env::new(Script::new().with(
+        "planner",
+        vec![
+            Step::tool(
+                "write_file",
+                json!({"path": "attack.py", "content": attack}),
+            ),
+            Step::tool("shell", json!({"command": "python3 attack.py"})),
+            Step::tool("spawn_agent", json!({"name": "w", "task": "[script:w] go"})),
+            Step::finish("done"),
+        ],
+    ));
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let saw = last_tool_results(&env, "planner");
+    assert!(
+        saw[1].contains("redirected"),
+        "the attack did not run: {saw:?}"
+    );
+    assert!(
+        saw[2].contains("commondir file") && saw[2].contains("refusing"),
+        "{saw:?}"
+    );
+    assert!(
+        !Path::new(&mark).exists(),
+        "the daemon ran the planner's git config"
+    );
+    assert!(sessions(&env).iter().all(|s| s["name"] != "w"));
 }

@@ -55,6 +55,8 @@ pub(crate) struct FleetTools {
 
 /// How long `wait_agents` waits unless told (seconds).
 const DEFAULT_WAIT_SECS: u64 = 600;
+/// The longest one `wait_agents` waits (a day).
+const MAX_WAIT_SECS: u64 = 86_400;
 /// The longest a report's final answer may be in the planner's context.
 const MAX_REPORT_CHARS: usize = 4000;
 
@@ -157,7 +159,7 @@ impl HostTools for FleetTools {
                 };
             };
             let result = match name.as_str() {
-                "spawn_agent" => sup.spawn_agent(&place, &args).await,
+                "spawn_agent" => sup.spawn_agent(&place, &args, &stop).await,
                 "wait_agents" => sup.wait_agents(&place, &args, stop).await,
                 "list_agents" => sup.list_agents(&place).await,
                 "cancel_agent" => sup.cancel_agent(&place, &args).await,
@@ -443,7 +445,12 @@ impl Supervisor {
             })
     }
 
-    async fn spawn_agent(self: &Arc<Self>, place: &Place, args: &str) -> Result<String, String> {
+    async fn spawn_agent(
+        self: &Arc<Self>,
+        place: &Place,
+        args: &str,
+        stop: &CancellationToken,
+    ) -> Result<String, String> {
         let args: SpawnArgs = parse("spawn_agent", args)?;
         if args.task.trim().is_empty() {
             return Err("the task is empty: say what the worker should do".into());
@@ -458,8 +465,12 @@ impl Supervisor {
         let origin = session_origin(&self.store, &place.me)
             .await
             .map_err(|e| e.to_string())?;
-        // One spawn at a time per daemon: the limits below count the tree.
+        // One spawn at a time per daemon: the limits below count the tree,
+        // and a cancel snapshots the tree under the same lock.
         let _spawning = self.spawning.lock().await;
+        if stop.is_cancelled() {
+            return Err("this agent is stopping: it starts no more workers".into());
+        }
         let tree = self
             .store
             .fleet_tree(&place.root)
@@ -508,6 +519,15 @@ impl Supervisor {
             ))
             }
         };
+        // Only the planner's checkout is the user's repository; a worker's
+        // worktree (whose `.git` it can rewrite) never has git run over it
+        // as a repository of its own.
+        if !shared && place.depth > 0 {
+            return Err(
+                "only the planner gives workers their own worktrees: a worker's workers use workspace: shared"
+                    .into(),
+            );
+        }
         let mine = self.effective_mode(&place.me);
         let mode = match (&args.mode, shared) {
             (_, true) => Some("plan".to_owned()),
@@ -686,7 +706,11 @@ impl Supervisor {
             Some("any") => true,
             Some(other) => return Err(format!("mode {other:?}: use all or any")),
         };
-        let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(DEFAULT_WAIT_SECS).max(1));
+        let timeout = Duration::from_secs(
+            args.timeout_secs
+                .unwrap_or(DEFAULT_WAIT_SECS)
+                .clamp(1, MAX_WAIT_SECS),
+        );
         let children = self.children(place).await?;
         if children.is_empty() {
             return Err("you have no workers: start some with spawn_agent".into());
@@ -696,7 +720,19 @@ impl Supervisor {
             targets.push(self.find_child(place, who).await?.id);
         }
         if targets.is_empty() {
-            targets = children.iter().map(|c| c.id.clone()).collect();
+            // By default, the workers not reported yet by an earlier wait.
+            let reported = self.reported(&place.me).await?;
+            targets = children
+                .iter()
+                .filter(|c| !reported.contains(&c.id))
+                .map(|c| c.id.clone())
+                .collect();
+            if targets.is_empty() {
+                return Err(
+                    "every worker has been reported already: name the agents to wait for, or spawn more"
+                        .into(),
+                );
+            }
         }
         // Subscribed before the first look, so no ending is missed.
         let mut feed = self.store.subscribe();
@@ -751,6 +787,43 @@ impl Supervisor {
                 timeout.as_secs(),
                 names.join(", ")
             ));
+        }
+        Ok(out)
+    }
+
+    /// Workers an earlier `wait_agents` of this agent reported, read from
+    /// its log (each report starts `## NAME (SESSION): STATE`), so that the
+    /// default survives a restart.
+    async fn reported(
+        &self,
+        me: &SessionId,
+    ) -> Result<std::collections::HashSet<SessionId>, String> {
+        let events = flotilla_agent::load_all(&self.store, me)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut waits = std::collections::HashSet::new();
+        let mut out = std::collections::HashSet::new();
+        for e in &events {
+            match &e.event {
+                EventKind::ToolProposed { call } if call.name == "wait_agents" => {
+                    waits.insert(call.id.clone());
+                }
+                EventKind::ToolFinished {
+                    call_id,
+                    output,
+                    is_error: false,
+                    ..
+                } if waits.contains(call_id) => {
+                    for line in output.lines().filter(|l| l.starts_with("## ")) {
+                        let id = line
+                            .split_once(" (")
+                            .and_then(|(_, rest)| rest.split_once(')'))
+                            .and_then(|(id, _)| SessionId::parse(id).ok());
+                        out.extend(id);
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(out)
     }
@@ -838,6 +911,9 @@ impl Supervisor {
 
     async fn merge_worker(&self, place: &Place, args: &str) -> Result<String, String> {
         let args: AgentArg = parse("merge_worker", args)?;
+        if place.depth > 0 {
+            return Err("only the planner merges workers' branches".into());
+        }
         let child = self.find_child(place, &args.agent).await?;
         if child.state != SessionState::Completed {
             return Err(format!(
@@ -880,8 +956,10 @@ struct Worktree {
 }
 
 /// `git` as the daemon runs it: no hooks, no fsmonitor, no prompts, no
-/// pager, no user or system config that could name a program, and an
-/// identity for its commits.
+/// pager, no user or system config that could name a program, no
+/// background maintenance, and an identity for its commits. The caller
+/// names the repository (`--git-dir`, `--work-tree`): git never discovers
+/// one from a folder an agent can write.
 fn git(dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new("git");
     cmd.current_dir(dir)
@@ -890,6 +968,12 @@ fn git(dir: &Path) -> std::process::Command {
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_COMMON_DIR")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+        .env_remove("GIT_CONFIG_PARAMETERS")
+        .env_remove("GIT_CONFIG_COUNT")
         .args([
             "-c",
             "core.hooksPath=/dev/null",
@@ -897,6 +981,14 @@ fn git(dir: &Path) -> std::process::Command {
             "core.fsmonitor=false",
             "-c",
             "core.pager=cat",
+            "-c",
+            "core.quotePath=false",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "submodule.recurse=false",
             "-c",
             "user.name=flotilla",
             "-c",
@@ -920,15 +1012,110 @@ fn run(cmd: &mut std::process::Command) -> Result<String, String> {
     }
 }
 
+/// The planner's git folder, as the daemon trusts it: `<repo>/.git` must
+/// be a plain folder (not a file: a linked worktree; not a symlink), with
+/// no `commondir` file, which would send git (and its config) elsewhere.
+/// An agent that can write the repository's `.git` could otherwise point
+/// the daemon's git at a config of its own.
+fn trusted_gitdir(repo: &Path) -> Result<PathBuf, String> {
+    let gitdir = repo.join(".git");
+    match std::fs::symlink_metadata(&gitdir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a plain folder (a linked worktree, a submodule or a redirect): fleets run from a repository's main checkout",
+                gitdir.display()
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "{} is not the top of a git repository: workers get worktrees of it (run git init and commit, or use workspace: shared)",
+                repo.display()
+            ))
+        }
+    }
+    if std::fs::symlink_metadata(gitdir.join("commondir")).is_ok() {
+        return Err(format!(
+            "{} has a commondir file, which points git at another repository: refusing to run git there",
+            gitdir.display()
+        ));
+    }
+    Ok(gitdir)
+}
+
+/// `git` for the planner's repository, named explicitly.
+fn git_repo(repo: &Path) -> Result<std::process::Command, String> {
+    let gitdir = trusted_gitdir(repo)?;
+    let mut cmd = git(repo);
+    cmd.arg("--git-dir")
+        .arg(&gitdir)
+        .arg("--work-tree")
+        .arg(repo);
+    Ok(cmd)
+}
+
 /// The worktree's admin folder inside the main repository: what the
 /// daemon uses as `GIT_DIR` for it, whatever the worktree's own `.git`
-/// file says now (the worker can write that file).
+/// file says now (the worker can write that file). Its `commondir` must be
+/// what git writes, `../..`.
 fn admin_dir(repo: &Path, path: &Path) -> Result<PathBuf, String> {
-    let common = run(git(repo).args(["rev-parse", "--path-format=absolute", "--git-common-dir"]))?;
     let base = path
         .file_name()
         .ok_or_else(|| format!("{} has no name", path.display()))?;
-    Ok(PathBuf::from(common.trim()).join("worktrees").join(base))
+    let admin = trusted_gitdir(repo)?.join("worktrees").join(base);
+    match std::fs::symlink_metadata(&admin) {
+        Ok(m) if m.is_dir() => {}
+        _ => {
+            return Err(format!(
+                "{} is not a worktree's admin folder",
+                admin.display()
+            ))
+        }
+    }
+    let common = std::fs::read_to_string(admin.join("commondir")).unwrap_or_default();
+    if common.trim_end_matches('\n') != "../.." {
+        return Err(format!(
+            "{} points git at {:?}, not at its repository: refusing to run git there",
+            admin.join("commondir").display(),
+            common.trim()
+        ));
+    }
+    Ok(admin)
+}
+
+/// A nested `.git` below the worktree's top (a repository or a gitlink of
+/// the worker's making) would have git run that repository's own config
+/// (`git add` looks into submodules). Nothing of the kind is allowed.
+fn no_nested_git(top: &Path) -> Result<(), String> {
+    let mut stack = vec![top.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            seen += 1;
+            if seen > 1_000_000 {
+                return Err(format!("{} holds over a million files", top.display()));
+            }
+            let name = entry.file_name();
+            let is_git = name.to_string_lossy().eq_ignore_ascii_case(".git");
+            if is_git && dir != top {
+                return Err(format!(
+                    "the worker left a git repository at {}: flotilla does not run git over it",
+                    entry.path().display()
+                ));
+            }
+            // Not followed: a symlink is content, never a folder to walk.
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+            if kind.is_dir() && !is_git {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `git` for a worktree, with its admin folder and work tree named.
@@ -942,36 +1129,28 @@ fn git_in(wt: &Worktree) -> Result<std::process::Command, String> {
     Ok(cmd)
 }
 
+/// Stages everything the worker did, after checking the worktree.
+fn stage(wt: &Worktree) -> Result<(), String> {
+    no_nested_git(&wt.path)?;
+    run(git_in(wt)?.args(["add", "--all"])).map(|_| ())
+}
+
 /// Creates the worktree at `path` on a new `branch` from the repository's
 /// HEAD; returns that commit.
 fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<String, String> {
-    let top = run(git(repo).args(["rev-parse", "--show-toplevel"])).map_err(|_| {
-        format!(
-            "{} is not a git repository: workers get worktrees of it (run git init and commit, or use workspace: shared)",
-            repo.display()
-        )
-    })?;
-    let top = PathBuf::from(top.trim());
-    let same = top.canonicalize().ok() == repo.canonicalize().ok();
-    if !same {
-        return Err(format!(
-            "{} is inside the repository {}, not its top: start the planner at the repository's top",
-            repo.display(),
-            top.display()
-        ));
-    }
-    let base = run(git(repo).args(["rev-parse", "--verify", "HEAD^{commit}"])).map_err(|_| {
-        format!(
-            "{} has no commit yet: commit first, workers start from your last commit",
-            repo.display()
-        )
-    })?;
+    let base =
+        run(git_repo(repo)?.args(["rev-parse", "--verify", "HEAD^{commit}"])).map_err(|_| {
+            format!(
+                "{} has no commit yet: commit first, workers start from your last commit",
+                repo.display()
+            )
+        })?;
     let base = base.trim().to_owned();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    run(git(repo)
+    run(git_repo(repo)?
         .args(["worktree", "add", "--quiet", "-b", branch])
         .arg(path)
         .arg(&base))?;
@@ -990,8 +1169,76 @@ fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<String, String
 /// work and new files included.
 fn diff_summary(wt: &Worktree, link: &ParentLink) -> Result<String, String> {
     let base = link.base.as_deref().unwrap_or("HEAD");
-    run(git_in(wt)?.args(["add", "--all"]))?;
+    stage(wt)?;
     run(git_in(wt)?.args(["diff", "--cached", "--stat", base]))
+}
+
+/// Why a branch may not be merged by an agent: a file that runs later
+/// (added, changed or deleted), a nested repository (gitlink), or a
+/// symlink out of the repository. Reads `git diff --raw -z` (exact bytes,
+/// no quoting, no rename pairing that would hide the old name).
+fn unmergeable(repo: &Path, base: &str, branch: &str) -> Result<Vec<String>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let out = git_repo(repo)?
+        .args(["diff", "--raw", "-z", "--no-renames", "--no-abbrev"])
+        .arg(format!("{base}...{branch}"))
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let gate = flotilla_policy::gate::ExecLaterGate::new(&[]).map_err(|e| e.to_string())?;
+    let mut bad = Vec::new();
+    let mut fields = out.stdout.split(|b| *b == 0).filter(|f| !f.is_empty());
+    while let Some(meta) = fields.next() {
+        let Some(path) = fields.next() else { break };
+        let meta = String::from_utf8_lossy(meta);
+        // ":100644 100644 <old> <new> M"
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        let (dst_mode, dst_sha) = (
+            parts.get(1).copied().unwrap_or(""),
+            parts.get(3).copied().unwrap_or(""),
+        );
+        let rel = std::ffi::OsStr::from_bytes(path);
+        let shown = String::from_utf8_lossy(path).into_owned();
+        if gate.check(&repo.join(rel), None).is_some() {
+            bad.push(format!("{shown} (runs later)"));
+        } else if dst_mode == "160000" {
+            bad.push(format!("{shown} (a nested repository)"));
+        } else if dst_mode == "120000" {
+            let target = run(git_repo(repo)?.args(["cat-file", "blob", dst_sha]))?;
+            if link_escapes(Path::new(rel), Path::new(target.trim_end_matches('\n'))) {
+                bad.push(format!("{shown} (a symlink out of the repository)"));
+            }
+        }
+    }
+    Ok(bad)
+}
+
+/// Whether a symlink at `rel` (relative to the repository) whose target is
+/// `target` points outside the repository, read lexically.
+fn link_escapes(rel: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    if target.is_absolute() {
+        return true;
+    }
+    let mut depth = rel.parent().map(|p| p.components().count()).unwrap_or(0) as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Commits the worker's changes on its branch, then merges the branch into
@@ -1001,7 +1248,7 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
         .branch
         .as_deref()
         .ok_or_else(|| format!("{name} has no branch"))?;
-    run(git_in(wt)?.args(["add", "--all"]))?;
+    stage(wt)?;
     let staged = git_in(wt)?
         .args(["diff", "--cached", "--quiet"])
         .status()
@@ -1012,37 +1259,34 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
             .arg(format!("flotilla worker {name}: {task}")))?;
     }
     let base = link.base.as_deref().unwrap_or("HEAD");
-    let ahead = run(git(&wt.repo).args(["rev-list", "--count", &format!("{base}..{branch}")]))?;
+    let ahead =
+        run(git_repo(&wt.repo)?.args(["rev-list", "--count", &format!("{base}..{branch}")]))?;
     if ahead.trim() == "0" {
         return Ok(format!("{name} changed nothing: nothing to merge"));
     }
     // Files that run later (shell startup files, git and CI config, hooks,
     // .envrc...) always ask a person when an agent writes them; a merge
-    // must not carry them in unasked.
-    let changed = run(git(&wt.repo).args(["diff", "--name-only", &format!("{base}...{branch}")]))?;
-    let gate = flotilla_policy::gate::ExecLaterGate::new(&[]).map_err(|e| e.to_string())?;
-    let gated: Vec<&str> = changed
-        .lines()
-        .filter(|f| gate.check(&wt.repo.join(f), None).is_some())
-        .collect();
-    if !gated.is_empty() {
+    // must not carry them in unasked. Nor a nested repository, nor a
+    // symlink that leaves the repository.
+    let bad = unmergeable(&wt.repo, base, branch)?;
+    if !bad.is_empty() {
         return Err(format!(
-            "{name}'s branch {branch} changes files that run later ({}): flotilla does not merge those for an agent; a person must review and merge the branch",
-            gated.join(", ")
+            "{name}'s branch {branch} changes what flotilla does not merge for an agent: {}. A person must review and merge the branch",
+            bad.join(", ")
         ));
     }
-    let merged = git(&wt.repo)
+    let merged = git_repo(&wt.repo)?
         .args(["merge", "--no-ff", "--no-edit", "-m"])
         .arg(format!("merge flotilla worker {name}"))
         .arg(branch)
         .output()
         .map_err(|e| format!("cannot run git: {e}"))?;
     if merged.status.success() {
-        let stat = run(git(&wt.repo).args(["diff", "--stat", "HEAD^1", "HEAD"]))?;
+        let stat = run(git_repo(&wt.repo)?.args(["diff", "--stat", "HEAD^1", "HEAD"]))?;
         return Ok(format!("merged {name} ({branch}):\n{}", stat.trim_end()));
     }
-    let conflicts =
-        run(git(&wt.repo).args(["diff", "--name-only", "--diff-filter=U"])).unwrap_or_default();
+    let conflicts = run(git_repo(&wt.repo)?.args(["diff", "--name-only", "--diff-filter=U"]))
+        .unwrap_or_default();
     let conflicts: Vec<&str> = conflicts.lines().filter(|l| !l.is_empty()).collect();
     if conflicts.is_empty() {
         // Refused before starting (local changes in the way, ...).
@@ -1051,7 +1295,7 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
             String::from_utf8_lossy(&merged.stderr).trim()
         ));
     }
-    let _ = run(git(&wt.repo).args(["merge", "--abort"]));
+    let _ = run(git_repo(&wt.repo)?.args(["merge", "--abort"]));
     Err(format!(
         "merging {name} ({branch}) conflicts in: {}. The merge was aborted and your workspace is unchanged; decide: merge the others first, ask a worker to redo its change on top of yours, or edit the files yourself",
         conflicts.join(", ")

@@ -694,6 +694,9 @@ impl Supervisor {
                 .map_err(|e| FleetError::BadRequest(format!("checking grants failed: {e}")))?
                 .map_err(FleetError::BadRequest)?
         };
+        if let Some(f) = &req.fleet {
+            validate_fleet(f).map_err(FleetError::BadRequest)?;
+        }
         let id = SessionId::generate();
         let mut first = vec![EventKind::SessionCreated {
             task: req.task,
@@ -736,13 +739,32 @@ impl Supervisor {
         by: &str,
     ) -> Result<SessionInfo, FleetError> {
         let info = self.get(id).await?;
-        if info.state.is_terminal() {
-            return Ok(info);
-        }
-        // Cancelling an agent of a fleet cancels every agent it started,
-        // deepest first.
+        let live = !info.state.is_terminal();
+        // Stop this agent first (so it starts nothing more), then every
+        // agent below it, deepest first, then wait for its own end.
+        let token = if live {
+            self.store
+                .append_one(id, EventKind::CancelRequested { by: by.to_owned() })
+                .await?;
+            let token = self
+                .running
+                .lock()
+                .ok()
+                .and_then(|r| r.get(id).map(|r| r.cancel.clone()));
+            if let Some(t) = &token {
+                t.cancel();
+            }
+            token
+        } else {
+            None
+        };
         if let Some(root) = &info.root {
-            let tree = self.store.fleet_tree(root).await?;
+            // Taken under the spawning lock: a spawn either finished before
+            // (its worker is in the tree) or sees its agent stopping.
+            let tree = {
+                let _spawning = self.spawning.lock().await;
+                self.store.fleet_tree(root).await?
+            };
             let mut below: Vec<&SessionInfo> = Vec::new();
             let mut frontier = vec![id.clone()];
             while let Some(p) = frontier.pop() {
@@ -758,17 +780,11 @@ impl Supervisor {
                 }
             }
         }
-        self.store
-            .append_one(id, EventKind::CancelRequested { by: by.to_owned() })
-            .await?;
-        let token = self
-            .running
-            .lock()
-            .ok()
-            .and_then(|r| r.get(id).map(|r| r.cancel.clone()));
+        if !live {
+            return self.get(id).await;
+        }
         match token {
-            Some(t) => {
-                t.cancel();
+            Some(_) => {
                 // Wait for the loop to record the end, so the caller sees it.
                 let handle = self.running.lock().ok().and_then(|mut r| r.remove(id));
                 if let Some(running) = handle {
@@ -1253,6 +1269,30 @@ async fn session_origin(store: &Store, id: &SessionId) -> Result<Origin, StoreEr
         })
         .unwrap_or_default();
     Ok(Origin { grants, ..origin })
+}
+
+/// A fleet's settings within sane bounds (a tree deeper than 8 levels, a
+/// budget of zero, or a timeout past a week is a mistake, and a huge one
+/// would overflow a clock).
+fn validate_fleet(f: &flotilla_protocol::FleetSpec) -> Result<(), String> {
+    if !(1..=8).contains(&f.max_depth) {
+        return Err(format!("fleet max_depth {} must be 1 to 8", f.max_depth));
+    }
+    if f.max_workers == 0 || f.max_total == 0 {
+        return Err("fleet max_workers and max_total must be at least 1".into());
+    }
+    if !(1..=7 * 86_400).contains(&f.approval_timeout_secs) {
+        return Err("fleet approval_timeout_secs must be 1 s to 7 days".into());
+    }
+    if f.max_tokens == Some(0) {
+        return Err("fleet max_tokens must be positive".into());
+    }
+    if let Some(c) = f.max_cost_usd {
+        if !(c.is_finite() && c > 0.0) {
+            return Err("fleet max_cost_usd must be a positive number".into());
+        }
+    }
+    Ok(())
 }
 
 /// A session's command executor, built by the factory at the session's first

@@ -641,11 +641,16 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
     }
     // 3 -> 4: a fleet's tree (parent, root, name). Older sessions belong
     // to no fleet, so NULL is right.
+    // All three or none: a crash between them must not leave a table
+    // that has `parent` and lacks the others.
     if !has_column("parent")? {
-        conn.execute_batch(
-            "ALTER TABLE sessions ADD COLUMN parent TEXT; ALTER TABLE sessions ADD COLUMN root TEXT; ALTER TABLE sessions ADD COLUMN name TEXT;",
-        )
-        .map_err(sql)?;
+        let added = conn.execute_batch(
+            "BEGIN IMMEDIATE; ALTER TABLE sessions ADD COLUMN parent TEXT; ALTER TABLE sessions ADD COLUMN root TEXT; ALTER TABLE sessions ADD COLUMN name TEXT; COMMIT;",
+        );
+        if let Err(e) = added {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(sql(e));
+        }
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS sessions_by_root ON sessions (root, created_ms);",
