@@ -495,7 +495,18 @@ impl Loop {
         self.flush().await?;
         let started = Instant::now();
         let outcome = match host {
-            Some(h) => h.call(&call.name, &call.arguments, self.stop.clone()).await,
+            // Raced against the stop: a host tool that does not return (a
+            // wait, a stuck git) never holds up a cancel.
+            Some(h) => {
+                let stop = self.stop.clone();
+                tokio::select! {
+                    outcome = h.call(&call.name, &call.arguments, stop.clone()) => outcome,
+                    _ = stop.cancelled() => ToolOutcome::Output {
+                        text: format!("error: {} was stopped: the session is stopping", call.name),
+                        is_error: true,
+                    },
+                }
+            }
             None => tools::run_tool(&self.tool_ctx, &call.name, &call.arguments).await,
         };
         let duration_ms = started.elapsed().as_millis() as u64;

@@ -486,6 +486,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         approval_timeout_secs: args.approval_timeout,
         max_tokens: args.max_tokens,
         max_cost_usd: args.max_cost,
+        repo_config: None,
     });
     let base_url_var = base_url_var(&paths, args.model.as_deref().or(args.planner.as_deref()));
     // A role names its own endpoint; the shell's applies to an explicit model.

@@ -651,7 +651,8 @@ fn a_fleet_over_its_budget_stops_as_a_whole() {
     assert_eq!(env.wait_state(&pid, 60), "cancelled");
     let all = sessions(&env);
     let workers: Vec<&Value> = all.iter().filter(|s| s["parent"] == pid.as_str()).collect();
-    assert_eq!(workers.len(), 3);
+    // The budget may stop the planner before its third spawn.
+    assert!((1..=3).contains(&workers.len()), "{workers:?}");
     let mut tokens = 0;
     for s in all.iter() {
         tokens += s["prompt_tokens"].as_u64().unwrap() + s["completion_tokens"].as_u64().unwrap();
@@ -801,8 +802,56 @@ print('redirected')
         saw[1].contains("redirected"),
         "the attack did not run: {saw:?}"
     );
+    // The daemon's git names its common folder itself: the redirect is
+    // ignored, the worker starts from the real repository.
+    assert!(saw[2].contains("spawned worker w"), "{saw:?}");
     assert!(
-        saw[2].contains("commondir file") && saw[2].contains("refusing"),
+        !Path::new(&mark).exists(),
+        "the daemon ran the planner's git config"
+    );
+}
+
+/// A planner whose workspace is not a repository when the fleet starts
+/// makes one, with a config of its own (the sandbox protects `.git/config`
+/// only when it exists): the daemon refuses to run git there.
+#[test]
+fn a_planner_cannot_make_the_repository_the_daemon_runs_git_in() {
+    let mark = format!("/tmp/flotilla-pwned-{}-init", std::process::id());
+    let _ = std::fs::remove_file(&mark);
+    let attack = format!(
+        r#"import subprocess
+g = ['git', '-c', 'user.name=p', '-c', 'user.email=p@p', '-c', 'commit.gpgsign=false']
+subprocess.run(g + ['init', '-q', '-b', 'main'], check=True)
+subprocess.run(['git', 'config', 'filter.evil.smudge', 'touch {mark}; cat'], check=True)
+open('.git/info/attributes', 'w').write('* filter=evil\n')
+open('f', 'w').write('x\n')
+subprocess.run(g + ['add', 'f'], check=True)
+subprocess.run(g + ['commit', '-qm', 'i'], check=True)
+print('made a repository')
+"#
+    );
+    let env = Env::new(Script::new().with(
+        "planner",
+        vec![
+            Step::tool(
+                "write_file",
+                json!({"path": "attack.py", "content": attack}),
+            ),
+            Step::tool("shell", json!({"command": "python3 attack.py"})),
+            Step::tool("spawn_agent", json!({"name": "w", "task": "[script:w] go"})),
+            Step::finish("done"),
+        ],
+    ));
+    // No repository at the start.
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let saw = last_tool_results(&env, "planner");
+    assert!(
+        saw[1].contains("made a repository"),
+        "the attack did not run: {saw:?}"
+    );
+    assert!(
+        saw[2].contains("was not a git repository") && saw[2].contains("when the fleet started"),
         "{saw:?}"
     );
     assert!(

@@ -467,7 +467,8 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         // One spawn at a time per daemon: the limits below count the tree,
         // and a cancel snapshots the tree under the same lock.
-        let _spawning = self.spawning.lock().await;
+        let lock = self.fleet_lock(&place.root);
+        let _spawning = lock.lock().await;
         if stop.is_cancelled() {
             return Err("this agent is stopping: it starts no more workers".into());
         }
@@ -634,7 +635,10 @@ impl Supervisor {
             let dir = self.config.worktrees_dir.clone().ok_or_else(|| {
                 "this daemon has no folder for worktrees; use workspace: shared".to_owned()
             })?;
-            let repo = PathBuf::from(&me.workspace);
+            let repo = Repo {
+                path: PathBuf::from(&me.workspace),
+                config_id: place.spec.repo_config.clone(),
+            };
             let branch = format!("flotilla/{}/{name}", place.root);
             let path = dir.join(format!("{}-{name}", place.root));
             let (b, p) = (branch.clone(), path.clone());
@@ -684,6 +688,38 @@ impl Supervisor {
             }
             None => format!("spawned worker {name} (session {id}), read-only in your workspace"),
         })
+    }
+
+    /// The lock of one fleet's tree: spawns hold it from the limits check to
+    /// the worker's start, a cancel while it reads the tree.
+    pub(crate) fn fleet_lock(&self, root: &SessionId) -> Arc<tokio::sync::Mutex<()>> {
+        match self.spawning.lock() {
+            Ok(mut all) => all.entry(root.clone()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Waits (a little) until a worker's task has ended and its sandbox,
+    /// with any background job of the worker, is gone: git must not read
+    /// a worktree the worker can still change.
+    async fn settled(&self, id: &SessionId) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let running = self
+                .running
+                .lock()
+                .map(|r| r.contains_key(id))
+                .unwrap_or(true);
+            if !running {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "worker {id} has ended but its task is still stopping"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The mode a session's policy runs in, when policy is on.
@@ -846,6 +882,10 @@ impl Supervisor {
             }
         }
         if let Some((wt, link)) = self.worktree_of(info).await {
+            if let Err(e) = self.settled(&info.id).await {
+                s.push_str(&format!("\nchanges: unknown ({e})"));
+                return s;
+            }
             let summary = tokio::task::spawn_blocking(move || diff_summary(&wt, &link))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
@@ -863,10 +903,19 @@ impl Supervisor {
         let events = self.store.events(&info.id, 0, 1).await.ok()?;
         let link = link_of(&events)?.parent?;
         link.branch.as_ref()?;
-        let repo = self.get(&link.parent).await.ok()?.workspace;
+        // Only the planner's own workers have worktrees of its repository.
+        if link.parent != link.root {
+            return None;
+        }
+        let root = self.get(&link.root).await.ok()?;
+        let root_events = self.store.events(&link.root, 0, 1).await.ok()?;
+        let spec = link_of(&root_events)?.spec?;
         Some((
             Worktree {
-                repo: PathBuf::from(repo),
+                repo: Repo {
+                    path: PathBuf::from(root.workspace),
+                    config_id: spec.repo_config,
+                },
                 path: PathBuf::from(&info.workspace),
             },
             link,
@@ -928,6 +977,7 @@ impl Supervisor {
                 label(&child)
             ));
         };
+        self.settled(&child.id).await?;
         let name = label(&child);
         let task = clip(&child.task, 200);
         tokio::task::spawn_blocking(move || merge(&wt, &link, &name, &task))
@@ -947,10 +997,33 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// The planner's repository as the fleet recorded it at its start.
+#[derive(Clone, Debug)]
+pub(crate) struct Repo {
+    /// Its top (the planner's workspace).
+    pub(crate) path: PathBuf,
+    /// `DEV:INODE` of its `.git/config` when the fleet started: that file
+    /// is read-only in the planner's sandbox; a different one was made by
+    /// an agent.
+    pub(crate) config_id: Option<String>,
+}
+
+/// `DEV:INODE` of `<workspace>/.git/config`, if the workspace is the top of
+/// a repository with a plain `.git` folder.
+pub(crate) fn config_identity(workspace: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gitdir = workspace.join(".git");
+    if !std::fs::symlink_metadata(&gitdir).ok()?.is_dir() {
+        return None;
+    }
+    let m = std::fs::symlink_metadata(gitdir.join("config")).ok()?;
+    m.is_file().then(|| format!("{}:{}", m.dev(), m.ino()))
+}
+
 /// A worker's checkout, as the daemon addresses it.
 struct Worktree {
-    /// The planner's repository (its workspace).
-    repo: PathBuf,
+    /// The planner's repository.
+    repo: Repo,
     /// The worktree.
     path: PathBuf,
 }
@@ -969,6 +1042,7 @@ fn git(dir: &Path) -> std::process::Command {
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_COMMON_DIR")
+        .env_remove("GIT_CEILING_DIRECTORIES")
         .env_remove("GIT_INDEX_FILE")
         .env_remove("GIT_OBJECT_DIRECTORY")
         .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
@@ -1000,8 +1074,68 @@ fn git(dir: &Path) -> std::process::Command {
     cmd
 }
 
+/// The longest one git command of the daemon may take: a repository an
+/// agent prepared (a FIFO where git reads, a huge file) must not hang the
+/// fleet.
+const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs git to its end or kills it at [`GIT_TIMEOUT`].
+fn output(cmd: &mut std::process::Command) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    // Drained on threads so that a chatty git never blocks on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "git took longer than {}s and was stopped",
+                    GIT_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for git: {e}")),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 fn run(cmd: &mut std::process::Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("cannot run git: {e}"))?;
+    let out = output(cmd)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -1013,74 +1147,85 @@ fn run(cmd: &mut std::process::Command) -> Result<String, String> {
 }
 
 /// The planner's git folder, as the daemon trusts it: `<repo>/.git` must
-/// be a plain folder (not a file: a linked worktree; not a symlink), with
-/// no `commondir` file, which would send git (and its config) elsewhere.
-/// An agent that can write the repository's `.git` could otherwise point
-/// the daemon's git at a config of its own.
-fn trusted_gitdir(repo: &Path) -> Result<PathBuf, String> {
-    let gitdir = repo.join(".git");
-    match std::fs::symlink_metadata(&gitdir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(format!(
-                "{} is not a plain folder (a linked worktree, a submodule or a redirect): fleets run from a repository's main checkout",
-                gitdir.display()
-            ))
-        }
-        Err(_) => {
-            return Err(format!(
-                "{} is not the top of a git repository: workers get worktrees of it (run git init and commit, or use workspace: shared)",
-                repo.display()
-            ))
-        }
-    }
-    if std::fs::symlink_metadata(gitdir.join("commondir")).is_ok() {
+/// be a plain folder (not a file: a linked worktree; not a symlink), its
+/// `config` the very file the fleet recorded at its start (read-only in
+/// the planner's sandbox), with no `include` (which could name a file an
+/// agent writes) and no per-worktree config (`extensions.worktreeConfig`
+/// reads files an agent writes). Every git call also gets
+/// `GIT_COMMON_DIR` set to this folder, so a `commondir` file anywhere
+/// cannot send git (and its config) elsewhere.
+fn trusted_gitdir(repo: &Repo) -> Result<PathBuf, String> {
+    let Some(expected) = &repo.config_id else {
         return Err(format!(
-            "{} has a commondir file, which points git at another repository: refusing to run git there",
+            "{} was not a git repository with a .git folder when the fleet started: workers can only share it (workspace: shared)",
+            repo.path.display()
+        ));
+    };
+    let gitdir = repo.path.join(".git");
+    if config_identity(&repo.path).as_ref() != Some(expected) {
+        return Err(format!(
+            "{}/config is not the file that was there when the fleet started: refusing to run git there",
             gitdir.display()
         ));
+    }
+    if std::fs::symlink_metadata(gitdir.join("worktrees")).is_ok_and(|m| !m.is_dir()) {
+        return Err(format!(
+            "{}/worktrees is not a plain folder: refusing to run git there",
+            gitdir.display()
+        ));
+    }
+    let listed = run(git(&repo.path)
+        .args(["config", "--no-includes", "--list", "--file"])
+        .arg(gitdir.join("config")))?;
+    for line in listed.lines() {
+        let key = line.split('=').next().unwrap_or("").to_ascii_lowercase();
+        let value = line
+            .split_once('=')
+            .map(|(_, v)| v.trim().to_ascii_lowercase());
+        if key.starts_with("include.") || key.starts_with("includeif.") {
+            return Err(format!(
+                "{}/config includes other files ({key}): refusing to run git there",
+                gitdir.display()
+            ));
+        }
+        if key == "extensions.worktreeconfig" && value.as_deref() != Some("false") {
+            return Err(format!(
+                "{}/config enables per-worktree config files, which agents can write: refusing to run git there",
+                gitdir.display()
+            ));
+        }
     }
     Ok(gitdir)
 }
 
 /// `git` for the planner's repository, named explicitly.
-fn git_repo(repo: &Path) -> Result<std::process::Command, String> {
+fn git_repo(repo: &Repo) -> Result<std::process::Command, String> {
     let gitdir = trusted_gitdir(repo)?;
-    let mut cmd = git(repo);
-    cmd.arg("--git-dir")
+    let mut cmd = git(&repo.path);
+    cmd.env("GIT_COMMON_DIR", &gitdir)
+        .arg("--git-dir")
         .arg(&gitdir)
         .arg("--work-tree")
-        .arg(repo);
+        .arg(&repo.path);
     Ok(cmd)
 }
 
-/// The worktree's admin folder inside the main repository: what the
-/// daemon uses as `GIT_DIR` for it, whatever the worktree's own `.git`
-/// file says now (the worker can write that file). Its `commondir` must be
-/// what git writes, `../..`.
-fn admin_dir(repo: &Path, path: &Path) -> Result<PathBuf, String> {
+/// The worktree's admin folder inside the main repository (its HEAD and
+/// index; the common folder is forced to the repository's): whatever the
+/// worktree's own `.git` file says (the worker can write that file).
+fn admin_dir(repo: &Repo, path: &Path) -> Result<(PathBuf, PathBuf), String> {
     let base = path
         .file_name()
         .ok_or_else(|| format!("{} has no name", path.display()))?;
-    let admin = trusted_gitdir(repo)?.join("worktrees").join(base);
+    let gitdir = trusted_gitdir(repo)?;
+    let admin = gitdir.join("worktrees").join(base);
     match std::fs::symlink_metadata(&admin) {
-        Ok(m) if m.is_dir() => {}
-        _ => {
-            return Err(format!(
-                "{} is not a worktree's admin folder",
-                admin.display()
-            ))
-        }
+        Ok(m) if m.is_dir() => Ok((gitdir, admin)),
+        _ => Err(format!(
+            "{} is not a worktree's admin folder",
+            admin.display()
+        )),
     }
-    let common = std::fs::read_to_string(admin.join("commondir")).unwrap_or_default();
-    if common.trim_end_matches('\n') != "../.." {
-        return Err(format!(
-            "{} points git at {:?}, not at its repository: refusing to run git there",
-            admin.join("commondir").display(),
-            common.trim()
-        ));
-    }
-    Ok(admin)
 }
 
 /// A nested `.git` below the worktree's top (a repository or a gitlink of
@@ -1118,31 +1263,51 @@ fn no_nested_git(top: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `git` for a worktree, with its admin folder and work tree named.
+/// `git` for a worktree: its admin folder, the repository's common
+/// folder and the work tree, all named.
 fn git_in(wt: &Worktree) -> Result<std::process::Command, String> {
-    let admin = admin_dir(&wt.repo, &wt.path)?;
-    let mut cmd = git(&wt.repo);
-    cmd.arg("--git-dir")
+    let (common, admin) = admin_dir(&wt.repo, &wt.path)?;
+    let mut cmd = git(&wt.repo.path);
+    cmd.env("GIT_COMMON_DIR", &common)
+        .arg("--git-dir")
         .arg(&admin)
         .arg("--work-tree")
         .arg(&wt.path);
     Ok(cmd)
 }
 
-/// Stages everything the worker did, after checking the worktree.
+/// Stages everything the worker did, after checking the worktree: no
+/// nested repository, and the repository's own gitlinks (submodules)
+/// marked skip-worktree, so that `git add` never looks inside one.
 fn stage(wt: &Worktree) -> Result<(), String> {
     no_nested_git(&wt.path)?;
+    let listed = output(git_in(wt)?.args(["ls-files", "--stage", "-z"]))?;
+    let gitlinks: Vec<&[u8]> = listed
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|e| e.starts_with(b"160000 "))
+        .filter_map(|e| e.iter().position(|b| *b == b'\t').map(|i| &e[i + 1..]))
+        .collect();
+    if !gitlinks.is_empty() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = git_in(wt)?;
+        cmd.args(["update-index", "--skip-worktree", "--"]);
+        for g in gitlinks {
+            cmd.arg(std::ffi::OsStr::from_bytes(g));
+        }
+        run(&mut cmd)?;
+    }
     run(git_in(wt)?.args(["add", "--all"])).map(|_| ())
 }
 
 /// Creates the worktree at `path` on a new `branch` from the repository's
 /// HEAD; returns that commit.
-fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<String, String> {
+fn add_worktree(repo: &Repo, path: &Path, branch: &str) -> Result<String, String> {
     let base =
-        run(git_repo(repo)?.args(["rev-parse", "--verify", "HEAD^{commit}"])).map_err(|_| {
+        run(git_repo(repo)?.args(["rev-parse", "--verify", "HEAD^{commit}"])).map_err(|e| {
             format!(
-                "{} has no commit yet: commit first, workers start from your last commit",
-                repo.display()
+                "{} has no commit to start workers from ({e})",
+                repo.path.display()
             )
         })?;
     let base = base.trim().to_owned();
@@ -1155,7 +1320,7 @@ fn add_worktree(repo: &Path, path: &Path, branch: &str) -> Result<String, String
         .arg(path)
         .arg(&base))?;
     // The admin folder must be where `admin_dir` will look for it.
-    let admin = admin_dir(repo, path)?;
+    let (_, admin) = admin_dir(repo, path)?;
     if !admin.join("HEAD").is_file() {
         return Err(format!(
             "git put the worktree's admin folder elsewhere than {}",
@@ -1173,17 +1338,16 @@ fn diff_summary(wt: &Worktree, link: &ParentLink) -> Result<String, String> {
     run(git_in(wt)?.args(["diff", "--cached", "--stat", base]))
 }
 
-/// Why a branch may not be merged by an agent: a file that runs later
+/// Why a commit may not be merged by an agent: a file that runs later
 /// (added, changed or deleted), a nested repository (gitlink), or a
 /// symlink out of the repository. Reads `git diff --raw -z` (exact bytes,
 /// no quoting, no rename pairing that would hide the old name).
-fn unmergeable(repo: &Path, base: &str, branch: &str) -> Result<Vec<String>, String> {
+fn unmergeable(repo: &Repo, base: &str, commit: &str) -> Result<Vec<String>, String> {
     use std::os::unix::ffi::OsStrExt;
-    let out = git_repo(repo)?
-        .args(["diff", "--raw", "-z", "--no-renames", "--no-abbrev"])
-        .arg(format!("{base}...{branch}"))
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
+    let mut cmd = git_repo(repo)?;
+    cmd.args(["diff", "--raw", "-z", "--no-renames", "--no-abbrev"])
+        .arg(format!("{base}...{commit}"));
+    let out = output(&mut cmd)?;
     if !out.status.success() {
         return Err(format!(
             "git failed: {}",
@@ -1198,20 +1362,18 @@ fn unmergeable(repo: &Path, base: &str, branch: &str) -> Result<Vec<String>, Str
         let meta = String::from_utf8_lossy(meta);
         // ":100644 100644 <old> <new> M"
         let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
-        let (dst_mode, dst_sha) = (
-            parts.get(1).copied().unwrap_or(""),
-            parts.get(3).copied().unwrap_or(""),
-        );
+        let dst_mode = parts.get(1).copied().unwrap_or("");
+        let dst_sha = parts.get(3).copied().unwrap_or("");
         let rel = std::ffi::OsStr::from_bytes(path);
         let shown = String::from_utf8_lossy(path).into_owned();
-        if gate.check(&repo.join(rel), None).is_some() {
+        if gate.check(&repo.path.join(rel), None).is_some() {
             bad.push(format!("{shown} (runs later)"));
         } else if dst_mode == "160000" {
             bad.push(format!("{shown} (a nested repository)"));
         } else if dst_mode == "120000" {
             let target = run(git_repo(repo)?.args(["cat-file", "blob", dst_sha]))?;
             if link_escapes(Path::new(rel), Path::new(target.trim_end_matches('\n'))) {
-                bad.push(format!("{shown} (a symlink out of the repository)"));
+                bad.push(format!("{shown} (a symlink that may leave the repository)"));
             }
         }
     }
@@ -1219,48 +1381,49 @@ fn unmergeable(repo: &Path, base: &str, branch: &str) -> Result<Vec<String>, Str
 }
 
 /// Whether a symlink at `rel` (relative to the repository) whose target is
-/// `target` points outside the repository, read lexically.
+/// `target` may point outside the repository. Only plain names, with `..`
+/// only leading and no more of them than the link is deep, pass: a `..`
+/// after a name could climb out through another symlink.
 fn link_escapes(rel: &Path, target: &Path) -> bool {
     use std::path::Component;
-    if target.is_absolute() {
-        return true;
-    }
-    let mut depth = rel.parent().map(|p| p.components().count()).unwrap_or(0) as i64;
+    let depth = rel.parent().map(|p| p.components().count()).unwrap_or(0);
+    let mut ups = 0usize;
+    let mut names = 0usize;
     for c in target.components() {
         match c {
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            Component::Normal(_) => depth += 1,
-            _ => {}
+            Component::ParentDir if names == 0 => ups += 1,
+            Component::Normal(_) => names += 1,
+            _ => return true,
         }
     }
-    false
+    names == 0 || ups > depth
 }
 
-/// Commits the worker's changes on its branch, then merges the branch into
-/// the planner's repository; on a conflict, aborts and names the files.
+/// Commits the worker's changes on its branch, then merges that commit
+/// (checked first, by id) into the planner's repository; on a conflict,
+/// aborts and names the files.
 fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<String, String> {
     let branch = link
         .branch
         .as_deref()
         .ok_or_else(|| format!("{name} has no branch"))?;
     stage(wt)?;
-    let staged = git_in(wt)?
-        .args(["diff", "--cached", "--quiet"])
-        .status()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if !staged.success() {
+    let staged = output(git_in(wt)?.args(["diff", "--cached", "--quiet"]))?;
+    if !staged.status.success() {
         run(git_in(wt)?
             .args(["commit", "--quiet", "--no-verify", "-m"])
             .arg(format!("flotilla worker {name}: {task}")))?;
     }
     let base = link.base.as_deref().unwrap_or("HEAD");
+    // One commit id, checked and merged: the branch cannot move between.
+    let commit = run(git_repo(&wt.repo)?.args([
+        "rev-parse",
+        "--verify",
+        &format!("refs/heads/{branch}^{{commit}}"),
+    ]))?;
+    let commit = commit.trim().to_owned();
     let ahead =
-        run(git_repo(&wt.repo)?.args(["rev-list", "--count", &format!("{base}..{branch}")]))?;
+        run(git_repo(&wt.repo)?.args(["rev-list", "--count", &format!("{base}..{commit}")]))?;
     if ahead.trim() == "0" {
         return Ok(format!("{name} changed nothing: nothing to merge"));
     }
@@ -1268,26 +1431,36 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
     // .envrc...) always ask a person when an agent writes them; a merge
     // must not carry them in unasked. Nor a nested repository, nor a
     // symlink that leaves the repository.
-    let bad = unmergeable(&wt.repo, base, branch)?;
+    let bad = unmergeable(&wt.repo, base, &commit)?;
     if !bad.is_empty() {
         return Err(format!(
             "{name}'s branch {branch} changes what flotilla does not merge for an agent: {}. A person must review and merge the branch",
             bad.join(", ")
         ));
     }
-    let merged = git_repo(&wt.repo)?
-        .args(["merge", "--no-ff", "--no-edit", "-m"])
-        .arg(format!("merge flotilla worker {name}"))
-        .arg(branch)
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
+    let merged = output(
+        git_repo(&wt.repo)?
+            .args(["merge", "--no-ff", "--no-edit", "-m"])
+            .arg(format!("merge flotilla worker {name} ({branch})"))
+            .arg(&commit),
+    )?;
     if merged.status.success() {
         let stat = run(git_repo(&wt.repo)?.args(["diff", "--stat", "HEAD^1", "HEAD"]))?;
         return Ok(format!("merged {name} ({branch}):\n{}", stat.trim_end()));
     }
-    let conflicts = run(git_repo(&wt.repo)?.args(["diff", "--name-only", "--diff-filter=U"]))
-        .unwrap_or_default();
-    let conflicts: Vec<&str> = conflicts.lines().filter(|l| !l.is_empty()).collect();
+    // The index alone (never the work tree, where a submodule's own git
+    // would be asked): the conflicted paths.
+    let unmerged = output(git_repo(&wt.repo)?.args(["ls-files", "-u", "-z"]))?;
+    let mut conflicts: Vec<String> = unmerged
+        .stdout
+        .split(|b| *b == 0)
+        .filter_map(|e| {
+            e.iter()
+                .position(|b| *b == b'\t')
+                .map(|i| String::from_utf8_lossy(&e[i + 1..]).into_owned())
+        })
+        .collect();
+    conflicts.dedup();
     if conflicts.is_empty() {
         // Refused before starting (local changes in the way, ...).
         return Err(format!(
@@ -1300,4 +1473,40 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
         "merging {name} ({branch}) conflicts in: {}. The merge was aborted and your workspace is unchanged; decide: merge the others first, ask a worker to redo its change on top of yours, or edit the files yourself",
         conflicts.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_that_may_leave_the_repository_are_caught() {
+        let esc = |rel: &str, target: &str| link_escapes(Path::new(rel), Path::new(target));
+        // Inside.
+        assert!(!esc("a", "b"));
+        assert!(!esc("d/a", "../b"));
+        assert!(!esc("d/e/a", "../../b/c"));
+        // Out, or possibly out through another link.
+        assert!(esc("a", "../b"));
+        assert!(esc("d/a", "../../b"));
+        assert!(esc("a", "/etc/passwd"));
+        assert!(esc("x", "u/u/../.."));
+        assert!(esc("x", "."));
+        assert!(esc("x", ""));
+        assert!(esc("d/x", "./b"));
+    }
+
+    #[test]
+    fn nested_repositories_are_found_and_symlinks_not_followed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let top = dir.path();
+        std::fs::write(top.join(".git"), "gitdir: x\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(top.join("a/b")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(no_nested_git(top).is_ok());
+        std::os::unix::fs::symlink("/", top.join("a/root")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(no_nested_git(top).is_ok(), "followed a symlink");
+        std::fs::create_dir_all(top.join("a/b/.GIT")).unwrap_or_else(|e| panic!("{e}"));
+        let err = no_nested_git(top).err().unwrap_or_default();
+        assert!(err.contains("left a git repository"), "{err}");
+    }
 }

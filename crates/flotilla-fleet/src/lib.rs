@@ -284,7 +284,7 @@ pub struct Supervisor {
     placing: tokio::sync::Mutex<()>,
     /// Held while a fleet worker is checked against the tree's limits and
     /// recorded.
-    spawning: tokio::sync::Mutex<()>,
+    spawning: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
     /// The fleets' budget watcher runs (started with the first fleet).
     budget_watch: OnceLock<()>,
     /// Fleets being stopped for their budget.
@@ -365,7 +365,7 @@ impl Supervisor {
         });
         Arc::new(Supervisor {
             placing: tokio::sync::Mutex::new(()),
-            spawning: tokio::sync::Mutex::new(()),
+            spawning: Mutex::new(HashMap::new()),
             budget_watch: OnceLock::new(),
             over_budget: Mutex::new(std::collections::HashSet::new()),
             slots: Arc::new(Mutex::new(HashMap::new())),
@@ -694,8 +694,11 @@ impl Supervisor {
                 .map_err(|e| FleetError::BadRequest(format!("checking grants failed: {e}")))?
                 .map_err(FleetError::BadRequest)?
         };
-        if let Some(f) = &req.fleet {
+        let mut req = req;
+        if let Some(f) = &mut req.fleet {
             validate_fleet(f).map_err(FleetError::BadRequest)?;
+            // Recorded by the daemon, never taken from the request.
+            f.repo_config = fleet::config_identity(&workspace);
         }
         let id = SessionId::generate();
         let mut first = vec![EventKind::SessionCreated {
@@ -762,7 +765,8 @@ impl Supervisor {
             // Taken under the spawning lock: a spawn either finished before
             // (its worker is in the tree) or sees its agent stopping.
             let tree = {
-                let _spawning = self.spawning.lock().await;
+                let lock = self.fleet_lock(root);
+                let _spawning = lock.lock().await;
                 self.store.fleet_tree(root).await?
             };
             let mut below: Vec<&SessionInfo> = Vec::new();
@@ -775,8 +779,14 @@ impl Supervisor {
             }
             for s in below.iter().rev() {
                 if !s.state.is_terminal() {
-                    Box::pin(self.cancel(&s.id, &format!("{by} (its parent {id} was cancelled)")))
-                        .await?;
+                    // One failure does not leave the others running.
+                    let r = Box::pin(
+                        self.cancel(&s.id, &format!("{by} (its parent {id} was cancelled)")),
+                    )
+                    .await;
+                    if let Err(e) = r {
+                        tracing::warn!(session = %s.id, error = %e, "cancelling a worker failed");
+                    }
                 }
             }
         }

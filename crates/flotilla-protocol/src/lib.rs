@@ -236,6 +236,11 @@ pub struct FleetSpec {
     /// US dollars the whole tree may spend (answers of priced models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
+    /// Set by the daemon when the fleet starts: `DEV:INODE` of the
+    /// workspace's `.git/config` (the file agents cannot write), so that the
+    /// daemon's git later refuses a repository an agent made or swapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_config: Option<String>,
 }
 
 impl FleetSpec {
@@ -264,6 +269,7 @@ impl Default for FleetSpec {
             approval_timeout_secs: Self::default_approval_timeout(),
             max_tokens: None,
             max_cost_usd: None,
+            repo_config: None,
         }
     }
 }
