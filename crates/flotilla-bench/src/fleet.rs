@@ -157,6 +157,23 @@ impl ModelClient for FleetModel {
     }
 }
 
+/// A session on the daemon's defaults: a planner with `fleet`, else plain.
+fn request(task: String, ws: &std::path::Path, fleet: Option<FleetSpec>) -> CreateSessionRequest {
+    CreateSessionRequest {
+        task,
+        workspace: ws.to_string_lossy().into_owned(),
+        model: None,
+        base_url: None,
+        max_turns: None,
+        wall_time_secs: None,
+        context_window: None,
+        permissions: None,
+        role: None,
+        grants: Vec::new(),
+        fleet,
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -227,23 +244,15 @@ pub async fn run(opts: FleetOptions, progress: &dyn Fn(&str)) -> Result<Vec<Figu
     let t0 = Instant::now();
     let planner = sup
         .create(
-            CreateSessionRequest {
-                task: "[planner] fan out".into(),
-                workspace: ws.to_string_lossy().into_owned(),
-                model: None,
-                base_url: None,
-                max_turns: None,
-                wall_time_secs: None,
-                context_window: None,
-                permissions: None,
-                role: None,
-                grants: Vec::new(),
-                fleet: Some(FleetSpec {
+            request(
+                "[planner] fan out".into(),
+                &ws,
+                Some(FleetSpec {
                     max_workers: n,
                     max_total: n,
                     ..FleetSpec::default()
                 }),
-            },
+            ),
             "bench",
         )
         .await
@@ -307,22 +316,7 @@ pub async fn run(opts: FleetOptions, progress: &dyn Fn(&str)) -> Result<Vec<Figu
     for i in 1..=n {
         let t = Instant::now();
         let info = sup
-            .create(
-                CreateSessionRequest {
-                    task: format!("[plain] {i}"),
-                    workspace: ws.to_string_lossy().into_owned(),
-                    model: None,
-                    base_url: None,
-                    max_turns: None,
-                    wall_time_secs: None,
-                    context_window: None,
-                    permissions: None,
-                    role: None,
-                    grants: Vec::new(),
-                    fleet: None,
-                },
-                "bench",
-            )
+            .create(request(format!("[plain] {i}"), &ws, None), "bench")
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // Its first request, then on to the next.

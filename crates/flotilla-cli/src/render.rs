@@ -249,16 +249,7 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
         "WORKSPACE".into(),
     ]];
     for s in sessions {
-        rows.push([
-            s.id.to_string(),
-            s.state.to_string(),
-            s.model.clone(),
-            age(now_ms, s.created_ms),
-            s.turns.to_string(),
-            tokens(s.prompt_tokens + s.completion_tokens),
-            cost(s.cost_usd),
-            s.workspace.clone(),
-        ]);
+        rows.push(session_row(s, s.id.to_string(), now_ms));
     }
     let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -277,6 +268,21 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One row of `ps`: the session named `who`, then state, model, age,
+/// turns, tokens, cost, workspace.
+fn session_row(s: &SessionInfo, who: String, now_ms: i64) -> [String; 8] {
+    [
+        who,
+        s.state.to_string(),
+        s.model.clone(),
+        age(now_ms, s.created_ms),
+        s.turns.to_string(),
+        tokens(s.prompt_tokens + s.completion_tokens),
+        cost(s.cost_usd),
+        s.workspace.clone(),
+    ]
 }
 
 /// Sessions with each fleet as a tree: a planner, then its workers
@@ -305,16 +311,7 @@ pub fn session_tree(sessions: &[SessionInfo], now_ms: i64) -> String {
             Some(n) => format!("{}{n} {}", "  ".repeat(depth), s.id),
             None => format!("{}{}", "  ".repeat(depth), s.id),
         };
-        rows.push([
-            who,
-            s.state.to_string(),
-            s.model.clone(),
-            age(now_ms, s.created_ms),
-            s.turns.to_string(),
-            tokens(s.prompt_tokens + s.completion_tokens),
-            cost(s.cost_usd),
-            s.workspace.clone(),
-        ]);
+        rows.push(session_row(s, who, now_ms));
         if depth < 64 {
             for c in children.get(&s.id).into_iter().flatten() {
                 walk(c, depth + 1, children, rows, now_ms);
