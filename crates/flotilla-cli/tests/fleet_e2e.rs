@@ -860,3 +860,43 @@ print('made a repository')
     );
     assert!(sessions(&env).iter().all(|s| s["name"] != "w"));
 }
+
+/// The admin's `exec_later_extra` counts for merges too: a worker that
+/// plants `.tool-versions` (on the admin's list) through an interpreter
+/// does not get it merged.
+#[test]
+fn the_admins_exec_later_list_holds_for_merges() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tool("spawn_agent", json!({"name": "t", "task": "[script:t] go"})),
+                    Step::tool("wait_agents", json!({})),
+                    Step::tool("merge_worker", json!({"agent": "t"})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "t",
+                vec![
+                    Step::tool(
+                        "shell",
+                        json!({"command": "python3 -c \"open('.tool-versions', 'w').write('nodejs 22\\n')\""}),
+                    ),
+                    Step::finish("pinned node"),
+                ],
+            ),
+    );
+    std::fs::write(
+        env.home.path().join("managed.toml"),
+        "[permissions]\nexec_later_extra = [\"**/.tool-versions\"]\n",
+    )
+    .unwrap();
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let merge = last_tool_results(&env, "planner").pop().unwrap();
+    assert!(merge.contains(".tool-versions (runs later)"), "{merge}");
+    assert!(!env.ws().join(".tool-versions").exists());
+}

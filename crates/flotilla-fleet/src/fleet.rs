@@ -722,6 +722,27 @@ impl Supervisor {
         }
     }
 
+    /// The exec-later list a merge is checked against: the built-in one,
+    /// the admin's `exec_later_extra`, and the home its `~/` entries mean.
+    fn merge_gate(&self, repo: &Path) -> Result<MergeGate, String> {
+        let Some(pc) = &self.config.policy else {
+            return Ok(MergeGate {
+                extra: Vec::new(),
+                home: None,
+            });
+        };
+        let layers =
+            flotilla_policy::Layers::load(&pc.paths, repo, &SessionPermissions::default(), &[])
+                .map_err(|e| format!("policy: {e}"))?;
+        let spec = layers
+            .spec(repo, pc.home.as_deref())
+            .map_err(|e| format!("policy: {e}"))?;
+        Ok(MergeGate {
+            extra: spec.exec_later_extra,
+            home: pc.home.clone(),
+        })
+    }
+
     /// The mode a session's policy runs in, when policy is on.
     fn effective_mode(&self, id: &SessionId) -> Option<flotilla_policy::Mode> {
         let policies = self.policies.lock().ok()?;
@@ -980,7 +1001,8 @@ impl Supervisor {
         self.settled(&child.id).await?;
         let name = label(&child);
         let task = clip(&child.task, 200);
-        tokio::task::spawn_blocking(move || merge(&wt, &link, &name, &task))
+        let gate = self.merge_gate(&wt.repo.path)?;
+        tokio::task::spawn_blocking(move || merge(&wt, &link, &name, &task, &gate))
             .await
             .map_err(|e| format!("the merge failed: {e}"))?
     }
@@ -1338,11 +1360,24 @@ fn diff_summary(wt: &Worktree, link: &ParentLink) -> Result<String, String> {
     run(git_in(wt)?.args(["diff", "--cached", "--stat", base]))
 }
 
+/// What the exec-later list is, for a merge.
+struct MergeGate {
+    /// The admin's extra globs.
+    extra: Vec<String>,
+    /// The user's home, for `~/` entries.
+    home: Option<PathBuf>,
+}
+
 /// Why a commit may not be merged by an agent: a file that runs later
 /// (added, changed or deleted), a nested repository (gitlink), or a
 /// symlink out of the repository. Reads `git diff --raw -z` (exact bytes,
 /// no quoting, no rename pairing that would hide the old name).
-fn unmergeable(repo: &Repo, base: &str, commit: &str) -> Result<Vec<String>, String> {
+fn unmergeable(
+    repo: &Repo,
+    base: &str,
+    commit: &str,
+    gate_list: &MergeGate,
+) -> Result<Vec<String>, String> {
     use std::os::unix::ffi::OsStrExt;
     let mut cmd = git_repo(repo)?;
     cmd.args(["diff", "--raw", "-z", "--no-renames", "--no-abbrev"])
@@ -1354,7 +1389,8 @@ fn unmergeable(repo: &Repo, base: &str, commit: &str) -> Result<Vec<String>, Str
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let gate = flotilla_policy::gate::ExecLaterGate::new(&[]).map_err(|e| e.to_string())?;
+    let gate =
+        flotilla_policy::gate::ExecLaterGate::new(&gate_list.extra).map_err(|e| e.to_string())?;
     let mut bad = Vec::new();
     let mut fields = out.stdout.split(|b| *b == 0).filter(|f| !f.is_empty());
     while let Some(meta) = fields.next() {
@@ -1366,7 +1402,10 @@ fn unmergeable(repo: &Repo, base: &str, commit: &str) -> Result<Vec<String>, Str
         let dst_sha = parts.get(3).copied().unwrap_or("");
         let rel = std::ffi::OsStr::from_bytes(path);
         let shown = String::from_utf8_lossy(path).into_owned();
-        if gate.check(&repo.path.join(rel), None).is_some() {
+        if gate
+            .check(&repo.path.join(rel), gate_list.home.as_deref())
+            .is_some()
+        {
             bad.push(format!("{shown} (runs later)"));
         } else if dst_mode == "160000" {
             bad.push(format!("{shown} (a nested repository)"));
@@ -1402,7 +1441,13 @@ fn link_escapes(rel: &Path, target: &Path) -> bool {
 /// Commits the worker's changes on its branch, then merges that commit
 /// (checked first, by id) into the planner's repository; on a conflict,
 /// aborts and names the files.
-fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<String, String> {
+fn merge(
+    wt: &Worktree,
+    link: &ParentLink,
+    name: &str,
+    task: &str,
+    gate: &MergeGate,
+) -> Result<String, String> {
     let branch = link
         .branch
         .as_deref()
@@ -1431,7 +1476,7 @@ fn merge(wt: &Worktree, link: &ParentLink, name: &str, task: &str) -> Result<Str
     // .envrc...) always ask a person when an agent writes them; a merge
     // must not carry them in unasked. Nor a nested repository, nor a
     // symlink that leaves the repository.
-    let bad = unmergeable(&wt.repo, base, &commit)?;
+    let bad = unmergeable(&wt.repo, base, &commit, gate)?;
     if !bad.is_empty() {
         return Err(format!(
             "{name}'s branch {branch} changes what flotilla does not merge for an agent: {}. A person must review and merge the branch",
