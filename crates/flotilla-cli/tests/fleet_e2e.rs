@@ -81,6 +81,27 @@ fn start_planner(env: &Env, task: &str, extra: &[&str]) -> String {
     info["id"].as_str().unwrap().to_string()
 }
 
+/// A planner that spawns worker `name`, waits for it and merges it.
+fn spawn_wait_merge(name: &str) -> Vec<Step> {
+    vec![
+        Step::tool(
+            "spawn_agent",
+            json!({"name": name, "task": format!("[script:{name}] go")}),
+        ),
+        Step::tool("wait_agents", json!({})),
+        Step::tool("merge_worker", json!({"agent": name})),
+        Step::finish("done"),
+    ]
+}
+
+/// A host path the attacks try to create (removed first): it must not
+/// exist after the test.
+fn marker(tag: &str) -> String {
+    let mark = format!("/tmp/flotilla-pwned-{}-{tag}", std::process::id());
+    let _ = std::fs::remove_file(&mark);
+    mark
+}
+
 /// Every session of the daemon, as `ps --json` lists them.
 fn sessions(env: &Env) -> Vec<Value> {
     let out = env.run(&["ps", "--json"]);
@@ -478,12 +499,7 @@ fn a_worker_never_gets_more_than_its_parent() {
 /// planted files into the user's checkout.
 #[test]
 fn a_worker_cannot_make_the_daemon_run_its_git_config() {
-    let marks: Vec<String> = (1..=2)
-        .map(|i| format!("/tmp/flotilla-pwned-{}-{i}", std::process::id()))
-        .collect();
-    for m in &marks {
-        let _ = std::fs::remove_file(m);
-    }
+    let marks: Vec<String> = (1..=2).map(|i| marker(&i.to_string())).collect();
     let attack = format!(
         r#"import os
 os.makedirs('evil/refs/heads', exist_ok=True)
@@ -502,32 +518,20 @@ except OSError as e:
         m2 = marks[1]
     );
     std::fs::create_dir_all("/tmp").unwrap();
-    let env = Env::new(
-        Script::new()
-            .with(
-                "planner",
-                vec![
-                    Step::tool("spawn_agent", json!({"name": "x", "task": "[script:x] go"})),
-                    Step::tool("wait_agents", json!({})),
-                    Step::tool("merge_worker", json!({"agent": "x"})),
-                    Step::finish("done"),
-                ],
-            )
-            .with(
-                "x",
-                vec![
-                    Step::tool(
-                        "write_file",
-                        json!({"path": "attack.py", "content": attack}),
-                    ),
-                    Step::tool(
-                        "shell",
-                        json!({"command": "python3 attack.py && rm attack.py"}),
-                    ),
-                    Step::finish("planted"),
-                ],
+    let env = Env::new(Script::new().with("planner", spawn_wait_merge("x")).with(
+        "x",
+        vec![
+            Step::tool(
+                "write_file",
+                json!({"path": "attack.py", "content": attack}),
             ),
-    );
+            Step::tool(
+                "shell",
+                json!({"command": "python3 attack.py && rm attack.py"}),
+            ),
+            Step::finish("planted"),
+        ],
+    ));
     repo(&env);
     let pid = start_planner(&env, "[script:planner] go", &[]);
     assert_eq!(env.wait_state(&pid, 60), "completed");
@@ -689,8 +693,7 @@ fn a_fleet_over_its_budget_stops_as_a_whole() {
 /// refused, naming the file.
 #[test]
 fn nested_repositories_and_quoted_names_do_not_get_past_the_merge() {
-    let mark = format!("/tmp/flotilla-pwned-{}-nested", std::process::id());
-    let _ = std::fs::remove_file(&mark);
+    let mark = marker("nested");
     let attack = format!(
         r#"import os, subprocess
 g = ['git', '-c', 'user.name=w', '-c', 'user.email=w@w', '-c', 'commit.gpgsign=false']
@@ -771,8 +774,7 @@ print('planted')
 /// refuses to run git there at all.
 #[test]
 fn a_planner_cannot_redirect_the_daemons_git() {
-    let mark = format!("/tmp/flotilla-pwned-{}-commondir", std::process::id());
-    let _ = std::fs::remove_file(&mark);
+    let mark = marker("commondir");
     let attack = format!(
         r#"import shutil
 shutil.copytree('.git', '.g2', ignore=shutil.ignore_patterns('hooks'))
@@ -816,8 +818,7 @@ print('redirected')
 /// only when it exists): the daemon refuses to run git there.
 #[test]
 fn a_planner_cannot_make_the_repository_the_daemon_runs_git_in() {
-    let mark = format!("/tmp/flotilla-pwned-{}-init", std::process::id());
-    let _ = std::fs::remove_file(&mark);
+    let mark = marker("init");
     let attack = format!(
         r#"import subprocess
 g = ['git', '-c', 'user.name=p', '-c', 'user.email=p@p', '-c', 'commit.gpgsign=false']
@@ -869,14 +870,7 @@ fn the_admins_exec_later_list_holds_for_merges() {
     let env = Env::new(
         Script::new()
             .with(
-                "planner",
-                vec![
-                    Step::tool("spawn_agent", json!({"name": "t", "task": "[script:t] go"})),
-                    Step::tool("wait_agents", json!({})),
-                    Step::tool("merge_worker", json!({"agent": "t"})),
-                    Step::finish("done"),
-                ],
-            )
+"planner", spawn_wait_merge("t"))
             .with(
                 "t",
                 vec![

@@ -61,11 +61,7 @@ const MAX_WAIT_SECS: u64 = 86_400;
 const MAX_REPORT_CHARS: usize = 4000;
 
 fn specs() -> Vec<ToolSpec> {
-    let spec = |name: &str, description: &str, parameters: serde_json::Value| ToolSpec {
-        name: name.into(),
-        description: description.into(),
-        parameters,
-    };
+    let spec = flotilla_agent::tools::tool_spec;
     vec![
         spec(
             "spawn_agent",

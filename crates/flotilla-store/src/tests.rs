@@ -299,33 +299,12 @@ async fn a_version_3_database_gains_the_fleet_tree() {
     assert_eq!((info.parent, info.root, info.name), (None, None, None));
     let planner = SessionId::generate();
     let worker = SessionId::generate();
-    let with_fleet = |fleet: FleetLink| match created("t") {
-        EventKind::SessionCreated {
-            task,
-            model,
-            workspace,
-            base_url,
-            limits,
-            principal,
-            permissions,
-            role,
-            fallbacks,
-            machine,
-            ..
-        } => EventKind::SessionCreated {
-            task,
-            model,
-            workspace,
-            base_url,
-            limits,
-            principal,
-            permissions,
-            role,
-            fallbacks,
-            machine,
-            fleet: Some(Box::new(fleet)),
-        },
-        other => other,
+    let with_fleet = |link: FleetLink| {
+        let mut event = created("t");
+        if let EventKind::SessionCreated { fleet, .. } = &mut event {
+            *fleet = Some(Box::new(link));
+        }
+        event
     };
     store
         .append(

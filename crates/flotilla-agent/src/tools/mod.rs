@@ -36,7 +36,7 @@ pub use sandboxed::{
     sandbox_base_env, ExecutorFactory, ProxySettings, SandboxExecutor, SandboxFactory,
     SessionExecutor, SessionNetwork, PASSED_ENV,
 };
-pub use specs::{shared_tool_specs, tool_specs};
+pub use specs::{shared_tool_specs, spec as tool_spec, tool_specs};
 
 /// Size limits of the built-in tools.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -140,7 +140,8 @@ pub fn tool_specs() -> Vec<ToolSpec> {
     ]
 }
 
-fn spec(name: &str, description: &str, parameters: serde_json::Value) -> ToolSpec {
+/// A tool's description for the model (the built-in tools' and hosts').
+pub fn spec(name: &str, description: &str, parameters: serde_json::Value) -> ToolSpec {
     ToolSpec {
         name: name.to_owned(),
         description: description.to_owned(),
