@@ -12,7 +12,7 @@ mod secrets_cmd;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -56,6 +56,7 @@ enum Command {
     /// Run the daemon in the foreground (client commands start it for you).
     Serve(ServeArgs),
     /// Start an agent session on a task, and follow it unless --detach.
+    #[command(after_help = WORKFLOW_HELP)]
     Run(RunArgs),
     /// List sessions: id, state, model, age, turns, tokens, workspace.
     Ps(PsArgs),
@@ -129,10 +130,43 @@ struct ServeArgs {
     durability: String,
 }
 
+const WORKFLOW_HELP: &str = "\
+Fleets:
+  flotilla run --planner anthropic:MODEL --workers openai:LOCAL --max-workers 8 \\
+      --workspace REPO \"task\"
+  flotilla run --workflow docs.toml --workspace REPO
+
+A workflow file (TOML) is a declarative fleet: steps run in order, each by
+workers on their own git branches (merged when the step ends) or read-only
+(workspace = \"shared\"), the outputs of one feeding the next:
+
+  name = \"document the crate\"
+  model = \"openai:qwen3\"                    # the workers' model
+  [budget]
+  max_tokens = 200000                       # also max_cost_usd, wall_time_secs, max_workers
+  [[steps]]
+  name = \"plan\"
+  agent = \"List the files that need docs, one per line, nothing else.\"
+  workspace = \"shared\"
+  [[steps]]
+  name = \"docs\"
+  parallel = { over = { lines = \"{{steps.plan.output}}\" }, agent = \"Document {{item}}.\" }
+  [[steps]]
+  name = \"notes\"
+  pipeline = [\"Summarise: {{input}}\", \"Write release notes from: {{input}}\"]
+
+over is one of list = [..], glob = \"src/**/*.rs\", command = \"git ls-files\" (run in
+the sandbox; policy must allow it outright) or lines = \"TEXT\". See docs/fleet.md.";
+
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("fleet").args(["planner", "workflow"]).multiple(false)))]
 struct RunArgs {
-    /// What the agent should do.
-    task: String,
+    /// What the agent should do (a workflow's default: its name).
+    #[arg(required_unless_present = "workflow")]
+    task: Option<String>,
+    /// Run a declarative fleet from this TOML file (see below).
+    #[arg(long, value_name = "FILE.toml", conflicts_with = "model")]
+    workflow: Option<PathBuf>,
     /// The folder the agent works in (default: the current folder).
     #[arg(long, short = 'w')]
     workspace: Option<PathBuf>,
@@ -175,10 +209,10 @@ struct RunArgs {
     planner: Option<String>,
     /// The workers' model (PROVIDER:MODEL; a local endpoint unless
     /// [roles.worker] allows frontier ones). Default: the planner's.
-    #[arg(long, value_name = "MODEL", requires = "planner")]
+    #[arg(long, value_name = "MODEL", requires = "fleet")]
     workers: Option<String>,
     /// Workers running at once in the fleet.
-    #[arg(long, default_value_t = 16, requires = "planner")]
+    #[arg(long, default_value_t = 16, requires = "fleet")]
     max_workers: u32,
     /// Levels of workers below the planner (workers of workers...).
     #[arg(long, default_value_t = 2, requires = "planner")]
@@ -188,13 +222,13 @@ struct RunArgs {
     max_total: u32,
     /// Seconds a worker's approval waits for a person (`flotilla
     /// approvals`) before it is denied, so no worker hangs silently.
-    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "planner")]
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "fleet")]
     approval_timeout: u64,
     /// Tokens the whole fleet may use; past it every agent is cancelled.
-    #[arg(long, value_name = "N", requires = "planner")]
+    #[arg(long, value_name = "N", requires = "fleet")]
     max_tokens: Option<u64>,
     /// US dollars the whole fleet may spend (models priced in [prices]).
-    #[arg(long, value_name = "USD", requires = "planner")]
+    #[arg(long, value_name = "USD", requires = "fleet")]
     max_cost: Option<f64>,
 }
 
@@ -474,33 +508,69 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("workspace {}", workspace.display()))?;
-    let fleet = args.planner.as_ref().map(|_| flotilla_protocol::FleetSpec {
-        worker_model: args.workers.clone(),
-        // The shell's endpoint serves the workers' provider too.
-        worker_base_url: base_url_var(&paths, args.workers.as_deref())
-            .and_then(|v| std::env::var(v).ok())
-            .filter(|v| args.workers.is_some() && !v.is_empty()),
-        max_workers: args.max_workers,
-        max_depth: args.max_depth,
-        max_total: args.max_total,
-        approval_timeout_secs: args.approval_timeout,
-        max_tokens: args.max_tokens,
-        max_cost_usd: args.max_cost,
-        repo_config: None,
-    });
-    let base_url_var = base_url_var(&paths, args.model.as_deref().or(args.planner.as_deref()));
+    let workflow = match &args.workflow {
+        Some(file) => Some(load_workflow(file)?),
+        None => None,
+    };
+    let budget = workflow
+        .as_ref()
+        .and_then(|w| w.budget.clone())
+        .unwrap_or_default();
+    let task = match (&args.task, &workflow) {
+        (Some(t), _) => t.clone(),
+        (None, Some(w)) => w.name.clone().unwrap_or_else(|| {
+            format!(
+                "workflow {} ({} steps)",
+                args.workflow.as_deref().unwrap_or(Path::new("?")).display(),
+                w.steps.len()
+            )
+        }),
+        (None, None) => anyhow::bail!("say what the agent should do: flotilla run \"TASK\""),
+    };
+    let workers = args
+        .workers
+        .clone()
+        .or_else(|| workflow.as_ref().and_then(|w| w.model.clone()));
+    let root_model = args
+        .model
+        .clone()
+        .or(args.planner.clone())
+        .or(workers.clone().filter(|_| workflow.is_some()));
+    let wall_time = args.wall_time.or(budget.wall_time_secs);
+    let fleet =
+        (args.planner.is_some() || workflow.is_some()).then(|| flotilla_protocol::FleetSpec {
+            worker_model: workers.clone(),
+            // The shell's endpoint serves the workers' provider too.
+            worker_base_url: base_url_var(&paths, workers.as_deref())
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|v| workers.is_some() && !v.is_empty()),
+            max_workers: budget.max_workers.unwrap_or(args.max_workers),
+            // A workflow's workers do their step; they start no workers.
+            max_depth: if workflow.is_some() {
+                1
+            } else {
+                args.max_depth
+            },
+            max_total: args.max_total,
+            approval_timeout_secs: args.approval_timeout,
+            max_tokens: args.max_tokens.or(budget.max_tokens),
+            max_cost_usd: args.max_cost.or(budget.max_cost_usd),
+            repo_config: None,
+            workflow: workflow.clone(),
+        });
+    let base_url_var = base_url_var(&paths, root_model.as_deref());
     // A role names its own endpoint; the shell's applies to an explicit model.
     let shell_endpoint = args.role.is_none() || args.model.is_some();
     let req = CreateSessionRequest {
-        task: args.task,
+        task,
         workspace: workspace.to_string_lossy().into_owned(),
-        model: args.model.or(args.planner),
+        model: root_model,
         // The endpoint of this shell, for the provider the session uses.
         base_url: base_url_var
             .and_then(|v| std::env::var(v).ok())
             .filter(|v| shell_endpoint && !v.is_empty()),
         max_turns: args.max_turns,
-        wall_time_secs: args.wall_time,
+        wall_time_secs: wall_time,
         context_window: args.context_window,
         permissions: Some(args.permissions.into_permissions()),
         role: args.role,
@@ -528,6 +598,18 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     follow(&client, &info.id, args.json).await
+}
+
+/// Reads and checks a workflow file: TOML errors name the line, and the
+/// steps are checked (names, templates) before anything runs.
+fn load_workflow(file: &Path) -> Result<flotilla_protocol::Workflow> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the workflow {}", file.display()))?;
+    let wf: flotilla_protocol::Workflow =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("workflow {}: {e}", file.display()))?;
+    wf.validate()
+        .map_err(|e| anyhow::anyhow!("workflow {}: {e}", file.display()))?;
+    Ok(wf)
 }
 
 fn print_event(e: &Event, json: bool) -> Result<()> {

@@ -894,3 +894,288 @@ fn the_admins_exec_later_list_holds_for_merges() {
     assert!(merge.contains(".tool-versions (runs later)"), "{merge}");
     assert!(!env.ws().join(".tool-versions").exists());
 }
+
+/// Writes a workflow file next to (not in) the workspace.
+fn workflow_file(env: &Env, text: &str) -> String {
+    let path = env.ws().parent().unwrap().join(format!(
+        "wf-{}-{}.toml",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// The workers of a fleet, by name.
+fn workers_of(env: &Env, root: &str) -> std::collections::BTreeMap<String, Value> {
+    sessions(env)
+        .into_iter()
+        .filter(|s| s["root"] == root && s["id"] != root)
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s))
+        .collect()
+}
+
+/// The first user message of an agent's first request: its task.
+fn task_seen_by(env: &Env, script: &str) -> String {
+    let reqs = requests_of(env, script);
+    let first = reqs
+        .first()
+        .unwrap_or_else(|| panic!("{script} was never asked"));
+    first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "user")
+        .unwrap()["content"]
+        .to_string()
+}
+
+#[test]
+fn a_workflow_runs_agent_parallel_and_pipeline_steps_feeding_each_other() {
+    let env = Env::new(
+        Script::new()
+            .with("plan", vec![Step::finish("a.txt\nb.txt\n")])
+            .with("write-1", writer("a.txt", "A\n"))
+            .with("write-2", writer("b.txt", "B\n"))
+            .with("count-1", vec![Step::finish("saw one")])
+            .with("count-2", vec![Step::finish("saw two")])
+            .with("count-3", vec![Step::finish("saw three")])
+            .with("notes-1", vec![Step::finish("summary of three files")])
+            .with("notes-2", vec![Step::finish("polished release notes")]),
+    );
+    repo(&env);
+    let file = workflow_file(
+        &env,
+        r#"
+name = "write and review"
+model = "openai:mock"
+
+[[steps]]
+name = "plan"
+agent = "[script:plan] list the files to write, one per line"
+workspace = "shared"
+
+[[steps]]
+name = "write"
+parallel = { over = { lines = "{{steps.plan.output}}" }, agent = "[script:write-{{index}}] create {{item}}" }
+
+[[steps]]
+name = "count"
+workspace = "shared"
+parallel = { over = { command = "ls *.txt" }, agent = "[script:count-{{index}}] look at {{ item }}" }
+
+[[steps]]
+name = "notes"
+pipeline = ["[script:notes-1] summarise: {{input}}", "[script:notes-2] polish: {{input}} (plan was {{steps.plan.output}})"]
+"#,
+    );
+    let ws = env.ws_str();
+    let out = env.run_for(&["run", "-w", &ws, "--workflow", &file], 180);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("polished release notes"),
+        "{}",
+        stdout(&out)
+    );
+    // The parallel step's workers were merged, one merge commit each; the
+    // shared steps wrote nothing.
+    assert_eq!(
+        std::fs::read_to_string(env.ws().join("a.txt")).unwrap(),
+        "A\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.ws().join("b.txt")).unwrap(),
+        "B\n"
+    );
+    let merges = git(env.ws(), &["log", "--merges", "--format=%s"]);
+    assert_eq!(merges.lines().count(), 2, "{merges}");
+    assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+    // Outputs fed the next tasks: the plan's lines became items, the
+    // command's output (after the merge) too, the pipeline chained.
+    assert!(task_seen_by(&env, "write-2").contains("create b.txt"));
+    assert!(task_seen_by(&env, "count-3").contains("look at same.txt"));
+    let polish = task_seen_by(&env, "notes-2");
+    assert!(
+        polish.contains("polish: summary of three files"),
+        "{polish}"
+    );
+    assert!(polish.contains("plan was a.txt"), "{polish}");
+    let summarise = task_seen_by(&env, "notes-1");
+    assert!(
+        summarise.contains("## a.txt") && summarise.contains("saw three"),
+        "the parallel step's output is every answer: {summarise}"
+    );
+    // One worker per job, each once, every one completed.
+    let all = sessions(&env);
+    let root = all
+        .iter()
+        .find(|s| s["task"] == "write and review")
+        .unwrap();
+    let root_id = root["id"].as_str().unwrap();
+    let workers = workers_of(&env, root_id);
+    let names: Vec<&str> = workers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["count-1", "count-2", "count-3", "notes-1", "notes-2", "plan", "write-1", "write-2"]
+    );
+    assert!(workers.values().all(|w| w["state"] == "completed"));
+    // The root's log holds its actions: spawns, the command, merges.
+    let events = env.events(root_id);
+    assert_gapless(&events);
+    let calls: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "tool_proposed")
+        .map(|e| e["event"]["call"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(calls.iter().filter(|c| *c == "spawn_agent").count(), 8);
+    assert_eq!(calls.iter().filter(|c| *c == "merge_worker").count(), 4);
+    assert_eq!(calls.iter().filter(|c| *c == "shell").count(), 1);
+    // The tree shows it.
+    let tree = env.run(&["ps", "--tree"]);
+    assert!(stdout(&tree).contains("write-2"), "{}", stdout(&tree));
+}
+
+#[test]
+fn kill9_mid_workflow_resumes_without_rerunning_finished_steps() {
+    let env = Env::new(
+        Script::new()
+            .with("first", vec![Step::finish("first done")])
+            .with("fan-1", vec![Step::finish("x done")])
+            .with("fan-2", vec![Step::finish("y done").with_delay_ms(4000)]),
+    );
+    repo(&env);
+    let file = workflow_file(
+        &env,
+        r#"
+model = "openai:mock"
+[[steps]]
+name = "first"
+agent = "[script:first] go"
+workspace = "shared"
+[[steps]]
+name = "fan"
+workspace = "shared"
+parallel = { over = { list = ["x", "y"] }, agent = "[script:fan-{{index}}] do {{item}} after {{input}}" }
+"#,
+    );
+    let ws = env.ws_str();
+    let out = env.run(&["run", "--detach", "--json", "-w", &ws, "--workflow", &file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = root["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = workers_of(&env, &root);
+        let fan1_done = w.get("fan-1").is_some_and(|s| s["state"] == "completed");
+        if fan1_done && !requests_of(&env, "fan-2").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workflow never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_requests = requests_of(&env, "first").len();
+    let fan1_requests = requests_of(&env, "fan-1").len();
+    kill9(env.daemon_pid().unwrap());
+    assert_eq!(env.wait_state(&root, 90), "completed");
+    // Nothing finished ran again, nothing was spawned twice.
+    assert_eq!(requests_of(&env, "first").len(), first_requests);
+    assert_eq!(requests_of(&env, "fan-1").len(), fan1_requests);
+    let workers = workers_of(&env, &root);
+    assert_eq!(
+        workers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["fan-1", "fan-2", "first"]
+    );
+    let fan2 = workers["fan-2"]["id"].as_str().unwrap();
+    assert!(kinds(&env.events(fan2)).contains(&"session_resumed".to_string()));
+    let events = env.events(&root);
+    assert_gapless(&events);
+    assert!(kinds(&events).contains(&"session_resumed".to_string()));
+    let spawns = events
+        .iter()
+        .filter(|e| {
+            e["event"]["type"] == "tool_finished"
+                && e["event"]["call_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("spawn-")
+        })
+        .count();
+    assert_eq!(spawns, 3, "one recorded spawn per worker");
+    let answer = env.session(&root)["final_answer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        answer.contains("## x\nx done") && answer.contains("## y\ny done"),
+        "{answer}"
+    );
+    assert!(task_seen_by(&env, "fan-2").contains("do y after first done"));
+}
+
+#[test]
+fn a_failing_workflow_step_stops_the_run_and_bad_files_are_refused() {
+    let env = Env::new(
+        Script::new()
+            .with("a-1", vec![Step::status(400, "bad request: no such model")])
+            .with("a-2", vec![Step::hang()]),
+    );
+    repo(&env);
+    let file = workflow_file(
+        &env,
+        r#"
+model = "openai:mock"
+[[steps]]
+name = "a"
+workspace = "shared"
+parallel = { over = { list = ["one", "two"] }, agent = "[script:a-{{index}}] {{item}}" }
+[[steps]]
+name = "never"
+agent = "[script:never] not reached"
+"#,
+    );
+    let ws = env.ws_str();
+    let out = env.run_for(&["run", "-w", &ws, "--workflow", &file], 120);
+    assert!(!out.status.success());
+    let all = sessions(&env);
+    let root = all
+        .iter()
+        .find(|s| s["role"].is_null() && s["root"].is_string())
+        .unwrap();
+    assert_eq!(root["state"], "failed");
+    let reason = root["reason"].as_str().unwrap();
+    assert!(reason.contains("step \"a\": worker a-1 failed"), "{reason}");
+    let workers = workers_of(&env, root["id"].as_str().unwrap());
+    assert_eq!(
+        workers["a-2"]["state"], "cancelled",
+        "the step's other worker is stopped"
+    );
+    assert!(!workers.contains_key("never"));
+    assert!(requests_of(&env, "never").is_empty());
+
+    // Files that cannot run are refused before anything starts.
+    for (text, says) in [
+        (
+            "[[steps]]\nname = \"s\"\nagent = \"{{steps.later.output}}\"\n",
+            "not an earlier step",
+        ),
+        (
+            "[[steps]]\nname = \"s\"\nagent = \"x\"\npipeline = [\"y\"]\n",
+            "exactly one of",
+        ),
+        ("[[steps]]\nname = \"s\"\nagnet = \"x\"\n", "unknown field"),
+        ("[[steps]]\nname = \"s-1\"\nagent = \"x\"\n", "step name"),
+        ("steps = []\n", "no steps"),
+    ] {
+        let bad = workflow_file(&env, text);
+        let out = env.run(&["run", "-w", &ws, "--workflow", &bad]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{text}: {}", stderr(&out));
+    }
+}

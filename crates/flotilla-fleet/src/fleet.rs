@@ -787,15 +787,45 @@ impl Supervisor {
                 );
             }
         }
-        // Subscribed before the first look, so no ending is missed.
-        let mut feed = self.store.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         let wanted: std::collections::HashSet<SessionId> = targets.iter().cloned().collect();
-        let (done, pending) = loop {
+        let (done, pending) = self
+            .await_ended(&place.root, &wanted, any, deadline, &stop)
+            .await?;
+        let mut out = String::new();
+        for info in &done {
+            out.push_str(&self.report(info).await);
+            out.push('\n');
+        }
+        if !pending.is_empty() {
+            let names: Vec<String> = pending.iter().map(label).collect();
+            out.push_str(&format!(
+                "still running after {}s: {}\n",
+                timeout.as_secs(),
+                names.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Waits until every agent of `wanted` (of the fleet `root`) has ended,
+    /// or with `any` one of them, or the deadline passes; returns the ended
+    /// ones and the others.
+    pub(crate) async fn await_ended(
+        &self,
+        root: &SessionId,
+        wanted: &std::collections::HashSet<SessionId>,
+        any: bool,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Result<(Vec<SessionInfo>, Vec<SessionInfo>), String> {
+        // Subscribed before the first look, so no ending is missed.
+        let mut feed = self.store.subscribe();
+        Ok(loop {
             // One read of the tree per look, however many workers.
             let tree = self
                 .store
-                .fleet_tree(&place.root)
+                .fleet_tree(root)
                 .await
                 .map_err(|e| e.to_string())?;
             let (done, pending): (Vec<SessionInfo>, Vec<SessionInfo>) = tree
@@ -827,21 +857,7 @@ impl Supervisor {
                 break (done, pending);
             }
             while feed.try_recv().is_ok() {}
-        };
-        let mut out = String::new();
-        for info in &done {
-            out.push_str(&self.report(info).await);
-            out.push('\n');
-        }
-        if !pending.is_empty() {
-            let names: Vec<String> = pending.iter().map(label).collect();
-            out.push_str(&format!(
-                "still running after {}s: {}\n",
-                timeout.as_secs(),
-                names.join(", ")
-            ));
-        }
-        Ok(out)
+        })
     }
 
     /// Workers an earlier `wait_agents` of this agent reported, read from
@@ -981,6 +997,11 @@ impl Supervisor {
             return Err("only the planner merges workers' branches".into());
         }
         let child = self.find_child(place, &args.agent).await?;
+        self.merge_child(child).await
+    }
+
+    /// Merges a completed worker's branch into the planner's workspace.
+    pub(crate) async fn merge_child(&self, child: SessionInfo) -> Result<String, String> {
         if child.state != SessionState::Completed {
             return Err(format!(
                 "{} has not completed (it is {}): only a completed worker is merged",

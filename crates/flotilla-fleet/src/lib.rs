@@ -12,6 +12,7 @@
 mod fleet;
 mod governance;
 mod secrets;
+mod workflow;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -854,6 +855,17 @@ impl Supervisor {
             self.watch_budgets();
         }
         let host_tools = self.fleet_tools(id, fleet.as_deref()).await?;
+        // A workflow's root runs its file's steps instead of a model's turns.
+        let workflow = fleet
+            .as_deref()
+            .and_then(|l| l.spec.as_ref())
+            .filter(|s| s.workflow.is_some())
+            .map(|s| fleet::Place {
+                me: id.clone(),
+                root: id.clone(),
+                depth: 0,
+                spec: s.clone(),
+            });
         let client = spec.and_then(|s| {
             let primary = ModelRoute {
                 model: s.to_string(),
@@ -968,6 +980,7 @@ impl Supervisor {
             }
             None => None,
         };
+        let tool_limits = self.config.tool_limits.clone();
         let task = tokio::spawn(async move {
             let _hold = hold;
             // The session's sandbox is built at its first command and lives
@@ -999,7 +1012,27 @@ impl Supervisor {
                 redact,
                 host_tools,
             };
-            let outcome = run_agent(run).await;
+            let outcome = match (workflow, run.host_tools.clone()) {
+                (Some(place), Some(tools)) => {
+                    let Some(workflow) = place.spec.workflow.clone() else {
+                        return;
+                    };
+                    workflow::run_workflow(workflow::WorkflowRun {
+                        sup: me.clone(),
+                        store: me.store.clone(),
+                        place,
+                        workflow,
+                        tools,
+                        executor: run.executor,
+                        policy: run.policy,
+                        tool_limits,
+                        cancel: run.cancel,
+                        resume,
+                    })
+                    .await
+                }
+                _ => run_agent(run).await,
+            };
             match outcome {
                 Ok(exit) => {
                     tracing::info!(session = %sid, exit = ?short(&exit), "session ended");
@@ -1301,6 +1334,9 @@ fn validate_fleet(f: &flotilla_protocol::FleetSpec) -> Result<(), String> {
         if !(c.is_finite() && c > 0.0) {
             return Err("fleet max_cost_usd must be a positive number".into());
         }
+    }
+    if let Some(w) = &f.workflow {
+        w.validate().map_err(|e| format!("workflow: {e}"))?;
     }
     Ok(())
 }

@@ -15,8 +15,10 @@ use utoipa::ToSchema;
 
 pub mod api;
 pub mod audit;
+pub mod workflow;
 
 pub use api::*;
+pub use workflow::{Over, Parallel, Workflow, WorkflowBudget, WorkflowStep};
 
 /// The hash that the first event of every chain points back to.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -241,6 +243,10 @@ pub struct FleetSpec {
     /// daemon's git later refuses a repository an agent made or swapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_config: Option<String>,
+    /// A declarative fleet (`run --workflow FILE.toml`): the root runs these
+    /// steps itself instead of asking a model what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Workflow>,
 }
 
 impl FleetSpec {
@@ -270,6 +276,7 @@ impl Default for FleetSpec {
             max_tokens: None,
             max_cost_usd: None,
             repo_config: None,
+            workflow: None,
         }
     }
 }
