@@ -50,6 +50,22 @@ pub struct ConfigFile {
     /// `[audit]`: retention and checkpoints of the activity log.
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[scheduler]`: how many model requests may be in flight at once.
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+}
+
+/// `[scheduler]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Model requests in flight from this daemon at once (default: no limit).
+    pub machine_slots: Option<usize>,
+    /// `[scheduler.endpoints]`: `"URL" = N` requests in flight at once to
+    /// that endpoint. A `[[machines]]` endpoint gets its `slots` unless
+    /// named here.
+    #[serde(default)]
+    pub endpoints: std::collections::HashMap<String, usize>,
 }
 
 /// `[audit]`
@@ -271,6 +287,20 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
     flotilla_fit::machines::from_config(&cfg.machines)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("invalid [[machines]] in {}", path.display()))?;
+    if cfg.scheduler.machine_slots == Some(0) || cfg.scheduler.endpoints.values().any(|n| *n == 0) {
+        anyhow::bail!(
+            "invalid [scheduler] in {}: slots must be at least 1 (leave a limit out for none)",
+            path.display()
+        );
+    }
+    for url in cfg.scheduler.endpoints.keys() {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(
+                "invalid [scheduler.endpoints] in {}: {url:?} must start with http:// or https://",
+                path.display()
+            );
+        }
+    }
     if let Some(m) = &cfg.model {
         ModelSpec::parse(m).with_context(|| format!("invalid `model` in {}", path.display()))?;
     }
@@ -371,6 +401,15 @@ impl ConfigFile {
             system_prompt: self.system_prompt.clone(),
             policy: None,
             worktrees_dir: None,
+            scheduler: flotilla_fleet::SchedulerConfig {
+                machine_slots: self.scheduler.machine_slots,
+                endpoint_slots: self
+                    .machines
+                    .iter()
+                    .filter_map(|m| Some((m.endpoint.clone()?, m.slots? as usize)))
+                    .chain(self.scheduler.endpoints.clone())
+                    .collect(),
+            },
         }
     }
 }

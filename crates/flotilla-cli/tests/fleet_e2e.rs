@@ -1179,3 +1179,106 @@ agent = "[script:never] not reached"
         assert!(stderr(&out).contains(says), "{text}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn workers_past_the_fleets_limit_queue_and_run_one_at_a_time() {
+    let names = ["q1", "q2", "q3"];
+    let mut script = Script::new().with(
+        "planner",
+        vec![
+            Step::tools(names.iter().map(|w| spawn(w, "go")).collect()),
+            Step::tool("wait_agents", json!({"timeout_secs": 120})),
+            Step::finish("all three done"),
+        ],
+    );
+    for w in names {
+        script = script.with(
+            w,
+            vec![Step::finish(format!("{w} done")).with_delay_ms(300)],
+        );
+    }
+    let env = Env::new(script);
+    repo(&env);
+    let ws = env.ws_str();
+    let out = env.run_for(
+        &[
+            "run",
+            "-w",
+            &ws,
+            "--planner",
+            "openai:mock",
+            "--max-workers",
+            "1",
+            "[script:planner] three jobs",
+        ],
+        120,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("all three done"), "{}", stdout(&out));
+    // Spawning past the limit queued instead of refusing...
+    let spawned = tool_messages(&requests_of(&env, "planner")[1]);
+    assert_eq!(spawned.len(), 3);
+    assert!(!spawned[0].contains("queued"), "{}", spawned[0]);
+    assert!(
+        spawned[1].contains("queued") && spawned[2].contains("queued"),
+        "{spawned:?}"
+    );
+    // ...and one worker ran at a time: each asked its model only after
+    // the one before had ended.
+    let root = sessions(&env)
+        .into_iter()
+        .find(|s| s["name"].is_null())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut spans: Vec<(i64, i64)> = workers_of(&env, &root)
+        .values()
+        .map(|w| {
+            let events = env.events(w["id"].as_str().unwrap());
+            let first = events
+                .iter()
+                .find(|e| e["event"]["type"] == "model_requested")
+                .unwrap()["ts_ms"]
+                .as_i64()
+                .unwrap();
+            (first, events.last().unwrap()["ts_ms"].as_i64().unwrap())
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3);
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "two workers ran at once: {spans:?}");
+    }
+    let reports = last_tool_results(&env, "planner").join("\n");
+    for w in names {
+        assert!(reports.contains(&format!("## {w} (")), "{reports}");
+        assert!(reports.contains(&format!("{w} done")), "{reports}");
+    }
+}
+
+#[test]
+fn an_endpoints_slots_bound_its_requests_in_flight() {
+    let env = Env::new(
+        Script::new()
+            .with("s1", vec![Step::finish("one").with_delay_ms(400)])
+            .with("s2", vec![Step::finish("two").with_delay_ms(400)])
+            .with("s3", vec![Step::finish("three").with_delay_ms(400)]),
+    );
+    // The mock stands for a local GPU server that answers one at a time.
+    let config = env.home.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[scheduler.endpoints]\n\"{}/\" = 1\n",
+        env.mock.base_url()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let ids: Vec<String> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|s| env.start(&format!("[script:{s}] go")))
+        .collect();
+    for id in &ids {
+        assert_eq!(env.wait_state(id, 60), "completed");
+    }
+    assert_eq!(env.mock.max_in_flight(), 1);
+}

@@ -68,7 +68,8 @@ fn specs() -> Vec<ToolSpec> {
             "Start a worker agent on a task and return at once with its name. Each worker \
              that writes gets its own git worktree (a branch of your repository at your last \
              commit) and sandbox, so workers never clobber each other or you; merge its work \
-             with merge_worker once it has finished. Give each worker one self-contained task \
+             with merge_worker once it has finished. Past the fleet's limit of workers at once, a \
+             worker is queued and starts when another ends. Give each worker one self-contained task \
              with everything it needs to know: it sees only its task, not your conversation.",
             json!({
                 "type": "object",
@@ -480,12 +481,10 @@ impl Supervisor {
                 workers.len()
             ));
         }
+        // Past the fleet's limit at once, the worker is queued: its loop
+        // starts when a running one ends.
         let live = workers.iter().filter(|s| !s.state.is_terminal()).count();
-        if live as u64 >= u64::from(place.spec.max_workers) {
-            return Err(format!(
-                "{live} workers are running, the fleet's limit at once: wait_agents for some to finish first"
-            ));
-        }
+        let queued = live as u64 >= u64::from(place.spec.max_workers);
         let name = match args.name {
             Some(n) if !valid_name(&n) => {
                 return Err(format!("name {n:?}: use 1 to 32 letters, digits, - and _"))
@@ -678,12 +677,18 @@ impl Supervisor {
             .await
             .map_err(|e| e.to_string())?;
         self.start(&id, false).await.map_err(|e| e.to_string())?;
-        Ok(match branch {
+        let mut text = match branch {
             Some(b) => {
                 format!("spawned worker {name} (session {id}) on branch {b}, in its own worktree")
             }
             None => format!("spawned worker {name} (session {id}), read-only in your workspace"),
-        })
+        };
+        if queued {
+            text.push_str(&format!(
+                "; queued: {live} workers are running, the fleet's limit at once, and it starts when one of them ends"
+            ));
+        }
+        Ok(text)
     }
 
     /// The lock of one fleet's tree: spawns hold it from the limits check to

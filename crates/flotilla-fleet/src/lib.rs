@@ -11,6 +11,7 @@
 
 mod fleet;
 mod governance;
+mod schedule;
 mod secrets;
 mod workflow;
 
@@ -35,6 +36,7 @@ use flotilla_protocol::{
 use flotilla_store::{Store, StoreError};
 pub use governance::{build_engine, build_stack, PolicyConfig, PrincipalLookup};
 use governance::{ApprovalQueue, SessionPolicy};
+pub use schedule::SchedulerConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the supervisor (from config files and the environment).
@@ -73,6 +75,8 @@ pub struct FleetConfig {
     /// Where fleet workers' git worktrees go (outside anything a sandbox
     /// hides); `None`: workers can only share their parent's workspace.
     pub worktrees_dir: Option<std::path::PathBuf>,
+    /// Concurrency slots of model requests.
+    pub scheduler: SchedulerConfig,
 }
 
 /// An endpoint as compared for trust: trimmed, without a trailing `/`,
@@ -306,6 +310,8 @@ pub struct Supervisor {
     vault: OnceLock<Result<Arc<flotilla_vault::store::Vault>, String>>,
     /// The grants of sessions whose loop runs now.
     grants: Mutex<HashMap<SessionId, Vec<flotilla_protocol::SecretGrant>>>,
+    /// Concurrency slots of model requests and fleet workers.
+    sched: Arc<schedule::Scheduler>,
 }
 
 impl Supervisor {
@@ -364,6 +370,7 @@ impl Supervisor {
                 Ok(client)
             })
         });
+        let sched = schedule::Scheduler::new(&config.scheduler);
         Arc::new(Supervisor {
             placing: tokio::sync::Mutex::new(()),
             spawning: Mutex::new(HashMap::new()),
@@ -381,6 +388,7 @@ impl Supervisor {
             principals: OnceLock::new(),
             vault: OnceLock::new(),
             grants: Mutex::new(HashMap::new()),
+            sched,
         })
     }
 
@@ -875,6 +883,35 @@ impl Supervisor {
                 .map_err(FleetError::BadRequest)
                 .map(|c| (s, c))
         });
+        // Each model request waits for a slot of the machine and of its
+        // endpoint, in the queue shared fairly between fleets.
+        let fleet_key = info.root.clone().unwrap_or_else(|| id.clone());
+        let client = client.map(|(s, c)| {
+            let endpoint = base_url.clone().or_else(|| match s.provider.as_str() {
+                "anthropic" => self.config.anthropic_base_url.clone(),
+                "bedrock" => None,
+                _ => self.config.openai_base_url.clone(),
+            });
+            let mut slots = vec![schedule::Slot::Machine];
+            slots.extend(endpoint.map(|u| schedule::Slot::Endpoint(schedule::normalize(&u))));
+            let c: Arc<dyn ModelClient> = Arc::new(schedule::Scheduled {
+                inner: c,
+                sched: self.sched.clone(),
+                fleet: fleet_key.clone(),
+                slots,
+            });
+            (s, c)
+        });
+        // A worker runs when its fleet has a free worker slot.
+        let worker_slot = match fleet.as_deref().and_then(|l| l.parent.as_ref()) {
+            Some(p) => {
+                let root_events = self.store.events(&p.root, 0, 1).await?;
+                fleet::link_of(&root_events)
+                    .and_then(|l| l.spec)
+                    .map(|s| (p.root.clone(), s.max_workers as usize))
+            }
+            None => None,
+        };
         let (spec, client) = match client {
             Ok(pair) => pair,
             Err(e) => {
@@ -981,8 +1018,21 @@ impl Supervisor {
             None => None,
         };
         let tool_limits = self.config.tool_limits.clone();
+        let sched = self.sched.clone();
         let task = tokio::spawn(async move {
             let _hold = hold;
+            let _worker_slot = match &worker_slot {
+                Some((root, max)) => {
+                    let slot = schedule::Slot::Fleet(root.clone());
+                    sched.set_limit(slot.clone(), *max);
+                    tokio::select! {
+                        p = sched.acquire(root, vec![slot]) => Some(p),
+                        // Cancelled while queued: the loop records it.
+                        _ = loop_cancel.cancelled() => None,
+                    }
+                }
+                None => None,
+            };
             // The session's sandbox is built at its first command and lives
             // as long as this task: dropping the executor ends it and every
             // process in it. What cannot work at all fails the session now.
@@ -1042,6 +1092,10 @@ impl Supervisor {
                     tracing::error!(session = %sid, error = %e, "session loop failed");
                     me.fail(&sid, format!("internal error: {e}")).await;
                 }
+            }
+            drop(_worker_slot);
+            if let Some((root, _)) = worker_slot {
+                sched.clear_limit(&schedule::Slot::Fleet(root));
             }
         });
         running.insert(id.clone(), Running { cancel, task });

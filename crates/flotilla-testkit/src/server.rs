@@ -42,6 +42,9 @@ impl std::fmt::Debug for MockModelServer {
 struct Shared {
     steps: Steps,
     requests: Mutex<Vec<Value>>,
+    /// Chat requests being answered now, and the most there ever were.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -49,7 +52,30 @@ impl Shared {
         Arc::new(Shared {
             steps: Steps::new(script),
             requests: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         })
+    }
+}
+
+/// Counts a chat request as in flight until its handler returns or is
+/// dropped (a client that hung up).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> InFlight {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -93,6 +119,14 @@ impl MockModelServer {
     /// How many chat requests were received.
     pub fn request_count(&self) -> usize {
         lock(&self.shared.requests).len()
+    }
+
+    /// The most chat requests that were being answered at the same time
+    /// (a scripted delay or hang keeps a request in flight).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops the server and closes every connection.
@@ -141,6 +175,7 @@ async fn chat(
     };
     let info = RequestInfo::of(&request);
     lock(&shared.requests).push(request);
+    let _in_flight = InFlight::new(&shared);
 
     if !info.has_tools {
         // A summarisation request: answer without consuming a step, and leave
