@@ -172,6 +172,27 @@ impl Loop {
             }
         }
         let appended = self.run.store.append(&self.run.session, events).await?;
+        // Events others appended since the loop last looked (a message, an
+        // approval's answer, a cancel request) are folded in first, in log
+        // order: the live conversation is the one a replay of the log builds.
+        if let Some(first) = appended.first() {
+            let mut after = self.conv.last_seq;
+            while after + 1 < first.seq {
+                let gap = self
+                    .run
+                    .store
+                    .events(&self.run.session, after, 1000)
+                    .await?;
+                let before: Vec<&Event> = gap.iter().filter(|e| e.seq < first.seq).collect();
+                if before.is_empty() {
+                    break;
+                }
+                for e in before {
+                    self.conv.apply(e);
+                    after = e.seq;
+                }
+            }
+        }
         for e in &appended {
             self.conv.apply(e);
         }

@@ -68,6 +68,13 @@ pub struct Conversation {
     pub approvals: std::collections::HashMap<String, ApprovalState>,
     /// Allow rules added with `approve --always session`.
     pub session_allow: Vec<String>,
+    /// Messages received while tool results were outstanding: they join
+    /// the conversation once every call of the last reply has its result
+    /// (a message may not come between a call and its result).
+    pub inbox: Vec<ChatMessage>,
+    /// A model request was sent and its reply is not in yet: a message
+    /// arriving now is shown after that reply, which was made without it.
+    pub awaiting_reply: bool,
     /// Running estimate of the tokens of the task, summary and recent
     /// messages (everything but the system prompt), kept so a turn does not
     /// rebuild the whole conversation to learn its size.
@@ -145,6 +152,7 @@ impl Conversation {
             } => {
                 self.turns = self.turns.max(*turn);
                 self.last_prompt_tokens = usage.prompt_tokens;
+                self.awaiting_reply = false;
                 let message = ChatMessage {
                     role: Role::Assistant,
                     content: text.clone(),
@@ -155,6 +163,7 @@ impl Conversation {
                 self.recent.push((event.seq, message));
                 self.pending_calls = tool_calls.clone();
                 self.answered_without_tools = tool_calls.is_empty().then(|| text.clone());
+                self.deliver(event.seq);
             }
             EventKind::ToolProposed { call } => {
                 self.proposed.insert(call.id.clone());
@@ -193,6 +202,13 @@ impl Conversation {
             EventKind::FinalAnswer { text } => self.final_answer = Some(text.clone()),
             EventKind::StateChanged { state, .. } => self.ended = state.is_terminal(),
             EventKind::CancelRequested { .. } => self.cancel_requested = true,
+            EventKind::MessageReceived { from, text } => {
+                let message =
+                    ChatMessage::text(Role::User, format!("Message from {from}:\n{text}"));
+                self.estimated_tokens += estimate_tokens(std::slice::from_ref(&message));
+                self.inbox.push(message);
+                self.deliver(event.seq);
+            }
             EventKind::ApprovalRequested {
                 approval_id,
                 call_id,
@@ -243,12 +259,16 @@ impl Conversation {
                     a.answer = Some(Err(reason.clone()));
                 }
             }
-            EventKind::SessionResumed { .. }
-            | EventKind::PolicyDecided { .. }
+            EventKind::ModelRequested { .. } => self.awaiting_reply = true,
+            EventKind::SessionResumed { .. } => {
+                // A request cut short by the restart is asked again.
+                self.awaiting_reply = false;
+                self.deliver(event.seq);
+            }
+            EventKind::PolicyDecided { .. }
             | EventKind::SandboxReady { .. }
             | EventKind::SecretsGranted { .. }
             | EventKind::SecretUsed { .. }
-            | EventKind::ModelRequested { .. }
             | EventKind::ModelFailed { .. } => {}
         }
     }
@@ -260,6 +280,20 @@ impl Conversation {
         let message = ChatMessage::tool_result(call_id, content);
         self.estimated_tokens += estimate_tokens(std::slice::from_ref(&message));
         self.recent.push((seq, message));
+        self.deliver(seq);
+    }
+
+    /// Moves received messages into the conversation once no call of the
+    /// last reply waits for its result.
+    fn deliver(&mut self, seq: u64) {
+        if !self.awaiting_reply && self.pending_calls.is_empty() && !self.inbox.is_empty() {
+            for m in std::mem::take(&mut self.inbox) {
+                self.recent.push((seq, m));
+            }
+            // The reply before may have been a plain answer: the message
+            // asks for more, so it is not the end.
+            self.answered_without_tools = None;
+        }
     }
 
     /// Messages of the next request, the system prompt included.
@@ -393,6 +427,75 @@ mod tests {
         let without_system = estimate_tokens(&full[1..]);
         assert_eq!(c.estimated_tokens, without_system);
         assert!(c.pending_calls.is_empty());
+    }
+
+    #[test]
+    fn a_message_waits_for_the_reply_and_results_it_did_not_shape() {
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "shell".into(),
+            arguments: "{}".into(),
+        };
+        let mut c = Conversation::default();
+        let mut seq = 0;
+        let mut feed = |c: &mut Conversation, e: EventKind| {
+            seq += 1;
+            c.apply(&ev(seq, e));
+        };
+        let msg = |text: &str| EventKind::MessageReceived {
+            from: "planner".into(),
+            text: text.into(),
+        };
+        let roles = |c: &Conversation| -> Vec<String> {
+            c.recent
+                .iter()
+                .map(|(_, m)| match m.role {
+                    Role::User => format!("user:{}", m.content.lines().last().unwrap_or("")),
+                    r => format!("{r:?}"),
+                })
+                .collect()
+        };
+        // Nothing outstanding: it joins at once.
+        feed(&mut c, msg("first"));
+        feed(
+            &mut c,
+            EventKind::ModelRequested {
+                turn: 1,
+                messages: 3,
+                estimated_tokens: 10,
+            },
+        );
+        // During the request: held until the reply and its results are in.
+        feed(&mut c, msg("second"));
+        assert_eq!(c.inbox.len(), 1);
+        feed(
+            &mut c,
+            EventKind::ModelResponded {
+                turn: 1,
+                text: String::new(),
+                tool_calls: vec![call.clone()],
+                usage: Usage::default(),
+                finish_reason: None,
+                latency_ms: 0,
+                model: None,
+                cost_usd: None,
+            },
+        );
+        assert_eq!(c.inbox.len(), 1);
+        feed(
+            &mut c,
+            EventKind::ToolFinished {
+                call_id: "c1".into(),
+                output: "ok".into(),
+                is_error: false,
+                duration_ms: 0,
+            },
+        );
+        assert!(c.inbox.is_empty());
+        assert_eq!(
+            roles(&c),
+            ["user:first", "Assistant", "Tool", "user:second"]
+        );
     }
 
     #[test]

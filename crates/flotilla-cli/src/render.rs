@@ -200,6 +200,9 @@ pub fn event_line(e: &Event) -> String {
             line
         }
         EventKind::CancelRequested { by } => format!("cancel    requested by {by}"),
+        EventKind::MessageReceived { from, text } => {
+            format!("message   from {from}: {}", clip(text, 200))
+        }
         EventKind::FinalAnswer { text } => format!("answer    {text}"),
         EventKind::SecretsGranted { grants } => {
             let list: Vec<String> = grants

@@ -1282,3 +1282,59 @@ fn an_endpoints_slots_bound_its_requests_in_flight() {
     }
     assert_eq!(env.mock.max_in_flight(), 1);
 }
+
+#[test]
+fn a_planner_messages_a_running_worker() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tool("spawn_agent", json!({"name": "m", "task": "[script:m] go"})),
+                    Step::tool(
+                        "send_message",
+                        json!({"agent": "m", "text": "use tabs, not spaces"}),
+                    ),
+                    Step::tool("wait_agents", json!({})),
+                    Step::tool("send_message", json!({"agent": "m", "text": "too late"})),
+                    Step::finish("done"),
+                ],
+            )
+            .with(
+                "m",
+                vec![
+                    // Still thinking when the message comes.
+                    Step::tool("write_file", json!({"path": "m.txt", "content": "m\n"}))
+                        .with_delay_ms(800),
+                    Step::finish("wrote m.txt with tabs"),
+                ],
+            ),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &[]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let planner = requests_of(&env, "planner");
+    let sent = tool_messages(&planner[2]);
+    assert!(sent.last().unwrap().contains("sent to m"), "{sent:?}");
+    let late = tool_messages(&planner[4]).last().unwrap().clone();
+    assert!(late.contains("m has ended"), "{late}");
+    // The worker's next request carried the message, after its tool result.
+    let worker = requests_of(&env, "m");
+    assert_eq!(worker.len(), 2);
+    let messages = worker[1]["messages"].as_array().unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(last["role"], "user", "{messages:?}");
+    let text = last["content"].to_string();
+    assert!(
+        text.contains("Message from your planner") && text.contains("use tabs, not spaces"),
+        "{text}"
+    );
+    assert!(messages.iter().any(|m| m["role"] == "tool"));
+    assert!(!worker[0]["messages"].to_string().contains("use tabs"));
+    // It is in the worker's log.
+    let all = sessions(&env);
+    let m = all.iter().find(|s| s["name"] == "m").unwrap();
+    let events = env.events(m["id"].as_str().unwrap());
+    assert_gapless(&events);
+    assert!(kinds(&events).contains(&"message_received".to_string()));
+}

@@ -104,6 +104,21 @@ fn specs() -> Vec<ToolSpec> {
             }),
         ),
         spec(
+            "send_message",
+            "Send a running worker a message (a correction, a detail it needs, a request to \
+             wrap up): it reads it as a user message at its next turn. A worker that has \
+             ended cannot get messages; spawn another.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "agent": {"type": "string", "description": "Its name or session id."},
+                    "text": {"type": "string", "description": "The message."}
+                },
+                "required": ["agent", "text"],
+                "additionalProperties": false
+            }),
+        ),
+        spec(
             "list_agents",
             "List your workers: name, session, state, turns, tokens, cost and branch.",
             json!({"type": "object", "properties": {}, "additionalProperties": false}),
@@ -159,6 +174,7 @@ impl HostTools for FleetTools {
                 "spawn_agent" => sup.spawn_agent(&place, &args, &stop).await,
                 "wait_agents" => sup.wait_agents(&place, &args, stop).await,
                 "list_agents" => sup.list_agents(&place).await,
+                "send_message" => sup.send_message(&place, &args).await,
                 "cancel_agent" => sup.cancel_agent(&place, &args).await,
                 "merge_worker" => sup.merge_worker(&place, &args).await,
                 other => Err(format!("{other} is not a fleet tool")),
@@ -217,6 +233,16 @@ struct WaitArgs {
 struct AgentArg {
     agent: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageArgs {
+    agent: String,
+    text: String,
+}
+
+/// The longest message `send_message` takes.
+const MAX_MESSAGE_CHARS: usize = 16_000;
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -984,6 +1010,45 @@ impl Supervisor {
             ));
         }
         Ok(out)
+    }
+
+    async fn send_message(&self, place: &Place, args: &str) -> Result<String, String> {
+        let args: MessageArgs = parse("send_message", args)?;
+        if args.text.trim().is_empty() {
+            return Err("the message is empty".into());
+        }
+        if args.text.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(format!(
+                "the message is longer than {MAX_MESSAGE_CHARS} characters: say it shorter, or put it in a file the worker can read"
+            ));
+        }
+        let child = self.find_child(place, &args.agent).await?;
+        if child.state.is_terminal() {
+            return Err(format!(
+                "{} has ended ({}): it gets no more messages",
+                label(&child),
+                child.state.as_str()
+            ));
+        }
+        let me = self.get(&place.me).await.map_err(|e| e.to_string())?;
+        let from = match &me.name {
+            Some(n) => format!("your parent agent {n} ({})", place.me),
+            None => format!("your planner ({})", place.me),
+        };
+        self.store
+            .append_one(
+                &child.id,
+                EventKind::MessageReceived {
+                    from,
+                    text: args.text,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "sent to {}: it reads it at its next turn",
+            label(&child)
+        ))
     }
 
     async fn cancel_agent(self: &Arc<Self>, place: &Place, args: &str) -> Result<String, String> {

@@ -402,6 +402,7 @@ pub fn is_audited(event: &EventKind) -> bool {
         | EventKind::ToolProposed { .. }
         | EventKind::ToolStarted { .. }
         | EventKind::ContextCompacted { .. }
+        | EventKind::MessageReceived { .. }
         | EventKind::FinalAnswer { .. } => false,
     }
 }

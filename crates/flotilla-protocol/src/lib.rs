@@ -581,6 +581,15 @@ pub enum EventKind {
         /// Who asked.
         by: String,
     },
+    /// A message for the agent from outside its loop (its planner's
+    /// `send_message`): the model sees it as a user message at its next
+    /// turn.
+    MessageReceived {
+        /// Who sent it (`planner NAME (SESSION)`).
+        from: String,
+        /// The message.
+        text: String,
+    },
     /// The agent's final answer.
     FinalAnswer {
         /// The answer.
@@ -621,6 +630,7 @@ impl EventKind {
             EventKind::ApprovalGiven { .. } => "approval_given",
             EventKind::ApprovalRefused { .. } => "approval_refused",
             EventKind::CancelRequested { .. } => "cancel_requested",
+            EventKind::MessageReceived { .. } => "message_received",
             EventKind::FinalAnswer { .. } => "final_answer",
             EventKind::SecretsGranted { .. } => "secrets_granted",
             EventKind::SecretUsed { .. } => "secret_used",
