@@ -1338,3 +1338,89 @@ fn a_planner_messages_a_running_worker() {
     assert_gapless(&events);
     assert!(kinds(&events).contains(&"message_received".to_string()));
 }
+
+#[test]
+fn a_worker_gets_only_a_narrowed_grant_of_its_planners_secrets() {
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![
+                        ScriptedCall::new(
+                            "spawn_agent",
+                            json!({"name": "narrow", "task": "[script:narrow] x", "grants": ["api:method=GET"]}),
+                        ),
+                        ScriptedCall::new(
+                            "spawn_agent",
+                            json!({"name": "host", "task": "x", "grants": ["api:host=evil.example"]}),
+                        ),
+                        ScriptedCall::new(
+                            "spawn_agent",
+                            json!({"name": "method", "task": "x", "grants": ["api:method=DELETE"]}),
+                        ),
+                        ScriptedCall::new(
+                            "spawn_agent",
+                            json!({"name": "other", "task": "x", "grants": ["other"]}),
+                        ),
+                    ]),
+                    Step::tool("wait_agents", json!({})),
+                    Step::finish("done"),
+                ],
+            )
+            .with("narrow", vec![Step::finish("ok")]),
+    );
+    repo(&env);
+    for (name, value) in [("api", "s3cret-api-value"), ("other", "s3cret-other")] {
+        let mut cmd = env.cmd(&["secrets", "add", name, "--host", "127.0.0.1"]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{value}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let pid = start_planner(
+        &env,
+        "[script:planner] go",
+        &["--grant", "api:method=GET,POST"],
+    );
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    let spawned = tool_messages(&requests_of(&env, "planner")[1]);
+    assert!(spawned[0].contains("spawned worker narrow"), "{spawned:?}");
+    assert!(spawned[1].contains("evil.example"), "{spawned:?}");
+    assert!(spawned[2].contains("DELETE"), "{spawned:?}");
+    assert!(spawned[3].contains("\"other\""), "{spawned:?}");
+    let names: Vec<String> = sessions(&env)
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["narrow"], "refused workers are not recorded");
+    // The worker's grant: GET only, same host and placeholder as the
+    // planner's; never the value.
+    let grant_of = |id: &str| {
+        env.events(id)
+            .into_iter()
+            .find(|e| e["event"]["type"] == "secrets_granted")
+            .map(|e| e["event"]["grants"][0].clone())
+            .unwrap()
+    };
+    let mine = grant_of(&pid);
+    let all = sessions(&env);
+    let worker = all.iter().find(|s| s["name"] == "narrow").unwrap();
+    let theirs = grant_of(worker["id"].as_str().unwrap());
+    assert_eq!(theirs["methods"], json!(["GET"]));
+    assert_eq!(theirs["hosts"], mine["hosts"]);
+    assert_eq!(theirs["placeholder"], mine["placeholder"]);
+    assert!(!env
+        .events(worker["id"].as_str().unwrap())
+        .iter()
+        .any(|e| e.to_string().contains("s3cret")));
+}

@@ -81,7 +81,8 @@ fn specs() -> Vec<ToolSpec> {
                     "tools": {"type": "array", "items": {"type": "string"}, "description": "Only these built-in tools (default: all)."},
                     "mode": {"type": "string", "enum": ["plan", "ask", "accept-edits", "auto"], "description": "Permission mode, never wider than yours (default: yours)."},
                     "max_turns": {"type": "integer", "minimum": 1, "description": "Model turns it may take."},
-                    "wall_time_secs": {"type": "integer", "minimum": 1, "description": "Seconds it may run (never beyond your own remaining time)."}
+                    "wall_time_secs": {"type": "integer", "minimum": 1, "description": "Seconds it may run (never beyond your own remaining time)."},
+                    "grants": {"type": "array", "items": {"type": "string"}, "description": "Secrets of yours it may use, each NAME[:host=H][:method=GET][:path=/prefix][:ttl=1h], never wider than your own grant (default: none)."}
                 },
                 "required": ["task"],
                 "additionalProperties": false
@@ -215,6 +216,8 @@ struct SpawnArgs {
     max_turns: Option<u32>,
     #[serde(default)]
     wall_time_secs: Option<u64>,
+    #[serde(default)]
+    grants: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +652,21 @@ impl Supervisor {
             wall_time_secs: args.wall_time_secs.unwrap_or(left).clamp(1, left),
             context_window: d.context_window,
         };
+        // Secrets: only the parent's, each narrowed (hosts, methods, paths,
+        // expiry within the parent's grant; the same placeholder).
+        let now = crate::secrets::now_ms();
+        let mut grants: Vec<flotilla_protocol::SecretGrant> = Vec::new();
+        for raw in &args.grants {
+            let req: flotilla_vault::grant::GrantRequest =
+                raw.parse().map_err(|e| format!("grants: {raw:?}: {e}"))?;
+            if grants.iter().any(|g| g.secret == req.secret) {
+                return Err(format!("grants: secret {:?} is granted twice", req.secret));
+            }
+            grants.push(
+                flotilla_vault::grant::narrow(&origin.grants, &req, now)
+                    .map_err(|e| format!("grants: {raw:?}: {e}"))?,
+            );
+        }
         let id = SessionId::generate();
         let (workspace, branch, base) = if shared {
             (me.workspace.clone(), None, None)
@@ -698,7 +716,10 @@ impl Supervisor {
                         spec: None,
                         parent: Some(link),
                     })),
-                }],
+                }]
+                .into_iter()
+                .chain((!grants.is_empty()).then_some(EventKind::SecretsGranted { grants }))
+                .collect(),
             )
             .await
             .map_err(|e| e.to_string())?;

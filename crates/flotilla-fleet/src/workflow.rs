@@ -531,6 +531,7 @@ impl Interpreter {
             ("tools", step.tools.as_ref().map(|t| json!(t))),
             ("mode", step.mode.as_ref().map(|m| json!(m))),
             ("max_turns", step.max_turns.map(|n| json!(n))),
+            ("grants", step.grants.as_ref().map(|g| json!(g))),
         ] {
             if let Some(v) = v {
                 args[k] = v;

@@ -81,6 +81,10 @@ pub struct WorkflowStep {
     /// Model turns per worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<u32>,
+    /// Secrets of the workflow's own `--grant`s its workers may use, each
+    /// `NAME[:host=H][:method=M][:path=/p][:ttl=1h]`, never wider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<String>>,
 }
 
 /// A fan-out: one worker per item.
