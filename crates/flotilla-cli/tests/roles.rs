@@ -285,3 +285,73 @@ endpoint = "http://10.0.0.8:8080/v1"
         "{err}"
     );
 }
+
+#[test]
+fn a_fleets_workers_are_placed_where_their_model_fits() {
+    let env = Env::new(Script::new().with(
+        "planner",
+        vec![
+            Step::tool(
+                "spawn_agent",
+                json!({"name": "w", "task": "[script:w] look", "workspace": "shared"}),
+            ),
+            Step::tool("wait_agents", json!({})),
+            Step::finish("done"),
+        ],
+    ));
+    let big = MockModelServer::start_blocking(
+        Script::new().with("w", vec![Step::finish("answered on big")]),
+    )
+    .unwrap();
+    write_config(
+        &env,
+        &format!(
+            r#"
+[roles.worker]
+model = "openai:gemma-3-270m"
+gguf = "{gguf}"
+ctx = 8192
+
+[[machines]]
+name = "big"
+kind = "cuda"
+memory_gb = 12
+bandwidth_gbps = 360
+endpoint = "{big}"
+slots = 2
+"#,
+            gguf = gemma(),
+            big = big.base_url()
+        ),
+    );
+    let ws = env.ws_str();
+    let out = env.run(&[
+        "run",
+        "-w",
+        &ws,
+        "--planner",
+        "openai:mock",
+        "[script:planner] go",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all: Vec<Value> = serde_json::from_slice(&env.run(&["ps", "--json"]).stdout).unwrap();
+    let w = all.iter().find(|s| s["name"] == "w").unwrap();
+    assert_eq!(w["state"], "completed");
+    assert_eq!(w["final_answer"], "answered on big");
+    let created = &env.events(w["id"].as_str().unwrap())[0]["event"];
+    assert_eq!(created["machine"], "big");
+    assert_eq!(created["base_url"], big.base_url());
+    assert_eq!(created["model"], "openai:gemma-3-270m");
+    // The planner's server never saw the worker.
+    let tasks: Vec<String> = env
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r["messages"][1]["content"].to_string())
+        .collect();
+    assert!(
+        tasks.iter().all(|t| t.contains("[script:planner]")),
+        "{tasks:?}"
+    );
+    assert_eq!(big.requests().len(), 1);
+}

@@ -614,35 +614,51 @@ impl Supervisor {
             );
             crate::build_stack(pc, Path::new(&me.workspace), &permissions, &[], &chain)?;
         }
-        // The model: named, the fleet's worker model, or the planner's own.
-        let (model, base_url) = match (&args.model, &place.spec.worker_model) {
-            (Some(m), _) => (m.clone(), None),
-            (None, Some(m)) => (m.clone(), place.spec.worker_base_url.clone()),
-            (None, None) => (me.model.clone(), origin.base_url.clone()),
+        // The model: named, the fleet's worker model, the daemon's
+        // [roles.worker] (placed on the machine where its model file fits,
+        // if it names one), or the planner's own.
+        let role = self.config.roles.get("worker");
+        let mut fallbacks = Vec::new();
+        let mut machine = None;
+        let mut _placing = None;
+        let (model, base_url) = match (&args.model, &place.spec.worker_model, role) {
+            (Some(m), _, _) => (m.clone(), None),
+            (None, Some(m), _) => (m.clone(), place.spec.worker_base_url.clone()),
+            (None, None, Some(r)) => {
+                fallbacks = r.fallbacks.clone();
+                let mut url = r.base_url.clone();
+                if let (Some(gguf), None) = (&r.gguf, &url) {
+                    _placing = Some(self.placing.lock().await);
+                    let ctx = r.ctx.unwrap_or(self.config.default_limits.context_window);
+                    let (m, endpoint) = self.place("worker", gguf, ctx)?;
+                    machine = Some(m);
+                    url = Some(endpoint);
+                }
+                (r.model.clone(), url)
+            }
+            (None, None, None) => (me.model.clone(), origin.base_url.clone()),
         };
         let spec = ModelSpec::parse(&model).map_err(|e| e.to_string())?;
         let route = ModelRoute {
             model: spec.to_string(),
             base_url: base_url.clone(),
         };
-        let frontier_ok = self
-            .config
-            .roles
-            .get("worker")
-            .is_some_and(|r| r.allows_frontier("worker"));
-        if !frontier_ok
-            && is_frontier(
-                &route,
-                self.config.openai_base_url.as_deref(),
-                &self.config.local_endpoints,
-            )
-        {
-            return Err(format!(
-                "workers may not use the frontier model {} (only local endpoints): start the fleet with --workers naming a local model, or set frontier = true in [roles.worker]",
-                route.model
-            ));
+        let frontier_ok = role.is_some_and(|r| r.allows_frontier("worker"));
+        for r in std::iter::once(&route).chain(&fallbacks) {
+            if !frontier_ok
+                && is_frontier(
+                    r,
+                    self.config.openai_base_url.as_deref(),
+                    &self.config.local_endpoints,
+                )
+            {
+                return Err(format!(
+                    "workers may not use the frontier model {} (only local endpoints): start the fleet with --workers naming a local model, or set frontier = true in [roles.worker]",
+                    r.model
+                ));
+            }
         }
-        self.chain_for(&route, &[]).map(|_| ())?;
+        self.chain_for(&route, &fallbacks).map(|_| ())?;
         // Budget: never beyond the parent's remaining wall time.
         let d = self.config.default_limits;
         let used = (me.updated_ms - me.created_ms).max(0) as u64 / 1000;
@@ -710,8 +726,8 @@ impl Supervisor {
                     principal: origin.principal.clone(),
                     permissions: Some(permissions).filter(|p| !p.is_empty()),
                     role: Some("worker".into()),
-                    fallbacks: Vec::new(),
-                    machine: None,
+                    fallbacks,
+                    machine,
                     fleet: Some(Box::new(FleetLink {
                         spec: None,
                         parent: Some(link),
