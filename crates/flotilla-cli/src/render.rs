@@ -273,13 +273,18 @@ pub fn session_table(sessions: &[SessionInfo], now_ms: i64) -> String {
     out
 }
 
-/// One row of `ps`: the session named `who`, then state, model, age,
+/// One row of `ps`: the session named `who`, then state, model (and its
+/// machine, when placed), age,
 /// turns, tokens, cost, workspace.
 fn session_row(s: &SessionInfo, who: String, now_ms: i64) -> [String; 8] {
     [
         who,
         s.state.to_string(),
-        s.model.clone(),
+        // Where it runs: a placed model names its machine.
+        match &s.machine {
+            Some(m) => format!("{}@{m}", s.model),
+            None => s.model.clone(),
+        },
         age(now_ms, s.created_ms),
         s.turns.to_string(),
         tokens(s.prompt_tokens + s.completion_tokens),

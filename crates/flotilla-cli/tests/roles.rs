@@ -342,6 +342,10 @@ slots = 2
     assert_eq!(created["machine"], "big");
     assert_eq!(created["base_url"], big.base_url());
     assert_eq!(created["model"], "openai:gemma-3-270m");
+    assert_eq!(w["machine"], "big");
+    let tree = env.run(&["ps", "--tree"]);
+    let tree = String::from_utf8_lossy(&tree.stdout).into_owned();
+    assert!(tree.contains("openai:gemma-3-270m@big"), "{tree}");
     // The planner's server never saw the worker.
     let tasks: Vec<String> = env
         .mock

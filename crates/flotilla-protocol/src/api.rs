@@ -256,6 +256,9 @@ pub struct SessionInfo {
     /// In a fleet: the name its parent knows it by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The `[[machines]]` entry its local model was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
 }
 
 /// `GET /v1/sessions`

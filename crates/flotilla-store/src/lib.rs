@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, oneshot};
 /// `PRAGMA application_id` of flotilla databases ("FLOT").
 pub const APPLICATION_ID: i32 = 0x464c_4f54;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Most concurrent readers.
@@ -216,7 +216,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     agent             TEXT,
     parent            TEXT,
     root              TEXT,
-    name              TEXT
+    name              TEXT,
+    machine           TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions (created_ms);
@@ -614,7 +615,7 @@ fn check_identity(conn: &Connection, path: &Path, existed: bool) -> Result<()> {
 
 const SESSION_COLUMNS: &str = "id, state, model, workspace, task, limits, created_ms, updated_ms, \
      turns, prompt_tokens, completion_tokens, last_seq, final_answer, reason, cost_usd, \
-     agent, parent, root, name";
+     agent, parent, root, name, machine";
 
 /// Brings a database of an older schema up to [`SCHEMA_VERSION`]: the
 /// events never change; projections gain columns; the audit log is built
@@ -651,6 +652,44 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(sql(e));
         }
+    }
+    // 4 -> 5: where a placed session runs (sessions.machine), filled from
+    // the log with the column, in one transaction.
+    if !has_column("machine")? {
+        let mut conn2 = Connection::open(path).map_err(sql)?;
+        conn2
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
+        let tx = conn2
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute_batch("ALTER TABLE sessions ADD COLUMN machine TEXT")
+            .map_err(sql)?;
+        {
+            let mut stmt = tx
+                .prepare("SELECT body FROM events WHERE kind = 'session_created'")
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let body: Vec<u8> = row.get(0).map_err(sql)?;
+                if let Ok(Event {
+                    session,
+                    event:
+                        EventKind::SessionCreated {
+                            machine: Some(m), ..
+                        },
+                    ..
+                }) = decode_canonical_event(&body)
+                {
+                    tx.execute(
+                        "UPDATE sessions SET machine = ?2 WHERE id = ?1",
+                        params![session.as_str(), m],
+                    )
+                    .map_err(sql)?;
+                }
+            }
+        }
+        tx.commit().map_err(sql)?;
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS sessions_by_root ON sessions (root, created_ms);",
@@ -722,6 +761,7 @@ fn row_to_session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
         parent: opt_id(row, 16)?,
         root: opt_id(row, 17)?,
         name: row.get(18)?,
+        machine: row.get(19)?,
     })
 }
 
@@ -1166,6 +1206,7 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
             principal,
             role,
             fleet,
+            machine,
             ..
         } => {
             let limits = serde_json::to_string(limits)?;
@@ -1177,8 +1218,8 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
                 (None, None) => None,
             };
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq, principal, agent, parent, root, name)
-                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT OR REPLACE INTO sessions (id, state, model, workspace, task, limits, created_ms, updated_ms, last_seq, principal, agent, parent, root, name, machine)
+                 VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -1193,7 +1234,8 @@ fn apply_projection(tx: &Transaction<'_>, path: &Path, event: &Event) -> Result<
                     role,
                     link.map(|l| l.parent.as_str()),
                     root,
-                    link.map(|l| l.name.as_str())
+                    link.map(|l| l.name.as_str()),
+                    machine
                 ])
             })
             .map_err(sql)?;

@@ -352,3 +352,44 @@ async fn a_version_3_database_gains_the_fleet_tree() {
     store.rebuild_projections().await.unwrap();
     check(store.fleet_tree(&planner).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_schema_4_database_learns_where_placed_sessions_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let (placed, plain) = (SessionId::generate(), SessionId::generate());
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut event = created("placed");
+        if let EventKind::SessionCreated { machine, .. } = &mut event {
+            *machine = Some("big".into());
+        }
+        store.append(&placed, vec![event]).await.unwrap();
+        store.append(&plain, vec![created("plain")]).await.unwrap();
+        assert_eq!(
+            store
+                .session(&placed)
+                .await
+                .unwrap()
+                .unwrap()
+                .machine
+                .as_deref(),
+            Some("big")
+        );
+        store.close();
+    }
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE sessions DROP COLUMN machine; PRAGMA user_version = 4;")
+            .unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let info = store.session(&placed).await.unwrap().unwrap();
+    assert_eq!(info.machine.as_deref(), Some("big"));
+    assert_eq!(store.session(&plain).await.unwrap().unwrap().machine, None);
+    let conn = Connection::open(&path).unwrap();
+    let v: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+}
