@@ -197,6 +197,13 @@ fn a_planner_fans_out_twenty_workers_and_merges_them() {
     let merges = git(env.ws(), &["log", "--merges", "--format=%s"]);
     assert_eq!(merges.lines().count(), n, "{merges}");
     assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+    // Merged worktrees are gone; their branches stay.
+    let worktrees = git(env.ws(), &["worktree", "list", "--porcelain"]);
+    assert_eq!(worktrees.matches("worktree ").count(), 1, "{worktrees}");
+    let left = std::fs::read_dir(env.home.path().join("worktrees"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "merged worktrees are removed");
     let branches = git(env.ws(), &["branch", "--list", "flotilla/*"]);
     assert_eq!(branches.lines().count(), n, "{branches}");
 

@@ -1126,10 +1126,29 @@ impl Supervisor {
         let name = label(&child);
         let task = clip(&child.task, 200);
         let gate = self.merge_gate(&wt.repo.path)?;
-        tokio::task::spawn_blocking(move || merge(&wt, &link, &name, &task, &gate))
-            .await
-            .map_err(|e| format!("the merge failed: {e}"))?
+        tokio::task::spawn_blocking(move || {
+            let merged = merge(&wt, &link, &name, &task, &gate)?;
+            // Merged: its branch keeps the work, its worktree goes (a fleet
+            // of a thousand workers must not leave a thousand checkouts).
+            if let Err(e) = remove_worktree(&wt) {
+                tracing::warn!(worktree = %wt.path.display(), error = %e, "removing a merged worktree failed");
+            }
+            Ok(merged)
+        })
+        .await
+        .map_err(|e| format!("the merge failed: {e}"))?
     }
+}
+
+/// Deletes a merged worker's worktree (symlinks in it are removed, never
+/// followed) and drops git's record of it.
+fn remove_worktree(wt: &Worktree) -> Result<(), String> {
+    match std::fs::remove_dir_all(&wt.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    run(git_repo(&wt.repo)?.args(["worktree", "prune"])).map(|_| ())
 }
 
 fn label(info: &SessionInfo) -> String {
