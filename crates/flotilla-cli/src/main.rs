@@ -840,3 +840,14 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_workflow_is_valid() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflow.toml");
+        let wf = super::load_workflow(&file).unwrap();
+        assert_eq!(wf.steps.len(), 3);
+    }
+}
