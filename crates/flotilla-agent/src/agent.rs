@@ -234,8 +234,10 @@ pub async fn run_agent(run: AgentRun) -> Result<AgentExit, AgentError> {
         .unwrap_or_else(|| default_system_prompt(&conv.workspace));
     // The wall-time budget counts time the machine was awake: tokio's clock is
     // CLOCK_MONOTONIC, which stops during suspend. Earlier runs of this
-    // session (before a daemon restart) are counted from the log.
-    let used_before = Duration::from_millis((conv.last_ts_ms - conv.created_ms).max(0) as u64);
+    // session (before a daemon restart) are counted from the log, from its
+    // first model request (time queued for a fleet's slot is not work).
+    let began = conv.first_request_ms.unwrap_or(conv.last_ts_ms);
+    let used_before = Duration::from_millis((conv.last_ts_ms - began).max(0) as u64);
     let budget = Duration::from_secs(conv.limits.wall_time_secs).saturating_sub(used_before);
     let stop = run.cancel.child_token();
     let tool_ctx = ToolContext {

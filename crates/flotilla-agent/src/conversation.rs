@@ -36,6 +36,9 @@ pub struct Conversation {
     pub created_ms: i64,
     /// Last event's time.
     pub last_ts_ms: i64,
+    /// When the first model request was made: the loop's work starts
+    /// there (a fleet worker may wait in a queue before).
+    pub first_request_ms: Option<i64>,
     /// Last event's seq.
     pub last_seq: u64,
     /// Summary of compacted turns.
@@ -259,7 +262,10 @@ impl Conversation {
                     a.answer = Some(Err(reason.clone()));
                 }
             }
-            EventKind::ModelRequested { .. } => self.awaiting_reply = true,
+            EventKind::ModelRequested { .. } => {
+                self.awaiting_reply = true;
+                self.first_request_ms.get_or_insert(event.ts_ms);
+            }
             EventKind::SessionResumed { .. } => {
                 // A request cut short by the restart is asked again.
                 self.awaiting_reply = false;

@@ -154,6 +154,8 @@ fn a_planner_fans_out_twenty_workers_and_merges_them() {
                     .map(|w| ScriptedCall::new("merge_worker", json!({"agent": w})))
                     .collect(),
             ),
+            // Asked again (its worktree is gone by now): nothing to do.
+            Step::tool("merge_worker", json!({"agent": "w1"})),
             Step::finish("merged every worker"),
         ],
     );
@@ -197,6 +199,11 @@ fn a_planner_fans_out_twenty_workers_and_merges_them() {
     let merges = git(env.ws(), &["log", "--merges", "--format=%s"]);
     assert_eq!(merges.lines().count(), n, "{merges}");
     assert_eq!(git(env.ws(), &["status", "--porcelain"]), "");
+    let again = last_tool_results(&env, "planner");
+    assert!(
+        again.last().unwrap().contains("w1 is already merged"),
+        "{again:?}"
+    );
     // Merged worktrees are gone; their branches stay.
     let worktrees = git(env.ws(), &["worktree", "list", "--porcelain"]);
     assert_eq!(worktrees.matches("worktree ").count(), 1, "{worktrees}");
@@ -240,8 +247,8 @@ fn a_planner_fans_out_twenty_workers_and_merges_them() {
         !planner_saw.contains("created w1.txt") && !planner_saw.contains("bytes"),
         "a worker's tool output reached the planner"
     );
-    // The last turn's results: one merge per worker.
-    let merged = &waited[waited.len() - n..];
+    // The merge turn's results: one merge per worker (then the repeat).
+    let merged = &waited[waited.len() - n - 1..waited.len() - 1];
     for (w, m) in names.iter().zip(merged) {
         assert!(
             m.starts_with(&format!("merged {w} (flotilla/{pid}/{w})")),
@@ -1430,4 +1437,42 @@ fn a_worker_gets_only_a_narrowed_grant_of_its_planners_secrets() {
         .events(worker["id"].as_str().unwrap())
         .iter()
         .any(|e| e.to_string().contains("s3cret")));
+}
+
+#[test]
+fn workers_of_workers_past_the_limit_are_refused_not_queued_for_ever() {
+    // Two workers hold the fleet's two slots and each asks for a worker of
+    // its own: queued behind their parents, those would wait for ever.
+    let sub = |name: &str| {
+        vec![
+            Step::tool(
+                "spawn_agent",
+                json!({"name": format!("{name}-sub"), "task": "x", "workspace": "shared"}),
+            ),
+            Step::finish(format!("{name} done")),
+        ]
+    };
+    let env = Env::new(
+        Script::new()
+            .with(
+                "planner",
+                vec![
+                    Step::tools(vec![spawn("a", "go"), spawn("b", "go")]),
+                    Step::tool("wait_agents", json!({"timeout_secs": 60})),
+                    Step::finish("done"),
+                ],
+            )
+            .with("a", sub("a"))
+            .with("b", sub("b")),
+    );
+    repo(&env);
+    let pid = start_planner(&env, "[script:planner] go", &["--max-workers", "2"]);
+    assert_eq!(env.wait_state(&pid, 60), "completed");
+    for w in ["a", "b"] {
+        let said = last_tool_results(&env, w).join("\n");
+        assert!(said.contains("the fleet's limit at once"), "{w}: {said}");
+    }
+    assert!(sessions(&env)
+        .iter()
+        .all(|s| s["name"] != "a-sub" && s["name"] != "b-sub"));
 }

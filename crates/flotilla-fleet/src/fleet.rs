@@ -510,10 +510,17 @@ impl Supervisor {
                 workers.len()
             ));
         }
-        // Past the fleet's limit at once, the worker is queued: its loop
-        // starts when a running one ends.
+        // Past the fleet's limit at once, the planner's worker is queued:
+        // its loop starts when a running one ends. A worker's own workers
+        // are refused instead: their parent holds a slot while it waits
+        // for them, and queueing them behind it could wait for ever.
         let live = workers.iter().filter(|s| !s.state.is_terminal()).count();
         let queued = live as u64 >= u64::from(place.spec.max_workers);
+        if queued && place.depth > 0 {
+            return Err(format!(
+                "{live} workers are running, the fleet's limit at once: wait_agents for some of yours to finish first"
+            ));
+        }
         let name = match args.name {
             Some(n) if !valid_name(&n) => {
                 return Err(format!("name {n:?}: use 1 to 32 letters, digits, - and _"))
@@ -1083,7 +1090,7 @@ impl Supervisor {
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!(
-            "sent to {}: it reads it at its next turn",
+            "sent to {}: it reads it at its next turn (if it is not finishing already)",
             label(&child)
         ))
     }
@@ -1126,18 +1133,50 @@ impl Supervisor {
         let name = label(&child);
         let task = clip(&child.task, 200);
         let gate = self.merge_gate(&wt.repo.path)?;
+        // Workers it started still run in its worktree: keep it for them.
+        let tree = self
+            .store
+            .fleet_tree(&link.root)
+            .await
+            .map_err(|e| e.to_string())?;
+        let busy = tree
+            .iter()
+            .any(|s| s.parent.as_ref() == Some(&child.id) && !s.state.is_terminal());
         tokio::task::spawn_blocking(move || {
+            // Merged before, and its worktree removed (a restart cut the
+            // merge's record short, or the planner asks again).
+            if !wt.path.exists() {
+                return if merged_already(&wt, &link)? {
+                    Ok(format!("{name} is already merged"))
+                } else {
+                    Err(format!("{name}'s worktree is gone: its branch {} is not merged; a person can merge it", link.branch.as_deref().unwrap_or("?")))
+                };
+            }
             let merged = merge(&wt, &link, &name, &task, &gate)?;
             // Merged: its branch keeps the work, its worktree goes (a fleet
             // of a thousand workers must not leave a thousand checkouts).
-            if let Err(e) = remove_worktree(&wt) {
-                tracing::warn!(worktree = %wt.path.display(), error = %e, "removing a merged worktree failed");
+            if !busy {
+                if let Err(e) = remove_worktree(&wt) {
+                    tracing::warn!(worktree = %wt.path.display(), error = %e, "removing a merged worktree failed");
+                }
             }
             Ok(merged)
         })
         .await
         .map_err(|e| format!("the merge failed: {e}"))?
     }
+}
+
+/// Whether the worker's branch is already in the planner's history.
+fn merged_already(wt: &Worktree, link: &ParentLink) -> Result<bool, String> {
+    let branch = link.branch.as_deref().ok_or("no branch")?;
+    let out = output(git_repo(&wt.repo)?.args([
+        "merge-base",
+        "--is-ancestor",
+        &format!("refs/heads/{branch}"),
+        "HEAD",
+    ]))?;
+    Ok(out.status.success())
 }
 
 /// Deletes a merged worker's worktree (symlinks in it are removed, never

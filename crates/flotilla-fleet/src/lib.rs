@@ -275,6 +275,18 @@ struct SlotHold {
     session: SessionId,
 }
 
+impl SlotHold {
+    fn take(slots: &Slots, session: &SessionId, machine: String) -> SlotHold {
+        if let Ok(mut s) = slots.lock() {
+            s.insert(session.clone(), machine);
+        }
+        SlotHold {
+            slots: slots.clone(),
+            session: session.clone(),
+        }
+    }
+}
+
 impl Drop for SlotHold {
     fn drop(&mut self) {
         if let Ok(mut s) = self.slots.lock() {
@@ -902,15 +914,16 @@ impl Supervisor {
             });
             (s, c)
         });
-        // A worker runs when its fleet has a free worker slot.
+        // The planner's workers run when their fleet has a free worker slot
+        // (deeper workers were counted when they were spawned).
         let worker_slot = match fleet.as_deref().and_then(|l| l.parent.as_ref()) {
-            Some(p) => {
+            Some(p) if p.depth == 1 => {
                 let root_events = self.store.events(&p.root, 0, 1).await?;
                 fleet::link_of(&root_events)
                     .and_then(|l| l.spec)
                     .map(|s| (p.root.clone(), s.max_workers as usize))
             }
-            None => None,
+            _ => None,
         };
         let (spec, client) = match client {
             Ok(pair) => pair,
@@ -1004,35 +1017,28 @@ impl Supervisor {
                 all.insert(id.clone(), grants);
             }
         }
-        // The slot is held from now until the task ends.
-        let hold = match machine {
-            Some(m) => {
-                if let Ok(mut slots) = self.slots.lock() {
-                    slots.insert(id.clone(), m);
-                }
-                Some(SlotHold {
-                    slots: self.slots.clone(),
-                    session: id.clone(),
-                })
-            }
-            None => None,
+        // The machine's slot is held from now until the task ends (for a
+        // queued worker, from when it leaves the queue).
+        let slots = self.slots.clone();
+        let (hold, hold_later) = match worker_slot {
+            None => (machine.map(|m| SlotHold::take(&slots, id, m)), None),
+            Some(_) => (None, machine),
         };
         let tool_limits = self.config.tool_limits.clone();
         let sched = self.sched.clone();
         let task = tokio::spawn(async move {
-            let _hold = hold;
             let _worker_slot = match &worker_slot {
                 Some((root, max)) => {
                     let slot = schedule::Slot::Fleet(root.clone());
-                    sched.set_limit(slot.clone(), *max);
                     tokio::select! {
-                        p = sched.acquire(root, vec![slot]) => Some(p),
+                        p = sched.acquire_limited(root, slot, *max) => Some(p),
                         // Cancelled while queued: the loop records it.
                         _ = loop_cancel.cancelled() => None,
                     }
                 }
                 None => None,
             };
+            let _hold = hold.or_else(|| hold_later.map(|m| SlotHold::take(&slots, &sid, m)));
             // The session's sandbox is built at its first command and lives
             // as long as this task: dropping the executor ends it and every
             // process in it. What cannot work at all fails the session now.

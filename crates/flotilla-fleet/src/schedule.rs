@@ -197,26 +197,46 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets (or changes) how many of `slot` there are.
-    pub(crate) fn set_limit(&self, slot: Slot, n: usize) {
-        let mut st = self.lock();
-        st.limits.insert(slot, n.max(1));
-        st.dispatch();
-    }
-
-    /// Forgets a slot's limit (a fleet that ended).
+    /// Forgets a slot's limit once nobody holds or waits for it (a fleet
+    /// that ended).
     pub(crate) fn clear_limit(&self, slot: &Slot) {
         let mut st = self.lock();
-        if st.used.get(slot).copied().unwrap_or(0) == 0 {
+        let waited = st.waiters.iter().any(|w| w.slots.contains(slot));
+        if st.used.get(slot).copied().unwrap_or(0) == 0 && !waited {
             st.limits.remove(slot);
         }
+    }
+
+    /// Waits for one `slot`, of which there are `max`: the limit is set
+    /// and the request queued at once, so a `clear_limit` cannot come
+    /// between them.
+    pub(crate) async fn acquire_limited(
+        self: &Arc<Self>,
+        fleet: &SessionId,
+        slot: Slot,
+        max: usize,
+    ) -> Permit {
+        self.acquire_with(fleet, vec![slot.clone()], Some((slot, max)))
+            .await
     }
 
     /// Waits for one of each of `slots` (those with a limit) on behalf of
     /// `fleet`, in the fair queue.
     pub(crate) async fn acquire(self: &Arc<Self>, fleet: &SessionId, slots: Vec<Slot>) -> Permit {
+        self.acquire_with(fleet, slots, None).await
+    }
+
+    async fn acquire_with(
+        self: &Arc<Self>,
+        fleet: &SessionId,
+        slots: Vec<Slot>,
+        limit: Option<(Slot, usize)>,
+    ) -> Permit {
         let rx = {
             let mut st = self.lock();
+            if let Some((slot, max)) = limit {
+                st.limits.insert(slot, max.max(1));
+            }
             let slots: Vec<Slot> = slots
                 .into_iter()
                 .filter(|s| st.limits.contains_key(s))

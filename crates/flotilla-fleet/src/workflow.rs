@@ -333,7 +333,8 @@ impl Interpreter {
                 lines(&out)
             }
             Over::Command(command) => {
-                let command = render(command, None, input, output_of);
+                // Checked to hold no templates: used as written.
+                let command = command.clone();
                 let (out, is_error) = match self
                     .begin(&key, "shell", json!({ "command": command }))
                     .await?
@@ -375,7 +376,12 @@ impl Interpreter {
     /// allows it outright (nobody is there to answer an `ask`).
     async fn command(&mut self, call_id: &str, command: &str) -> Result<String, String> {
         let args = json!({ "command": command });
-        if let Some(policy) = &self.run.policy {
+        let Some(policy) = &self.run.policy else {
+            return Err(
+                "this daemon runs no policy, and a workflow's command needs one to allow it".into(),
+            );
+        };
+        {
             let call = ToolCall {
                 id: call_id.to_owned(),
                 name: "shell".into(),
@@ -560,14 +566,25 @@ impl Interpreter {
                 }
                 // Through the planner's tool (a trait object: the loop that
                 // runs this workflow starts the worker's loop in turn).
-                let outcome = self
-                    .run
-                    .tools
-                    .call("spawn_agent", &args.to_string(), self.stop.clone())
-                    .await;
-                let (text, is_error) = match outcome {
-                    ToolOutcome::Output { text, is_error } => (text, is_error),
-                    ToolOutcome::Finish { answer } => (answer, true),
+                // A machine whose slots are all taken (a worker that just
+                // ended may hold its slot a moment longer) is waited for.
+                let mut tries = 0;
+                let (text, is_error) = loop {
+                    let outcome = self
+                        .run
+                        .tools
+                        .call("spawn_agent", &args.to_string(), self.stop.clone())
+                        .await;
+                    let (text, is_error) = match outcome {
+                        ToolOutcome::Output { text, is_error } => (text, is_error),
+                        ToolOutcome::Finish { answer } => (answer, true),
+                    };
+                    tries += 1;
+                    if is_error && text.contains("every slot is taken") && tries < 600 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    break (text, is_error);
                 };
                 self.finish(call_id, &text, is_error).await?;
                 if is_error {

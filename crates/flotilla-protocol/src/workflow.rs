@@ -107,7 +107,8 @@ pub enum Over {
     /// relative paths, sorted; `.gitignore` is honoured.
     Glob(String),
     /// Non-empty lines of this shell command's output, run in the
-    /// workflow's sandbox under its policy.
+    /// workflow's sandbox under its policy (no templates: an agent's
+    /// output never becomes shell code).
     Command(String),
     /// Non-empty lines of this text, e.g. `{{steps.plan.output}}`.
     Lines(String),
@@ -320,7 +321,17 @@ impl Workflow {
                             return Err(format!("{what}: over.list is empty"))
                         }
                         Over::List(_) => {}
-                        Over::Glob(g) | Over::Command(g) => nonempty(g, &what)?,
+                        Over::Glob(g) => nonempty(g, &what)?,
+                        // A model's answer spliced into shell text would be
+                        // code: commands take no templates.
+                        Over::Command(c) => {
+                            nonempty(c, &what)?;
+                            if c.contains("{{") {
+                                return Err(format!(
+                                    "{what}: over.command takes no {{{{...}}}}: an agent's output must not become shell code; use over.lines with the output instead"
+                                ));
+                            }
+                        }
                         Over::Lines(text) => check_template(text, &earlier, false, &what)?,
                     }
                 }
@@ -379,9 +390,22 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("step name"));
         let bad = Workflow {
             steps: vec![step("a", "x"), step("a", "y")],
-            ..wf
+            ..wf.clone()
         };
         assert!(bad.validate().unwrap_err().contains("two steps"));
+        let spliced = WorkflowStep {
+            name: "b".into(),
+            parallel: Some(Parallel {
+                over: Over::Command("cat {{steps.a.output}}".into()),
+                agent: "x {{item}}".into(),
+            }),
+            ..WorkflowStep::default()
+        };
+        let bad = Workflow {
+            steps: vec![step("a", "x"), spliced],
+            ..wf
+        };
+        assert!(bad.validate().unwrap_err().contains("no {{...}}"));
     }
 
     #[test]

@@ -663,9 +663,16 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
         let tx = conn2
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
-        tx.execute_batch("ALTER TABLE sessions ADD COLUMN machine TEXT")
+        // Another process may have migrated while this one waited for the lock.
+        let done = tx
+            .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'machine'")
+            .and_then(|mut s| s.exists([]))
             .map_err(sql)?;
-        {
+        if !done {
+            tx.execute_batch("ALTER TABLE sessions ADD COLUMN machine TEXT")
+                .map_err(sql)?;
+        }
+        if !done {
             let mut stmt = tx
                 .prepare("SELECT body FROM events WHERE kind = 'session_created'")
                 .map_err(sql)?;
