@@ -9,6 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# llama.cpp (the embedded model) builds with cmake, a C++ compiler and libclang.
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"
+  else sudo apt-get update -q && sudo apt-get install -y -q "${need_apt[@]}"; fi
+fi
+
 # FLOTILLA_DEMO_PROFILE=debug reuses the test build (the test script does).
 if [ "${FLOTILLA_DEMO_PROFILE:-release}" = debug ]; then
   echo "==> building (debug)"

@@ -10,6 +10,11 @@ command -v make >/dev/null || need_apt+=(make)
 command -v git >/dev/null || need_apt+=(git)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v unshare >/dev/null || need_apt+=(util-linux)
+# llama.cpp (the embedded model, crate llama-cpp-2) builds with cmake and a
+# C++ compiler; its bindings are generated with libclang.
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
 # The sandbox escape suite runs its attacks with Debian's python3 (a pyenv
 # shim would not work with the test's HOME).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
@@ -35,6 +40,9 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   else sudo apt-get update -q && sudo apt-get install -y -q python3-pip; fi
 fi
 scripts/test-models.sh >/dev/null
+
+echo "==> the openai Python client (for the local model server's tests; target/test-py)"
+scripts/test-python.sh >/dev/null
 
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -108,7 +108,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 }
 
 /// This machine and the config's.
-fn all_machines(paths: &Paths) -> Result<Vec<Machine>> {
+pub fn all_machines(paths: &Paths) -> Result<Vec<Machine>> {
     let cfg = config::load(&paths.config_file)?;
     let mut out = machines::detect();
     let configured = machines::from_config(&cfg.machines)

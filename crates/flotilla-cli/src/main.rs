@@ -4,6 +4,7 @@ mod audit_cmd;
 mod client;
 mod config;
 mod fit_cmd;
+mod model_cmd;
 mod policy_cmd;
 mod principal_cmd;
 mod render;
@@ -101,6 +102,12 @@ enum Command {
     Fit(fit_cmd::FitArgs),
     /// This machine (GPUs detected, else RAM) and the [[machines]] of the config.
     Machines(fit_cmd::MachinesArgs),
+    /// Local models: `pull` from the hub, `list`, `serve` over OpenAI's API.
+    #[command(after_help = model_cmd::MODEL_HELP)]
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
+    },
     /// Manage secrets that sessions use without seeing them (`add`, `list`, `rm`).
     #[command(after_help = secrets_cmd::SECRETS_HELP)]
     Secrets {
@@ -350,6 +357,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Policy { command } => policy_cmd::policy(&paths, command),
         Command::Fit(args) => fit_cmd::fit(&paths, args),
         Command::Machines(args) => fit_cmd::list(&paths, args),
+        Command::Model { command } => model_cmd::model(&paths, command).await,
         Command::Secrets { command } => secrets_cmd::secrets(&paths, command).await,
         Command::Audit(args) => audit_cmd::audit(&paths, args).await,
         Command::Approvals(args) => policy_cmd::approvals(&paths, args).await,

@@ -1,0 +1,179 @@
+//! The embedded model server, end to end: the real `flotilla model serve`
+//! on loopback with the Gemma 3 270M GGUF (scripts/test-models.sh), driven
+//! by the official `openai` Python client (scripts/test-python.sh).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn gemma() -> PathBuf {
+    let path = std::env::var_os("FLOTILLA_TEST_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_file("target/test-models/gemma-3-270m-q4_k_m.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test-models.sh",
+        path.display()
+    );
+    path
+}
+
+fn python_path() -> PathBuf {
+    let dir = std::env::var_os("FLOTILLA_TEST_PYTHONPATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_file("target/test-py"));
+    assert!(
+        dir.join("openai").exists(),
+        "the openai client is missing from {}: run scripts/test-python.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A running `flotilla model serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    _home: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(model: &Path, extra: &[&str]) -> Result<Server, String> {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["model", "serve", "--listen", "127.0.0.1:0", "--ctx", "2048"])
+        .arg("--model")
+        .arg(model)
+        .args(extra)
+        .env("FLOTILLA_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_default();
+    match line.trim().strip_prefix("listening ") {
+        Some(addr) => Ok(Server {
+            child,
+            base: format!("http://{addr}/v1"),
+            _home: home,
+        }),
+        None => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// Runs one check of client.py; returns what it printed.
+fn check(server: &Server, name: &str) -> Value {
+    let out = Command::new("python3")
+        .arg(repo_file("crates/flotilla-cli/tests/local_model/client.py"))
+        .arg(&server.base)
+        .arg(name)
+        .env("PYTHONPATH", python_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check {name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_openai_client_chats_streams_and_calls_tools() {
+    let server = serve(&gemma(), &["--parallel", "2"]).unwrap();
+    let plain = check(&server, "plain");
+    assert_eq!(plain["model"], "gemma-3-270m-q4_k_m");
+    let stream = check(&server, "stream");
+    assert!(stream["chunks"].as_u64().unwrap() >= 3, "{stream}");
+    let tool = check(&server, "tool");
+    assert_eq!(tool["call"]["name"], "get_weather");
+    assert_eq!(tool["streamed"]["name"], "get_weather");
+    // Twenty in a row, each a schema-valid call of an offered tool (the
+    // script checks every argument against its schema).
+    let twenty = check(&server, "twenty");
+    assert_eq!(twenty["calls"].as_array().unwrap().len(), 20);
+    // Two at once are both served, side by side.
+    let both = check(&server, "concurrent");
+    assert!(both["overlap_s"].as_f64().unwrap() > 0.0, "{both}");
+}
+
+#[test]
+fn a_killed_engine_is_started_again_and_serves_the_next_request() {
+    let server = serve(&gemma(), &["--parallel", "1"]).unwrap();
+    let seen = check(&server, "kill");
+    assert!(seen["chunks_before_kill"].as_u64().unwrap() >= 3, "{seen}");
+    assert!(!seen["error"].is_null(), "the cut request failed: {seen}");
+    assert_ne!(seen["old_pid"], seen["new_pid"]);
+    assert_eq!(seen["restarts"], 1);
+    assert!(seen["after"].is_string(), "{seen}");
+    // The engine is a child of the front, which lives on.
+    let pid = seen["new_pid"].as_u64().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, server.child.id());
+}
+
+#[test]
+fn a_corrupt_or_truncated_gguf_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not GGUF at all.
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a model").unwrap();
+    let err = serve(&junk, &[]).err().expect("a junk file was served");
+    assert!(err.contains("is not a usable GGUF model"), "{err}");
+    // A real model cut short: its header is fine, its tensors are not all there.
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(gemma()).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = serve(&cut, &[]).err().expect("a truncated file was served");
+    assert!(err.contains("cut short"), "{err}");
+    // A header whose counts are garbage.
+    let mut bad = bytes[..4096].to_vec();
+    bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, &bad).unwrap();
+    let err = serve(&garbage, &[])
+        .err()
+        .expect("a garbage header was served");
+    assert!(err.contains("is not a usable GGUF model"), "{err}");
+}

@@ -1,0 +1,174 @@
+//! `flotilla model pull`: a model file from the Hugging Face hub, resumed
+//! where an earlier try stopped, checked against its SHA-256, and put in
+//! place only when whole and right.
+//!
+//! The hub is `$HF_ENDPOINT` (as for Hugging Face's own tools), else
+//! `https://huggingface.co`; a file is `{endpoint}/{repo}/resolve/main/{file}`.
+//! The hub names the SHA-256 of a large (LFS) file in `X-Linked-Etag`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+/// Where to fetch from and what to expect.
+#[derive(Clone, Debug)]
+pub struct PullSpec {
+    /// `owner/name` on the hub.
+    pub repo: String,
+    /// The file in it.
+    pub file: String,
+    /// The SHA-256 to expect (else the hub's).
+    pub sha256: Option<String>,
+}
+
+/// How far a download is.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Bytes on disk.
+    pub done: u64,
+    /// Bytes in all, when known.
+    pub total: Option<u64>,
+}
+
+/// The hub's address.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn sha256_hex(path: &Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A SHA-256 as the hub's etag gives it (`"abc..."`, maybe `W/`).
+fn etag_sha(value: &str) -> Option<String> {
+    let v = value.trim().trim_start_matches("W/").trim_matches('"');
+    (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then(|| v.to_ascii_lowercase())
+}
+
+/// Downloads `spec` into `dir` (as `spec.file`), resuming a `.part` file
+/// left by an earlier try; returns the final path. `progress` is called as
+/// bytes arrive.
+pub async fn pull(
+    spec: &PullSpec,
+    dir: &Path,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<PathBuf, String> {
+    if spec.file.contains('/') || spec.file.contains("..") || spec.file.is_empty() {
+        return Err(format!("bad file name {:?}", spec.file));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dest = dir.join(&spec.file);
+    let part = dir.join(format!("{}.part", spec.file));
+    let url = format!("{}/{}/resolve/main/{}", endpoint(), spec.repo, spec.file);
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut req = client.get(&url);
+    if have > 0 {
+        req = req.header("range", format!("bytes={have}-"));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the hub at {url}: {e}"))?;
+    let status = resp.status();
+    if status.as_u16() == 416 && have > 0 {
+        // The part is already whole: check it below.
+    } else if !status.is_success() {
+        return Err(match status.as_u16() {
+            401 | 403 => format!("the hub refused {url} ({status}): the model may need a login or a licence accepted on the hub"),
+            404 => format!("the hub has no {url}"),
+            _ => format!("the hub answered {status} for {url}"),
+        });
+    }
+    let hub_sha = ["x-linked-etag", "etag"]
+        .iter()
+        .filter_map(|h| resp.headers().get(*h))
+        .filter_map(|v| v.to_str().ok())
+        .find_map(etag_sha);
+    let expect = spec.sha256.clone().or(hub_sha);
+    let resumed = status.as_u16() == 206;
+    let mut done = if resumed { have } else { 0 };
+    let total = resp.content_length().map(|n| n + done);
+    if status.is_success() {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(&part)
+            .map_err(|e| format!("{}: {e}", part.display()))?;
+        progress(Progress { done, total });
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                format!("the download stopped at {done} bytes ({e}); run the same command again to resume")
+            })?;
+            file.write_all(&chunk)
+                .map_err(|e| format!("{}: {e}", part.display()))?;
+            done += chunk.len() as u64;
+            progress(Progress { done, total });
+        }
+        file.sync_all()
+            .map_err(|e| format!("{}: {e}", part.display()))?;
+        if let Some(t) = total {
+            if done < t {
+                return Err(format!(
+                    "the download stopped at {done} of {t} bytes; run the same command again to resume"
+                ));
+            }
+        }
+    }
+    let check = part.clone();
+    let got = tokio::task::spawn_blocking(move || sha256_hex(&check))
+        .await
+        .map_err(|e| e.to_string())??;
+    if let Some(want) = &expect {
+        if !got.eq_ignore_ascii_case(want) {
+            let _ = std::fs::remove_file(&part);
+            return Err(format!(
+                "{} has SHA-256 {got}, not {want}: the download is corrupt and was removed; run the command again",
+                spec.file
+            ));
+        }
+    }
+    crate::engine::check_gguf(&part).inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })?;
+    std::fs::rename(&part, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_give_a_sha_only_when_they_are_one() {
+        let sha = "a".repeat(64);
+        assert_eq!(etag_sha(&format!("\"{sha}\"")), Some(sha.clone()));
+        assert_eq!(etag_sha(&format!("W/\"{sha}\"")), Some(sha));
+        assert_eq!(etag_sha("\"abc-123\""), None);
+    }
+}
