@@ -53,7 +53,27 @@ pub struct ConfigFile {
     /// `[scheduler]`: how many model requests may be in flight at once.
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    /// `[local]`: the embedded model servers (`local:MODEL`).
+    #[serde(default)]
+    pub local: LocalSection,
 }
+
+/// `[local]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    /// Context per parallel slot, in tokens (default 4096).
+    pub ctx: Option<u32>,
+    /// Requests a model serves at once (default 4).
+    pub parallel: Option<u32>,
+    /// A model server stops after this many seconds without a request
+    /// (default 600); the next request starts it again.
+    pub idle_exit_secs: Option<u64>,
+}
+
+/// The model sessions use when nothing is configured: no `model`, no
+/// `FLOTILLA_MODEL`, no provider endpoint or key in the environment.
+pub const EMBEDDED_DEFAULT: &str = "local:gemma-3-270m";
 
 /// `[scheduler]`
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -345,7 +365,21 @@ impl ConfigFile {
                 .filter(|v| !v.is_empty())
         };
         FleetConfig {
-            default_model: self.model.clone().or_else(|| env("FLOTILLA_MODEL")),
+            default_model: self
+                .model
+                .clone()
+                .or_else(|| env("FLOTILLA_MODEL"))
+                .or_else(|| {
+                    let configured = [
+                        "OPENAI_BASE_URL",
+                        "OPENAI_API_KEY",
+                        "ANTHROPIC_BASE_URL",
+                        "ANTHROPIC_API_KEY",
+                    ]
+                    .iter()
+                    .any(|k| env(k).is_some());
+                    (!configured).then(|| EMBEDDED_DEFAULT.to_owned())
+                }),
             default_limits: SessionLimits {
                 max_turns: self.limits.max_turns.unwrap_or(d.max_turns),
                 wall_time_secs: self.limits.wall_time_secs.unwrap_or(d.wall_time_secs),
@@ -401,6 +435,7 @@ impl ConfigFile {
             system_prompt: self.system_prompt.clone(),
             policy: None,
             worktrees_dir: None,
+            local_models: None,
             scheduler: flotilla_fleet::SchedulerConfig {
                 machine_slots: self.scheduler.machine_slots,
                 endpoint_slots: self

@@ -417,12 +417,22 @@ async fn serve(paths: Paths, args: ServeArgs) -> Result<ExitCode> {
     let policy = policy_cmd::policy_config(&paths);
     let audit = cfg.audit.settings(&policy.paths)?;
     let worktrees = paths.worktrees.clone();
+    // `local:` models: `flotilla model serve` children, started on demand.
+    let local_models =
+        flotilla_local::manager::LocalServers::new(flotilla_local::manager::LocalConfig {
+            exe: std::env::current_exe().context("cannot find the flotilla executable")?,
+            models_dir: flotilla_local::catalogue::models_dir(&paths.data_dir),
+            ctx: cfg.local.ctx.unwrap_or(4096),
+            parallel: cfg.local.parallel.unwrap_or(4),
+            idle_exit: std::time::Duration::from_secs(cfg.local.idle_exit_secs.unwrap_or(600)),
+        });
     let served = flotilla_server::serve(ServeOptions {
         paths,
         listen: args.listen,
         fleet: FleetConfig {
             policy: Some(policy),
             worktrees_dir: Some(worktrees),
+            local_models: Some(local_models),
             ..cfg.fleet_config()
         },
         durability,
@@ -572,7 +582,7 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
     let req = CreateSessionRequest {
         task,
         workspace: workspace.to_string_lossy().into_owned(),
-        model: root_model,
+        model: root_model.clone(),
         // The endpoint of this shell, for the provider the session uses.
         base_url: base_url_var
             .and_then(|v| std::env::var(v).ok())
@@ -593,6 +603,12 @@ async fn run(paths: Paths, args: RunArgs) -> Result<ExitCode> {
             Some(&serde_json::to_value(&req)?),
         )
         .await?;
+    if root_model.is_none() && info.model.starts_with("local:") {
+        eprintln!(
+            "no model provider configured: running on the embedded model {} (see `flotilla model list`; set `model` in config.toml or OPENAI_BASE_URL to use another)",
+            info.model
+        );
+    }
     if args.detach {
         if args.json {
             println!("{}", serde_json::to_string(&info)?);

@@ -11,6 +11,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// One engine at a time: llama.cpp's threads spin while they wait for each
+/// other, and two engines on two cores starve each other many times over.
+static ONE_ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_engine() -> std::sync::MutexGuard<'static, ()> {
+    ONE_ENGINE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -112,6 +120,7 @@ fn check(server: &Server, name: &str) -> Value {
 
 #[test]
 fn the_openai_client_chats_streams_and_calls_tools() {
+    let _one = one_engine();
     let server = serve(&gemma(), &["--parallel", "2"]).unwrap();
     let plain = check(&server, "plain");
     assert_eq!(plain["model"], "gemma-3-270m-q4_k_m");
@@ -131,6 +140,7 @@ fn the_openai_client_chats_streams_and_calls_tools() {
 
 #[test]
 fn a_killed_engine_is_started_again_and_serves_the_next_request() {
+    let _one = one_engine();
     let server = serve(&gemma(), &["--parallel", "1"]).unwrap();
     let seen = check(&server, "kill");
     assert!(seen["chunks_before_kill"].as_u64().unwrap() >= 3, "{seen}");
@@ -176,4 +186,85 @@ fn a_corrupt_or_truncated_gguf_is_refused_with_the_reason() {
         .err()
         .expect("a garbage header was served");
     assert!(err.contains("is not a usable GGUF model"), "{err}");
+}
+
+#[test]
+fn with_nothing_configured_run_uses_the_embedded_model() {
+    let _one = one_engine();
+    let home = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    // The catalogue's file name for gemma-3-270m, pointing at the tests' copy.
+    std::os::unix::fs::symlink(gemma(), models.path().join("gemma-3-270m-Q4_K_M.gguf")).unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[permissions]\nmode = \"auto\"\n[local]\nparallel = 1\nctx = 4096\nidle_exit_secs = 60\n",
+    )
+    .unwrap();
+    let flotilla = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        c.args(args)
+            .env("FLOTILLA_HOME", home.path())
+            .env("FLOTILLA_MODELS_DIR", models.path())
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("FLOTILLA_MODEL")
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    // The daemon (and with it its model server) stops however the test ends.
+    struct StopDaemon<F: Fn(&[&str]) -> std::process::Output>(F);
+    impl<F: Fn(&[&str]) -> std::process::Output> Drop for StopDaemon<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["daemon", "stop"]);
+        }
+    }
+    let flotilla = StopDaemon(flotilla);
+    let flotilla = |args: &[&str]| (flotilla.0)(args);
+    let ws_arg = ws.path().to_string_lossy().into_owned();
+    let out = flotilla(&[
+        "run",
+        "-w",
+        &ws_arg,
+        "--max-turns",
+        "2",
+        "--json",
+        "Write hello.txt containing hi, then finish.",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("running on the embedded model local:gemma-3-270m"),
+        "{stderr}"
+    );
+    // A real session on the real model: it asked the model and got answers,
+    // and it ended.
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let answered: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["type"] == "model_responded")
+        .collect();
+    assert!(!answered.is_empty(), "{stderr}\n{events:?}");
+    assert!(
+        answered[0]["event"]["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let end = events
+        .iter()
+        .rev()
+        .find(|e| e["event"]["type"] == "state_changed")
+        .unwrap();
+    assert!(
+        ["completed", "failed"].contains(&end["event"]["state"].as_str().unwrap()),
+        "{end}"
+    );
+    let ps = flotilla(&["ps", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(list[0]["model"], "local:gemma-3-270m");
 }

@@ -77,6 +77,9 @@ pub struct FleetConfig {
     pub worktrees_dir: Option<std::path::PathBuf>,
     /// Concurrency slots of model requests.
     pub scheduler: SchedulerConfig,
+    /// Serves `local:` models (the embedded llama.cpp server); `None`:
+    /// such sessions are refused.
+    pub local_models: Option<Arc<dyn flotilla_models::LocalModels>>,
 }
 
 /// An endpoint as compared for trust: trimmed, without a trailing `/`,
@@ -195,6 +198,10 @@ pub fn is_frontier(
     let Ok(spec) = ModelSpec::parse(&route.model) else {
         return true;
     };
+    // Served by this daemon, on this machine.
+    if spec.provider == "local" {
+        return false;
+    }
     if spec.provider != "openai" {
         return true;
     }
@@ -342,6 +349,7 @@ impl Supervisor {
             let anthropic_base = config.anthropic_base_url.clone();
             let anthropic_key = config.anthropic_api_key.clone();
             let trusted = trusted_endpoints(&config);
+            let local = config.local_models.clone();
             Arc::new(move |spec: &ModelSpec, url: Option<&str>| {
                 // The daemon's keys go only to endpoints the daemon's own
                 // configuration names: a session may name any endpoint,
@@ -360,6 +368,15 @@ impl Supervisor {
                         }
                         Arc::new(AnthropicClient::new(cfg).map_err(|e| e.to_string())?)
                     }
+                    "local" => match &local {
+                        Some(models) => Arc::new(flotilla_models::LocalClient::new(
+                            models.clone(),
+                            &spec.model,
+                        )),
+                        None => {
+                            return Err("this daemon serves no embedded model (local:)".to_owned())
+                        }
+                    },
                     "bedrock" => Arc::new(LazyBedrock {
                         config: BedrockConfig {
                             endpoint_url: url.map(str::to_owned),

@@ -220,6 +220,8 @@ struct Slot {
     seq: i32,
     job: Job,
     sampler: LlamaSampler,
+    /// The reply's grammar, checked apart from the sampler (see `next_token`).
+    grammar: Option<LlamaSampler>,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the cache.
     fed: usize,
@@ -417,7 +419,7 @@ fn run(
             if s.prompt_done.is_none() {
                 s.prompt_done = Some(Instant::now());
             }
-            let tok = s.sampler.sample(&ctx, idx);
+            let tok = next_token(&ctx, s, idx);
             let end = if vocab.is_eog(tok) {
                 Some(Finish::Stop)
             } else {
@@ -515,12 +517,13 @@ fn admit(model: &LlamaModel, seq: i32, job: Job, ctx: u32) -> Result<Slot, (Job,
         ));
     }
     let mut chain = Vec::new();
-    if let Some(g) = &job.grammar {
-        match LlamaSampler::grammar(model, g, "root") {
-            Ok(s) => chain.push(s),
+    let grammar = match &job.grammar {
+        Some(g) => match LlamaSampler::grammar(model, g, "root") {
+            Ok(s) => Some(s),
             Err(e) => return Err((job, format!("the tool grammar is not valid: {e}"))),
-        }
-    }
+        },
+        None => None,
+    };
     if job.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
     } else {
@@ -532,6 +535,7 @@ fn admit(model: &LlamaModel, seq: i32, job: Job, ctx: u32) -> Result<Slot, (Job,
     Ok(Slot {
         seq,
         sampler: LlamaSampler::chain_simple(chain),
+        grammar,
         prompt,
         fed: 0,
         pos: 0,
@@ -545,6 +549,33 @@ fn admit(model: &LlamaModel, seq: i32, job: Job, ctx: u32) -> Result<Slot, (Job,
         prompt_done: None,
         job,
     })
+}
+
+/// The slot's next token. Under a grammar, as llama.cpp's own server does
+/// it: the token is sampled freely and kept if the grammar accepts it;
+/// only if not, the grammar filters every candidate and the token is
+/// sampled again from what it allows (filtering a 262k-token vocabulary at
+/// every step made decoding several times slower).
+fn next_token(ctx: &llama_cpp_2::context::LlamaContext<'_>, s: &mut Slot, idx: i32) -> LlamaToken {
+    use llama_cpp_2::token::data::LlamaTokenData;
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+    let tok = s.sampler.sample(ctx, idx);
+    let Some(g) = s.grammar.as_mut() else {
+        return tok;
+    };
+    let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(tok, 1.0, 0.0)], false);
+    one.apply_sampler(g);
+    let allowed = one.data.first().is_some_and(|d| d.logit().is_finite());
+    let tok = if allowed {
+        tok
+    } else {
+        let mut all = ctx.token_data_array_ith(idx);
+        all.apply_sampler(g);
+        all.apply_sampler(&mut s.sampler);
+        all.selected_token().unwrap_or(tok)
+    };
+    g.accept(tok);
+    tok
 }
 
 /// Moves the complete characters of `pending` into `out`.

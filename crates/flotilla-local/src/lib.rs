@@ -11,6 +11,7 @@
 pub mod catalogue;
 pub mod chat;
 pub mod engine;
+pub mod manager;
 pub mod pull;
 pub mod server;
 pub mod supervise;

@@ -26,6 +26,7 @@ mod anthropic;
 mod bedrock;
 mod clock;
 mod http;
+mod local;
 mod openai;
 mod retry;
 mod routing;
@@ -37,6 +38,7 @@ pub use bedrock::{BedrockClient, BedrockConfig};
 pub use flotilla_fit as fit;
 
 pub use clock::{ClockSource, SuspendAwareClock, SystemClocks};
+pub use local::{LocalClient, LocalModels};
 pub use openai::{OpenAiClient, OpenAiConfig, DEFAULT_OPENAI_BASE_URL};
 pub use retry::RetryPolicy;
 pub use routing::{ChainLink, FallbackClient, Price, PriceTable};

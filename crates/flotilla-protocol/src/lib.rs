@@ -822,7 +822,7 @@ pub struct InvalidModelSpec {
 }
 
 /// Providers this build can talk to.
-pub const KNOWN_PROVIDERS: &str = "openai,anthropic,bedrock";
+pub const KNOWN_PROVIDERS: &str = "openai,anthropic,bedrock,local";
 
 impl ModelSpec {
     /// Parses `PROVIDER:MODEL`.
