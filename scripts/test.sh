@@ -47,7 +47,12 @@ scripts/test-python.sh >/dev/null
 echo "==> cargo test"
 cargo test --workspace --locked
 
-echo "==> demo (the README's main job, offline)"
-FLOTILLA_DEMO_PROFILE=debug scripts/demo.sh >/tmp/flotilla-demo.log 2>&1 || { cat /tmp/flotilla-demo.log; exit 1; }
+echo "==> demo (the README's main job) on the scripted model: a known session"
+FLOTILLA_DEMO_MODEL=scripted FLOTILLA_DEMO_PROFILE=debug scripts/demo.sh >/tmp/flotilla-demo.log 2>&1 || { cat /tmp/flotilla-demo.log; exit 1; }
 grep -qF 'return f"Hello, {name}!"' /tmp/flotilla-demo.log || { cat /tmp/flotilla-demo.log; echo "demo did not produce the expected output"; exit 1; }
+echo "==> demo (the README's main job) with nothing configured: the embedded model, a session and a fleet"
+FLOTILLA_DEMO_PROFILE=debug scripts/demo.sh >/tmp/flotilla-demo-local.log 2>&1 || { cat /tmp/flotilla-demo-local.log; exit 1; }
+grep -qF 'running on the embedded model local:gemma-3-270m' /tmp/flotilla-demo-local.log \
+  && grep -qE '^  look-2 s[0-9a-z]+ +completed +local:gemma-3-270m' /tmp/flotilla-demo-local.log \
+  || { cat /tmp/flotilla-demo-local.log; echo "the embedded-model demo did not run on the embedded model"; exit 1; }
 echo "all tests passed"

@@ -868,10 +868,11 @@ async fn daemon(paths: Paths, command: DaemonCommand) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_example_workflow_is_valid() {
-        let file =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/workflow.toml");
-        let wf = super::load_workflow(&file).unwrap();
+    fn the_example_workflows_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let wf = super::load_workflow(&dir.join("workflow.toml")).unwrap();
         assert_eq!(wf.steps.len(), 3);
+        let wf = super::load_workflow(&dir.join("demo-workflow.toml")).unwrap();
+        assert_eq!(wf.steps.len(), 2);
     }
 }

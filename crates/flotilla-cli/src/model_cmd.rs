@@ -120,6 +120,7 @@ pub async fn model(paths: &Paths, command: ModelCommand) -> Result<ExitCode> {
 async fn pull(paths: &Paths, args: PullArgs) -> Result<ExitCode> {
     let spec = match catalogue::entry(&args.name) {
         Some(e) => flotilla_local::pull::PullSpec {
+            endpoint: flotilla_local::pull::endpoint(),
             repo: e.repo.into(),
             file: e.file.into(),
             sha256: e.sha256.map(str::to_owned),
@@ -138,6 +139,7 @@ async fn pull(paths: &Paths, args: PullArgs) -> Result<ExitCode> {
                     )
                 })?;
             flotilla_local::pull::PullSpec {
+                endpoint: flotilla_local::pull::endpoint(),
                 repo: repo.into(),
                 file: file.into(),
                 sha256: None,

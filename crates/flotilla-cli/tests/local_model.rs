@@ -268,3 +268,154 @@ fn with_nothing_configured_run_uses_the_embedded_model() {
     let list: Vec<Value> = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(list[0]["model"], "local:gemma-3-270m");
 }
+
+/// A stand-in for the Hugging Face hub on loopback: serves one file at
+/// `/{repo}/resolve/main/{file}` with ranges and an `X-Linked-Etag`; the
+/// first answer can be cut off halfway. Records each request's Range.
+struct Hub {
+    addr: std::net::SocketAddr,
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+fn hub(path: &str, bytes: std::sync::Arc<Vec<u8>>, etag: String, cut_first: bool) -> Hub {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let range = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(str::to_owned)
+                })
+                .map(|r| r.trim_end_matches('-').to_owned());
+            seen.lock().unwrap().push(range.clone());
+            if target != path {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let from: usize = range.and_then(|r| r.parse().ok()).unwrap_or(0);
+            let body = &bytes[from..];
+            let status = if from > 0 {
+                "206 Partial Content"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-linked-etag: \"{etag}\"\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let send = if cut_first && n == 0 {
+                &body[..body.len() / 2]
+            } else {
+                body
+            };
+            let _ = conn.write_all(send);
+        }
+    });
+    Hub { addr, ranges }
+}
+
+#[test]
+fn pull_resumes_checks_the_sha256_and_list_shows_the_model() {
+    let bytes = std::sync::Arc::new(std::fs::read(gemma()).unwrap());
+    let sha = {
+        let out = Command::new("sha256sum").arg(gemma()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let path = "/ggml-org/gemma-3-270m-GGUF/resolve/main/gemma-3-270m-Q4_K_M.gguf";
+    let home = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let run = |hub: &Hub, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("FLOTILLA_HOME", home.path())
+            .env("FLOTILLA_MODELS_DIR", models.path())
+            .env("HF_ENDPOINT", format!("http://{}", hub.addr))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let h = hub(path, bytes.clone(), sha.clone(), true);
+    // Cut off halfway: it says so, and keeps what it has.
+    let out = run(&h, &["model", "pull", "gemma-3-270m"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run the same command again to resume"),
+        "{err}"
+    );
+    let part = models.path().join("gemma-3-270m-Q4_K_M.gguf.part");
+    let had = std::fs::metadata(&part).unwrap().len();
+    assert_eq!(had as usize, bytes.len() / 2);
+    // Again: it asks for the rest only, checks the SHA-256, puts it in place.
+    let out = run(&h, &["model", "pull", "gemma-3-270m", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.ranges.lock().unwrap().as_slice(),
+        &[None, Some(had.to_string())]
+    );
+    let done = models.path().join("gemma-3-270m-Q4_K_M.gguf");
+    assert_eq!(std::fs::read(&done).unwrap().len(), bytes.len());
+    assert!(!part.exists());
+    // `model list` shows it, its quantization and where it fits.
+    let out = run(&h, &["model", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &listed["models"][0];
+    assert_eq!(m["name"], "gemma-3-270m");
+    assert_eq!(m["quant"], "Q4_K_M");
+    assert_eq!(m["bytes"].as_u64().unwrap() as usize, bytes.len());
+    assert!(!m["fits_on"].as_array().unwrap().is_empty(), "{m}");
+    // A download whose bytes do not match the hub's SHA-256 is refused and
+    // removed.
+    std::fs::remove_file(&done).unwrap();
+    let bad = hub(path, bytes.clone(), "0".repeat(64), false);
+    let out = run(&bad, &["model", "pull", "gemma-3-270m"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt") && err.contains(&sha), "{err}");
+    assert!(!done.exists() && !part.exists());
+}
+
+#[test]
+fn an_idle_server_exits_on_its_own() {
+    let _one = one_engine();
+    let mut server = serve(&gemma(), &["--idle-exit", "2"]).unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the idle server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 /// Where to fetch from and what to expect.
 #[derive(Clone, Debug)]
 pub struct PullSpec {
+    /// The hub ([`endpoint`]).
+    pub endpoint: String,
     /// `owner/name` on the hub.
     pub repo: String,
     /// The file in it.
@@ -78,9 +80,12 @@ pub async fn pull(
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dest = dir.join(&spec.file);
     let part = dir.join(format!("{}.part", spec.file));
-    let url = format!("{}/{}/resolve/main/{}", endpoint(), spec.repo, spec.file);
+    let url = format!("{}/{}/resolve/main/{}", spec.endpoint, spec.repo, spec.file);
     let client = reqwest::Client::builder()
         .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(20))
+        // A stalled transfer fails (and is resumed by the next try).
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| e.to_string())?;
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
