@@ -1443,13 +1443,16 @@ fn a_worker_gets_only_a_narrowed_grant_of_its_planners_secrets() {
 fn workers_of_workers_past_the_limit_are_refused_not_queued_for_ever() {
     // Two workers hold the fleet's two slots and each asks for a worker of
     // its own: queued behind their parents, those would wait for ever.
+    // Both are running when either asks (each asks after a pause, and
+    // stays a while after).
     let sub = |name: &str| {
         vec![
             Step::tool(
                 "spawn_agent",
                 json!({"name": format!("{name}-sub"), "task": "x", "workspace": "shared"}),
-            ),
-            Step::finish(format!("{name} done")),
+            )
+            .with_delay_ms(300),
+            Step::finish(format!("{name} done")).with_delay_ms(1000),
         ]
     };
     let env = Env::new(
