@@ -198,7 +198,7 @@ fn with_nothing_configured_run_uses_the_embedded_model() {
     std::os::unix::fs::symlink(gemma(), models.path().join("gemma-3-270m-Q4_K_M.gguf")).unwrap();
     std::fs::write(
         home.path().join("config.toml"),
-        "[permissions]\nmode = \"auto\"\n[local]\nparallel = 1\nctx = 4096\nidle_exit_secs = 60\n",
+        "[permissions]\nmode = \"auto\"\n[local]\nparallel = 1\nctx = 2048\nidle_exit_secs = 60\n",
     )
     .unwrap();
     let flotilla = |args: &[&str]| {
@@ -269,9 +269,12 @@ fn with_nothing_configured_run_uses_the_embedded_model() {
     assert_eq!(list[0]["model"], "local:gemma-3-270m");
 }
 
-/// A stand-in for the Hugging Face hub on loopback: serves one file at
-/// `/{repo}/resolve/main/{file}` with ranges and an `X-Linked-Etag`; the
-/// first answer can be cut off halfway. Records each request's Range.
+/// A stand-in for the Hugging Face hub on loopback, shaped like the real
+/// one: `/{repo}/resolve/main/{file}` answers a redirect carrying the
+/// file's SHA-256 in `X-Linked-Etag`, and the storage it points to
+/// (`/cdn/...`) serves the bytes, with ranges, under an ETag of its own
+/// that is not the file's hash. The first transfer can be cut off halfway.
+/// Records the Range of each request for the bytes.
 struct Hub {
     addr: std::net::SocketAddr,
     ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
@@ -285,7 +288,7 @@ fn hub(path: &str, bytes: std::sync::Arc<Vec<u8>>, etag: String, cut_first: bool
     let seen = ranges.clone();
     let path = path.to_owned();
     std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().enumerate() {
+        for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
@@ -302,26 +305,43 @@ fn hub(path: &str, bytes: std::sync::Arc<Vec<u8>>, etag: String, cut_first: bool
                         .map(str::to_owned)
                 })
                 .map(|r| r.trim_end_matches('-').to_owned());
-            seen.lock().unwrap().push(range.clone());
-            if target != path {
+            if target == path {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 302 Found\r\nlocation: /cdn{path}\r\nx-linked-etag: \"{etag}\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                continue;
+            }
+            if target != format!("/cdn{path}") {
                 let _ = conn.write_all(
                     b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                 );
                 continue;
             }
+            let first = {
+                let mut s = seen.lock().unwrap();
+                s.push(range.clone());
+                s.len() == 1
+            };
             let from: usize = range.and_then(|r| r.parse().ok()).unwrap_or(0);
             let body = &bytes[from..];
             let status = if from > 0 {
-                "206 Partial Content"
+                format!(
+                    "206 Partial Content\r\ncontent-range: bytes {from}-{}/{}",
+                    bytes.len() - 1,
+                    bytes.len()
+                )
             } else {
-                "200 OK"
+                "200 OK".to_owned()
             };
+            // The storage's own ETag: not the file's hash.
             let _ = write!(
                 conn,
-                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-linked-etag: \"{etag}\"\r\nconnection: close\r\n\r\n",
-                body.len()
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\netag: \"{}\"\r\nconnection: close\r\n\r\n",
+                body.len(),
+                "f".repeat(64)
             );
-            let send = if cut_first && n == 0 {
+            let send = if cut_first && first {
                 &body[..body.len() / 2]
             } else {
                 body

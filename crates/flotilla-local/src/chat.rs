@@ -194,9 +194,14 @@ fn text_of(content: &Option<Value>) -> String {
     }
 }
 
-/// A call as the model writes it under the grammar.
+/// A call as the model writes it under the grammar: `name` first (the
+/// model commits to a tool, then writes its arguments).
 pub fn call_json(name: &str, arguments: &Value) -> String {
-    json!({ "name": name, "arguments": arguments }).to_string()
+    format!(
+        "{{\"name\":{},\"arguments\":{}}}",
+        Value::String(name.to_owned()),
+        arguments
+    )
 }
 
 /// The conversation as (role, content) for the chat template. Tools are
@@ -263,9 +268,11 @@ pub fn template_messages(req: &ChatRequest, choice: &Choice) -> Vec<(String, Str
     sys.into_iter().chain(rest).collect()
 }
 
-/// The JSON schema a call must match: one object per allowed tool.
-fn call_schema(req: &ChatRequest, choice: &Choice) -> Value {
-    let alternatives: Vec<Value> = req
+/// The JSON schema a call must match, as text: one object per allowed
+/// tool, `name` before `arguments` (written by hand: serde_json would sort
+/// the keys, and llama.cpp's converter keeps the order it is given).
+fn call_schema(req: &ChatRequest, choice: &Choice) -> String {
+    let alternatives: Vec<String> = req
         .tools
         .iter()
         .filter(|t| match choice {
@@ -278,21 +285,17 @@ fn call_schema(req: &ChatRequest, choice: &Choice) -> Value {
                 .parameters
                 .clone()
                 .unwrap_or(json!({"type": "object", "properties": {}}));
-            json!({
-                "type": "object",
-                "properties": {
-                    "name": {"const": t.function.name},
-                    "arguments": params,
-                },
-                "required": ["name", "arguments"],
-                "additionalProperties": false,
-            })
+            format!(
+                "{{\"type\":\"object\",\"properties\":{{\"name\":{{\"const\":{}}},\"arguments\":{}}},\"required\":[\"name\",\"arguments\"],\"additionalProperties\":false}}",
+                Value::String(t.function.name.clone()),
+                params
+            )
         })
         .collect();
     if alternatives.len() == 1 {
-        alternatives.into_iter().next().unwrap_or(Value::Null)
+        alternatives.into_iter().next().unwrap_or_default()
     } else {
-        json!({ "oneOf": alternatives })
+        format!("{{\"oneOf\":[{}]}}", alternatives.join(","))
     }
 }
 
@@ -309,7 +312,7 @@ pub fn grammar(
         return Ok(None);
     }
     let schema = call_schema(req, choice);
-    let gbnf = to_gbnf(&schema.to_string()).map_err(|e| {
+    let gbnf = to_gbnf(&schema).map_err(|e| {
         format!("the tools' parameter schemas cannot be turned into a grammar: {e}")
     })?;
     if *choice != Choice::Auto {
@@ -339,11 +342,21 @@ fn rename_root(gbnf: &str) -> Option<String> {
     found.then(|| out.join("\n"))
 }
 
-/// A reply read back: a call (when the text is one) or text.
-pub fn parse_reply(text: &str, choice: &Choice, call_id: &str) -> (Option<String>, Vec<ToolCall>) {
-    if *choice != Choice::Text && text.trim_start().starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-            if let (Some(name), Some(args)) = (v["name"].as_str(), v.get("arguments")) {
+/// A reply read back: a call (text that starts with `{`, as the grammar's
+/// call branch does, and names an offered tool) or text.
+pub fn parse_reply(
+    text: &str,
+    choice: &Choice,
+    call_id: &str,
+    tools: &[Tool],
+) -> (Option<String>, Vec<ToolCall>) {
+    if *choice != Choice::Text && text.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<Value>(text.trim_end()) {
+            let offered = |n: &str| tools.iter().any(|t| t.function.name == n);
+            if let (Some(name), Some(args)) = (
+                v["name"].as_str().filter(|n| offered(n)),
+                v.get("arguments"),
+            ) {
                 return (
                     None,
                     vec![ToolCall {
@@ -407,7 +420,7 @@ mod tests {
             m[2],
             (
                 "assistant".into(),
-                "{\"arguments\":{\"a\":1},\"name\":\"f\"}".into()
+                "{\"name\":\"f\",\"arguments\":{\"a\":1}}".into()
             )
         );
         assert_eq!(m[3], ("user".into(), "Result of tool call c1:\n42".into()));
@@ -415,17 +428,30 @@ mod tests {
 
     #[test]
     fn replies_are_read_as_calls_or_text() {
+        let tools: Vec<Tool> =
+            serde_json::from_value(json!([{"type": "function", "function": {"name": "f"}}]))
+                .unwrap();
         let (text, calls) = parse_reply(
             r#"{"name":"f","arguments":{"a":1}}"#,
             &Choice::Auto,
             "call_1",
+            &tools,
         );
         assert_eq!(text, None);
         assert_eq!(calls[0].function.name, "f");
         assert_eq!(calls[0].function.arguments, r#"{"a":1}"#);
-        let (text, calls) = parse_reply("hello", &Choice::Auto, "call_1");
+        let (text, calls) = parse_reply("hello", &Choice::Auto, "call_1", &tools);
         assert_eq!(text.as_deref(), Some("hello"));
         assert!(calls.is_empty());
+        // Free text that merely contains a call, or a call of a tool not
+        // offered, is text.
+        for t in [
+            r#" {"name":"f","arguments":{}}"#,
+            r#"{"name":"g","arguments":{}}"#,
+        ] {
+            let (text, calls) = parse_reply(t, &Choice::Auto, "call_1", &tools);
+            assert!(calls.is_empty() && text.is_some(), "{t}");
+        }
     }
 
     #[test]

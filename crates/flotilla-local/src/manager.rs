@@ -41,10 +41,11 @@ struct ModelState {
     last_error: Option<String>,
 }
 
-/// The servers, by model file.
+/// The servers, by model file. Each model has its own lock: one model
+/// loading never holds up requests to another.
 pub struct LocalServers {
     config: LocalConfig,
-    models: tokio::sync::Mutex<HashMap<PathBuf, ModelState>>,
+    models: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<ModelState>>>>,
 }
 
 impl LocalServers {
@@ -52,14 +53,20 @@ impl LocalServers {
     pub fn new(config: LocalConfig) -> Arc<LocalServers> {
         Arc::new(LocalServers {
             config,
-            models: tokio::sync::Mutex::new(HashMap::new()),
+            models: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     async fn ensure(&self, model: &str) -> Result<String, String> {
         let path = crate::catalogue::resolve(model, &self.config.models_dir)?;
-        let mut all = self.models.lock().await;
-        let state = all.entry(path.clone()).or_default();
+        let entry = {
+            let mut all = self
+                .models
+                .lock()
+                .map_err(|_| "the model servers' state is poisoned".to_owned())?;
+            all.entry(path.clone()).or_default().clone()
+        };
+        let mut state = entry.lock().await;
         if let Some(s) = state.server.as_mut() {
             match s.child.try_wait() {
                 Ok(None) => return Ok(s.url.clone()),

@@ -81,22 +81,77 @@ pub async fn pull(
     let dest = dir.join(&spec.file);
     let part = dir.join(format!("{}.part", spec.file));
     let url = format!("{}/{}/resolve/main/{}", spec.endpoint, spec.repo, spec.file);
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(20))
-        // A stalled transfer fails (and is resumed by the next try).
-        .read_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let mut req = client.get(&url);
-    if have > 0 {
-        req = req.header("range", format!("bytes={have}-"));
+    let client = |redirects: bool| {
+        reqwest::Client::builder()
+            .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(20))
+            // A stalled transfer fails (and is resumed by the next try).
+            .read_timeout(std::time::Duration::from_secs(60))
+            .redirect(if redirects {
+                reqwest::redirect::Policy::limited(5)
+            } else {
+                reqwest::redirect::Policy::none()
+            })
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    // The SHA-256 a part was started against: a file that changed on the
+    // hub since is fetched again from the start, not spliced.
+    let part_sha = dir.join(format!("{}.part.sha256", spec.file));
+    let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let range = |have: u64| (have > 0).then(|| format!("bytes={have}-"));
+    let mut req = client(false)?.get(&url);
+    if let Some(r) = range(have) {
+        req = req.header("range", r);
     }
-    let resp = req
+    // The hub itself answers first (its SHA-256 of a large file is in
+    // X-Linked-Etag on its redirect to the storage that serves the bytes);
+    // nothing from another host is trusted as the file's hash.
+    let first = req
         .send()
         .await
         .map_err(|e| format!("cannot reach the hub at {url}: {e}"))?;
+    let hub_sha = ["x-linked-etag", "etag"]
+        .iter()
+        .filter_map(|h| first.headers().get(*h))
+        .filter_map(|v| v.to_str().ok())
+        .find_map(etag_sha);
+    let expect = spec.sha256.clone().or(hub_sha);
+    let started_for = std::fs::read_to_string(&part_sha).ok();
+    if have > 0 && expect.is_some() && started_for.as_deref().map(str::trim) != expect.as_deref() {
+        let _ = std::fs::remove_file(&part);
+        have = 0;
+    }
+    if let Some(sha) = &expect {
+        let _ = std::fs::write(&part_sha, sha);
+    }
+    let resp = if first.status().is_redirection() {
+        let location = first
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("the hub redirected {url} nowhere"))?;
+        let to = first
+            .url()
+            .join(location)
+            .map_err(|e| format!("the hub redirected {url} to a bad address: {e}"))?;
+        let mut req = client(true)?.get(to);
+        if let Some(r) = range(have) {
+            req = req.header("range", r);
+        }
+        req.send()
+            .await
+            .map_err(|e| format!("cannot fetch {url} from where the hub sent it: {e}"))?
+    } else if have == 0 && started_for.is_some() {
+        // The part was dropped above: ask again from the start.
+        client(true)?
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the hub at {url}: {e}"))?
+    } else {
+        first
+    };
     let status = resp.status();
     if status.as_u16() == 416 && have > 0 {
         // The part is already whole: check it below.
@@ -107,13 +162,23 @@ pub async fn pull(
             _ => format!("the hub answered {status} for {url}"),
         });
     }
-    let hub_sha = ["x-linked-etag", "etag"]
-        .iter()
-        .filter_map(|h| resp.headers().get(*h))
-        .filter_map(|v| v.to_str().ok())
-        .find_map(etag_sha);
-    let expect = spec.sha256.clone().or(hub_sha);
     let resumed = status.as_u16() == 206;
+    if resumed {
+        // The part must go on where it stopped.
+        let starts = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if starts != Some(have) {
+            let _ = std::fs::remove_file(&part);
+            return Err(format!(
+                "the hub resumed {url} at {starts:?}, not at byte {have}: the part was dropped; run the command again"
+            ));
+        }
+    }
     let mut done = if resumed { have } else { 0 };
     let total = resp.content_length().map(|n| n + done);
     if status.is_success() {
@@ -162,6 +227,7 @@ pub async fn pull(
         let _ = std::fs::remove_file(&part);
     })?;
     std::fs::rename(&part, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let _ = std::fs::remove_file(&part_sha);
     Ok(dest)
 }
 

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use crate::chat::{self, ChatRequest, Choice};
 use crate::engine::{Done, Engine, Finish, Job, Piece};
 
-/// Tokens written when a request sets no `max_tokens`.
-const DEFAULT_MAX_TOKENS: u32 = 1024;
+/// Tokens written when a request sets no `max_tokens`: until the slot's
+/// context is full.
+const DEFAULT_MAX_TOKENS: u32 = u32::MAX;
 
 struct Served {
     engine: Engine,
@@ -114,8 +115,22 @@ async fn completions(State(s): State<Arc<Served>>, body: axum::body::Bytes) -> R
         .await
     {
         Ok(p) => p,
+        Err(e) if e == "the engine is gone" => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
+    // What cannot be served is refused now, as a 400 a client does not retry.
+    if let Err(r) = s.engine.check(&prompt, grammar.as_deref()).await {
+        let status = if r.code == "engine_unavailable" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return (
+            status,
+            Json(json!({"error": {"message": r.message, "type": "invalid_request_error", "code": r.code}})),
+        )
+            .into_response();
+    }
     let n = s.next_id.fetch_add(1, Ordering::Relaxed);
     let id = format!("chatcmpl-{n}");
     let call_id = format!("call_{n}");
@@ -139,9 +154,10 @@ async fn completions(State(s): State<Arc<Served>>, body: axum::body::Bytes) -> R
     }
     let model = s.engine.info().name.clone();
     if req.stream {
-        stream(rx, id, model, choice, call_id, req.include_usage())
+        let usage = req.include_usage();
+        stream(rx, id, model, choice, call_id, Arc::new(req.tools), usage)
     } else {
-        whole(rx, id, model, choice, call_id).await
+        whole(rx, id, model, choice, call_id, &req.tools).await
     }
 }
 
@@ -187,6 +203,7 @@ async fn whole(
     model: String,
     choice: Choice,
     call_id: String,
+    tools: &[chat::Tool],
 ) -> Response {
     let mut text = String::new();
     let done = loop {
@@ -197,7 +214,7 @@ async fn whole(
             None => return error(StatusCode::INTERNAL_SERVER_ERROR, "the engine stopped"),
         }
     };
-    let (content, calls) = chat::parse_reply(&text, &choice, &call_id);
+    let (content, calls) = chat::parse_reply(&text, &choice, &call_id, tools);
     let mut message = json!({"role": "assistant", "content": content});
     if !calls.is_empty() {
         message["tool_calls"] = json!(calls);
@@ -224,6 +241,7 @@ fn stream(
     model: String,
     choice: Choice,
     call_id: String,
+    tools: Arc<Vec<chat::Tool>>,
     include_usage: bool,
 ) -> Response {
     let created = now_secs();
@@ -244,6 +262,7 @@ fn stream(
         move |(mut rx, mut held, mut streaming_text, finished, chunk)| {
             let call_id = call_id.clone();
             let choice = choice.clone();
+            let tools = tools.clone();
             async move {
                 if finished {
                     return None;
@@ -269,7 +288,7 @@ fn stream(
                     Some(Piece::Done(d)) => {
                         let mut calls = Vec::new();
                         if !held.is_empty() {
-                            let (content, c) = chat::parse_reply(&held, &choice, &call_id);
+                            let (content, c) = chat::parse_reply(&held, &choice, &call_id, &tools);
                             calls = c;
                             if let Some(text) = content {
                                 out.push(chunk(json!({"role": "assistant", "content": text}), None));
@@ -323,5 +342,9 @@ fn stream(
         },
     )
     .flatten();
-    Sse::new(events).into_response()
+    // A held tool call, a queued request or a long prompt sends nothing for
+    // a while: comments keep the connection from looking dead.
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response()
 }

@@ -30,6 +30,8 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// An engine that ran this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Starts in a row that fail before the front gives up.
+const MAX_FAILED_STARTS: u32 = 5;
 
 /// How to run the engine child.
 #[derive(Clone, Debug)]
@@ -115,7 +117,21 @@ pub async fn serve(
         .with_state(front.clone());
     let idle = config.idle_exit;
     let idle_front = front.clone();
+    let mut watch_broken = rx.clone();
+    let broken = async move {
+        loop {
+            if matches!(*watch_broken.borrow_and_update(), EngineState::Broken(_)) {
+                break;
+            }
+            if watch_broken.changed().await.is_err() {
+                break;
+            }
+        }
+    };
     let stop = async move {
+        let shutdown = async move {
+            tokio::select! { _ = shutdown => {}, _ = broken => {} }
+        };
         match idle {
             Some(limit) => {
                 let idled = async {
@@ -140,6 +156,9 @@ pub async fn serve(
         .await
         .map_err(|e| e.to_string());
     keeper.abort();
+    if let EngineState::Broken(why) = rx.borrow().clone() {
+        return Err(why);
+    }
     result
 }
 
@@ -147,12 +166,14 @@ pub async fn serve(
 async fn keep_engine(config: ServeConfig, tx: watch::Sender<EngineState>, front: Arc<Front>) {
     let mut backoff = BACKOFF_START;
     let mut ever_up = false;
+    let mut failed = 0u32;
     loop {
         let _ = tx.send(EngineState::Starting);
         let began = Instant::now();
         match start_engine(&config).await {
             Ok((mut child, addr)) => {
                 ever_up = true;
+                failed = 0;
                 let pid = child.id().unwrap_or(0);
                 tracing::info!(%addr, pid, "engine up");
                 let _ = tx.send(EngineState::Up { addr, pid });
@@ -169,7 +190,16 @@ async fn keep_engine(config: ServeConfig, tx: watch::Sender<EngineState>, front:
                 let _ = tx.send(EngineState::Broken(e));
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "engine did not start again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "engine did not start again");
+                failed += 1;
+                // The file went bad or the machine cannot run it any more:
+                // stop, saying why (the daemon starts a front again later).
+                if failed >= MAX_FAILED_STARTS {
+                    let _ = tx.send(EngineState::Broken(e));
+                    return;
+                }
+            }
         }
         let _ = tx.send(EngineState::Starting);
         tokio::time::sleep(backoff).await;
