@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(g++)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
+# (libclang itself: libclang-cpp, often installed, is not what bindgen loads.)
+{ dpkg -s libclang-dev >/dev/null 2>&1 || compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null; } || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q "${need_apt[@]}"

@@ -14,7 +14,8 @@ command -v unshare >/dev/null || need_apt+=(util-linux)
 # C++ compiler; its bindings are generated with libclang.
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v g++ >/dev/null || need_apt+=(g++)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || need_apt+=(libclang-dev)
+# (libclang itself: libclang-cpp, often installed, is not what bindgen loads.)
+{ dpkg -s libclang-dev >/dev/null 2>&1 || compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null; } || need_apt+=(libclang-dev)
 # The sandbox escape suite runs its attacks with Debian's python3 (a pyenv
 # shim would not work with the test's HOME).
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
