@@ -10,6 +10,7 @@
 
 pub mod catalogue;
 pub mod chat;
+mod child;
 pub mod engine;
 pub mod manager;
 pub mod pull;

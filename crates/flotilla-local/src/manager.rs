@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tokio::io::AsyncBufReadExt;
 
 /// How the daemon runs its local models.
 #[derive(Clone, Debug)]
@@ -117,61 +115,13 @@ impl LocalServers {
             .arg("--parallel")
             .arg(c.parallel.to_string())
             .arg("--idle-exit")
-            .arg(c.idle_exit.as_secs().max(1).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // It dies with the daemon, whatever ends the daemon.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start `flotilla model serve`: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let said = Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = said.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "model-server", "{line}");
-                if let Ok(mut s) = sink.lock() {
-                    if s.len() < 4000 {
-                        s.push_str(&line);
-                        s.push('\n');
-                    }
-                }
-            }
-        });
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(300), lines.next_line()).await;
-        let line = match first {
-            Ok(Ok(Some(l))) => l,
-            _ => {
-                let _ = child.kill().await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let why = said.lock().map(|s| s.trim().to_owned()).unwrap_or_default();
-                return Err(if why.is_empty() {
-                    format!("the model server for {} did not start", model.display())
-                } else {
-                    why
-                });
-            }
-        };
-        let addr = line
-            .strip_prefix("listening ")
-            .map(str::trim)
-            .ok_or_else(|| format!("the model server said {line:?}"))?
-            .to_owned();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .arg(c.idle_exit.as_secs().max(1).to_string());
+        let (child, addr) = crate::child::spawn_listening(
+            cmd,
+            Duration::from_secs(300),
+            &format!("the model server for {}", model.display()),
+        )
+        .await?;
         tracing::info!(model = %model.display(), %addr, "local model server up");
         Ok(Server {
             child,

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 /// How long a starting engine may take to load its model.
@@ -217,70 +215,11 @@ async fn start_engine(config: &ServeConfig) -> Result<(tokio::process::Child, So
         .arg("--ctx")
         .arg(config.ctx.to_string())
         .arg("--parallel")
-        .arg(config.parallel.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .arg(config.parallel.to_string());
     if let Some(t) = config.threads {
         cmd.arg("--threads").arg(t.to_string());
     }
-    // The engine dies with the front, however the front ends (kill -9
-    // included): no orphaned engine holds the model's memory.
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the engine ({program}): {e}"))?;
-    let stdout = child.stdout.take().ok_or("no engine stdout")?;
-    let stderr = child.stderr.take().ok_or("no engine stderr")?;
-    // The engine's complaints, kept for the error and logged.
-    let err_lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sink = err_lines.clone();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(target: "engine", "{line}");
-            if let Ok(mut v) = sink.lock() {
-                if v.len() < 50 {
-                    v.push(line);
-                }
-            }
-        }
-    });
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(LOAD_TIMEOUT, lines.next_line()).await;
-    let why = |what: &str| {
-        let said = err_lines.lock().map(|v| v.join("\n")).unwrap_or_default();
-        if said.trim().is_empty() {
-            what.to_owned()
-        } else {
-            format!("{what}: {}", said.trim())
-        }
-    };
-    let line = match first {
-        Ok(Ok(Some(line))) => line,
-        Ok(_) => {
-            let _ = child.wait().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Err(why("the engine exited before it was ready"));
-        }
-        Err(_) => return Err(why("the engine took too long to load the model")),
-    };
-    let addr = line
-        .strip_prefix("listening ")
-        .and_then(|a| a.trim().parse().ok())
-        .ok_or_else(|| why(&format!("the engine said {line:?}")))?;
-    // Keep draining its stdout so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
+    crate::child::spawn_listening(cmd, LOAD_TIMEOUT, "the engine").await
 }
 
 async fn health(State(front): State<Arc<Front>>) -> Response {
