@@ -267,6 +267,18 @@ fn with_nothing_configured_run_uses_the_embedded_model() {
     let ps = flotilla(&["ps", "--json"]);
     let list: Vec<Value> = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(list[0]["model"], "local:gemma-3-270m");
+    // A session names a model; it cannot point the daemon at a file.
+    let out = flotilla(&[
+        "run",
+        "-w",
+        &ws_arg,
+        "--json",
+        "-m",
+        "local:/etc/passwd",
+        "x",
+    ]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("not a path"), "{log}");
 }
 
 /// A stand-in for the Hugging Face hub on loopback, shaped like the real

@@ -469,7 +469,12 @@ impl Supervisor {
         spec: &ModelSpec,
         base_url: Option<&str>,
     ) -> Result<Arc<dyn ModelClient>, String> {
-        let key = format!("{}|{}", spec.provider, base_url.unwrap_or(""));
+        // A `local:` client serves one model (its server is per model);
+        // the others are per endpoint, the model being in each request.
+        let key = match spec.provider.as_str() {
+            "local" => format!("local|{}", spec.model),
+            _ => format!("{}|{}", spec.provider, base_url.unwrap_or("")),
+        };
         if let Ok(clients) = self.clients.lock() {
             if let Some(c) = clients.get(&key) {
                 return Ok(c.clone());

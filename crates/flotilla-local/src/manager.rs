@@ -56,6 +56,13 @@ impl LocalServers {
     }
 
     async fn ensure(&self, model: &str) -> Result<String, String> {
+        // A session names a model; it does not point the daemon at files.
+        if model.contains('/') || model.ends_with(".gguf") {
+            return Err(format!(
+                "local:{model}: name a model (a catalogue name, or NAME for NAME.gguf in {}), not a path",
+                self.config.models_dir.display()
+            ));
+        }
         let path = crate::catalogue::resolve(model, &self.config.models_dir)?;
         let entry = {
             let mut all = self

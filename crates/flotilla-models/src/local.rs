@@ -14,7 +14,7 @@ use crate::{ChatRequest, ChatResponse, ModelClient, ModelError, OpenAiClient, Op
 /// Serves local models on demand.
 pub trait LocalModels: Send + Sync {
     /// The base URL (ending in `/v1`) of a server for `model` (a catalogue
-    /// name, a file name in the models folder, or a path), started if it is
+    /// name, or NAME for NAME.gguf in the models folder), started if it is
     /// not running. The error says what is wrong (not downloaded, corrupt).
     fn endpoint<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<String, String>>;
 }
