@@ -860,8 +860,21 @@ fn open_db(path: &Path) -> Result<Connection, VaultError> {
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql)?;
+    // Switching a new file to WAL while another process does the same can
+    // answer SQLITE_BUSY at once, without the busy handler: try again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(sql(e)),
+        }
+    }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sql)?;
     conn.execute_batch(SCHEMA).map_err(sql)?;
