@@ -656,10 +656,7 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
     // 4 -> 5: where a placed session runs (sessions.machine), filled from
     // the log with the column, in one transaction.
     if !has_column("machine")? {
-        let mut conn2 = Connection::open(path).map_err(sql)?;
-        conn2
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sql)?;
+        let mut conn2 = backfill_conn(path)?;
         let tx = conn2
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
@@ -671,22 +668,10 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
         if !done {
             tx.execute_batch("ALTER TABLE sessions ADD COLUMN machine TEXT")
                 .map_err(sql)?;
-        }
-        if !done {
-            let mut stmt = tx
-                .prepare("SELECT body FROM events WHERE kind = 'session_created'")
-                .map_err(sql)?;
-            let mut rows = stmt.query([]).map_err(sql)?;
-            while let Some(row) = rows.next().map_err(sql)? {
-                let body: Vec<u8> = row.get(0).map_err(sql)?;
-                if let Ok(Event {
-                    session,
-                    event:
-                        EventKind::SessionCreated {
-                            machine: Some(m), ..
-                        },
-                    ..
-                }) = decode_canonical_event(&body)
+            each_created(&tx, path, |session, created| {
+                if let EventKind::SessionCreated {
+                    machine: Some(m), ..
+                } = created
                 {
                     tx.execute(
                         "UPDATE sessions SET machine = ?2 WHERE id = ?1",
@@ -694,7 +679,8 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
                     )
                     .map_err(sql)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         tx.commit().map_err(sql)?;
     }
@@ -704,38 +690,53 @@ fn migrate(conn: &Connection, path: &Path, found: Option<i32>) -> Result<()> {
     .map_err(sql)?;
     conn.execute_batch(audit::AUDIT_SCHEMA).map_err(sql)?;
     if found.is_some_and(|v| v < 3) {
-        let mut conn2 = Connection::open(path).map_err(sql)?;
-        conn2
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sql)?;
+        let mut conn2 = backfill_conn(path)?;
         let tx = conn2.transaction().map_err(sql)?;
-        {
-            let mut stmt = tx
-                .prepare("SELECT body FROM events WHERE kind = 'session_created'")
+        each_created(&tx, path, |session, created| {
+            if let EventKind::SessionCreated {
+                principal, role, ..
+            } = created
+            {
+                tx.execute(
+                    "UPDATE sessions SET principal = ?2, agent = ?3 WHERE id = ?1",
+                    params![session.as_str(), principal, role],
+                )
                 .map_err(sql)?;
-            let mut rows = stmt.query([]).map_err(sql)?;
-            while let Some(row) = rows.next().map_err(sql)? {
-                let body: Vec<u8> = row.get(0).map_err(sql)?;
-                if let Ok(Event {
-                    session,
-                    event:
-                        EventKind::SessionCreated {
-                            principal, role, ..
-                        },
-                    ..
-                }) = decode_canonical_event(&body)
-                {
-                    tx.execute(
-                        "UPDATE sessions SET principal = ?2, agent = ?3 WHERE id = ?1",
-                        params![session.as_str(), principal, role],
-                    )
-                    .map_err(sql)?;
-                }
             }
-        }
+            Ok(())
+        })?;
         let n = audit::backfill(&tx, path)?;
         tx.commit().map_err(sql)?;
         tracing::info!(events = n, "audit log built from the existing event log");
+    }
+    Ok(())
+}
+
+/// A second connection, for a migration that fills columns from the log.
+fn backfill_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// Calls `f` with every session's `session_created` event (those that
+/// decode), in one pass over the log.
+fn each_created(
+    tx: &Transaction<'_>,
+    path: &Path,
+    mut f: impl FnMut(&SessionId, &EventKind) -> Result<()>,
+) -> Result<()> {
+    let sql = |e| sqlite(path, e);
+    let mut stmt = tx
+        .prepare("SELECT body FROM events WHERE kind = 'session_created'")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let body: Vec<u8> = row.get(0).map_err(sql)?;
+        if let Ok(event) = decode_canonical_event(&body) {
+            f(&event.session, &event.event)?;
+        }
     }
     Ok(())
 }
