@@ -1386,19 +1386,7 @@ fn a_worker_gets_only_a_narrowed_grant_of_its_planners_secrets() {
     );
     repo(&env);
     for (name, value) in [("api", "s3cret-api-value"), ("other", "s3cret-other")] {
-        let mut cmd = env.cmd(&["secrets", "add", name, "--host", "127.0.0.1"]);
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{value}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = env.add_secret(&[name, "--host", "127.0.0.1"], value);
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let pid = start_planner(

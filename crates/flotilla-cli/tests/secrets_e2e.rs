@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::{kinds, stderr, Env};
 use flotilla_testkit::{Script, Step, TlsEchoServer};
@@ -37,21 +35,6 @@ fn env_with_proxy(script: Script, upstream: &TlsEchoServer) -> Env {
     )
     .unwrap();
     env
-}
-
-fn add_secret(env: &Env, args: &[&str], value: &str) -> std::process::Output {
-    let mut cmd = env.cmd(&[&["secrets", "add"], args].concat());
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{value}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn tool_outputs(events: &[Value]) -> Vec<String> {
@@ -125,8 +108,7 @@ fn a_granted_secret_reaches_only_its_host_and_never_the_log() {
     )
     .unwrap();
 
-    let out = add_secret(
-        &env,
+    let out = env.add_secret(
         &[
             "github",
             "--host",
@@ -258,7 +240,7 @@ fn an_expired_grant_stops_working_and_the_agent_is_told() {
         Step::finish("done"),
     ]);
     let env = env_with_proxy(script, &upstream);
-    let out = add_secret(&env, &["github", "--host", "localhost"], VALUE);
+    let out = env.add_secret(&["github", "--host", "localhost"], VALUE);
     assert!(out.status.success(), "secrets add: {}", stderr(&out));
     let id = env.start_with("use the API late", &["--grant", "github:ttl=2s"]);
     assert_eq!(env.wait_state(&id, 120), "completed");
@@ -299,7 +281,7 @@ fn grants_are_checked_against_the_vault() {
         "{}",
         stderr(&out)
     );
-    let out = add_secret(&env, &["github", "--host", "api.github.com"], VALUE);
+    let out = env.add_secret(&["github", "--host", "api.github.com"], VALUE);
     assert!(out.status.success(), "{}", stderr(&out));
     // A host the secret does not cover.
     let out = env.run(&[
@@ -319,7 +301,7 @@ fn grants_are_checked_against_the_vault() {
     let out = env.run(&["secrets", "add", "x", "--host", "a.example", "--value", "v"]);
     assert!(!out.status.success());
     // Adding twice needs --replace.
-    let out = add_secret(&env, &["github", "--host", "api.github.com"], "other");
+    let out = env.add_secret(&["github", "--host", "api.github.com"], "other");
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("--replace") || stderr(&out).contains("exists"),
@@ -349,7 +331,7 @@ fn grants_survive_a_kill_9_of_the_daemon() {
         Step::finish("done"),
     ]);
     let env = env_with_proxy(script, &upstream);
-    let out = add_secret(&env, &["github", "--host", "localhost"], VALUE);
+    let out = env.add_secret(&["github", "--host", "localhost"], VALUE);
     assert!(out.status.success(), "secrets add: {}", stderr(&out));
     let id = env.start_with("use the API twice", &["--grant", "github:ttl=1h"]);
     env.wait_event(&id, "secret_used", 60);

@@ -1097,7 +1097,6 @@ impl Supervisor {
                     };
                     workflow::run_workflow(workflow::WorkflowRun {
                         sup: me.clone(),
-                        store: me.store.clone(),
                         place,
                         workflow,
                         tools,

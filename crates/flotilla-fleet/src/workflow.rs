@@ -24,7 +24,6 @@ use flotilla_protocol::{
     EventKind, Over, PolicyVerdict, SessionId, SessionInfo, SessionState, ToolCall, Workflow,
     WorkflowStep,
 };
-use flotilla_store::Store;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +36,6 @@ const MAX_ITEMS: usize = 1000;
 /// Everything one workflow run needs.
 pub(crate) struct WorkflowRun {
     pub(crate) sup: Arc<Supervisor>,
-    pub(crate) store: Store,
     pub(crate) place: Place,
     pub(crate) workflow: Workflow,
     /// The root's fleet tools: workers are spawned as a planner spawns them.
@@ -67,7 +65,7 @@ struct Interpreter {
 /// Runs a workflow root until it ends, recording the end.
 pub(crate) async fn run_workflow(run: WorkflowRun) -> Result<AgentExit, AgentError> {
     let id = run.place.me.clone();
-    let events = flotilla_agent::load_all(&run.store, &id).await?;
+    let events = flotilla_agent::load_all(run.sup.store(), &id).await?;
     let mut journal = Journal {
         done: HashMap::new(),
         used: HashSet::new(),
@@ -123,7 +121,7 @@ pub(crate) async fn run_workflow(run: WorkflowRun) -> Result<AgentExit, AgentErr
         batch.push(EventKind::SessionResumed {
             interrupted_tools: started.len() as u32,
         });
-        run.store.append(&id, batch).await?;
+        run.sup.store().append(&id, batch).await?;
     }
     let stop = run.cancel.child_token();
     let mut it = Interpreter {
@@ -162,7 +160,7 @@ pub(crate) async fn run_workflow(run: WorkflowRun) -> Result<AgentExit, AgentErr
         end.push(EventKind::FinalAnswer { text: text.clone() });
     }
     end.push(EventKind::StateChanged { state, reason });
-    it.run.store.append(&id, end).await?;
+    it.run.sup.store().append(&id, end).await?;
     Ok(exit)
 }
 
@@ -233,10 +231,8 @@ impl Interpreter {
         tool: &str,
         args: serde_json::Value,
     ) -> Result<Result<(String, bool), String>, String> {
-        if let Some(done) = self.journal.done.get(key) {
-            return Ok(Ok(done.clone()));
-        }
-        // An action cut short by a restart runs again under a new id.
+        // Done: its result. Cut short by a restart: again, under a new id
+        // (every id with a result was proposed, so is in `used`).
         let mut call_id = key.to_owned();
         let mut n = 1;
         while self.journal.used.contains(&call_id) {
@@ -253,7 +249,8 @@ impl Interpreter {
             arguments: args.to_string(),
         };
         self.run
-            .store
+            .sup
+            .store()
             .append(
                 self.id(),
                 vec![
@@ -276,7 +273,8 @@ impl Interpreter {
         is_error: bool,
     ) -> Result<(), String> {
         self.run
-            .store
+            .sup
+            .store()
             .append_one(
                 self.id(),
                 EventKind::ToolFinished {
@@ -389,7 +387,8 @@ impl Interpreter {
             };
             let v = policy.decide(&call, &args);
             self.run
-                .store
+                .sup
+                .store()
                 .append_one(
                     self.id(),
                     EventKind::PolicyDecided {
@@ -600,7 +599,8 @@ impl Interpreter {
     async fn child(&self, name: &str) -> Result<Option<SessionId>, String> {
         let tree = self
             .run
-            .store
+            .sup
+            .store()
             .fleet_tree(&self.run.place.root)
             .await
             .map_err(|e| e.to_string())?;

@@ -52,8 +52,6 @@ pub struct EngineConfig {
 pub struct ModelInfo {
     /// The file's name without `.gguf`.
     pub name: String,
-    /// The chat template's source, if the file has one.
-    pub template: Option<String>,
     /// Context each slot has.
     pub ctx: u32,
     /// Slots.
@@ -350,7 +348,6 @@ fn run(
         .unwrap_or_else(|| "model".into());
     let _ = ready.send(Ok(ModelInfo {
         name,
-        template: template_src.and_then(|t| t.to_string().ok()),
         ctx: ctx_per_slot,
         parallel,
     }));

@@ -54,6 +54,22 @@ impl Env {
         self.run_for(args, 60)
     }
 
+    /// `flotilla secrets add ARGS`, the value on stdin (as a person types it).
+    pub fn add_secret(&self, args: &[&str], value: &str) -> Output {
+        let mut cmd = self.cmd(&[&["secrets", "add"], args].concat());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{value}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn ws(&self) -> &Path {
         self.ws.path()
     }
