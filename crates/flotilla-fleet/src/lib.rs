@@ -369,10 +369,7 @@ impl Supervisor {
                         Arc::new(AnthropicClient::new(cfg).map_err(|e| e.to_string())?)
                     }
                     "local" => match &local {
-                        Some(models) => Arc::new(flotilla_models::LocalClient::new(
-                            models.clone(),
-                            &spec.model,
-                        )),
+                        Some(models) => Arc::new(flotilla_models::LocalClient::new(models.clone())),
                         None => {
                             return Err("this daemon serves no embedded model (local:)".to_owned())
                         }
@@ -469,12 +466,7 @@ impl Supervisor {
         spec: &ModelSpec,
         base_url: Option<&str>,
     ) -> Result<Arc<dyn ModelClient>, String> {
-        // A `local:` client serves one model (its server is per model);
-        // the others are per endpoint, the model being in each request.
-        let key = match spec.provider.as_str() {
-            "local" => format!("local|{}", spec.model),
-            _ => format!("{}|{}", spec.provider, base_url.unwrap_or("")),
-        };
+        let key = format!("{}|{}", spec.provider, base_url.unwrap_or(""));
         if let Ok(clients) = self.clients.lock() {
             if let Some(c) = clients.get(&key) {
                 return Ok(c.clone());

@@ -19,19 +19,18 @@ pub trait LocalModels: Send + Sync {
     fn endpoint<'a>(&'a self, model: &'a str) -> BoxFuture<'a, Result<String, String>>;
 }
 
-/// A `local:` model's client.
+/// The client of `local:` models: each request goes to the server of the
+/// model it names (`ChatRequest::model`), as for any provider.
 pub struct LocalClient {
     models: Arc<dyn LocalModels>,
-    model: String,
     clients: Mutex<HashMap<String, Arc<OpenAiClient>>>,
 }
 
 impl LocalClient {
-    /// The client of `model`, served by `models`.
-    pub fn new(models: Arc<dyn LocalModels>, model: &str) -> LocalClient {
+    /// A client of the models `models` serves.
+    pub fn new(models: Arc<dyn LocalModels>) -> LocalClient {
         LocalClient {
             models,
-            model: model.to_owned(),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -60,7 +59,7 @@ impl ModelClient for LocalClient {
         Box::pin(async move {
             let url = self
                 .models
-                .endpoint(&self.model)
+                .endpoint(&request.model)
                 .await
                 .map_err(|e| ModelError::Config(format!("the embedded model: {e}")))?;
             self.client_for(&url)?.chat(request).await
